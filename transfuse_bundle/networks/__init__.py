@@ -1,0 +1,13 @@
+"""TransFuse networks: the model, its blocks, backbones, variants and official-weight conversion."""
+
+from .backbones import ViTEncoder, create_cnn_encoder, resize_pos_embed
+from .blocks import AttentionGate, BiFusion, ConvBN, DoubleConv, Residual, SegmentationHead, Up
+from .convert import convert_official_state_dict
+from .transfuse import TransFuse, padded_size
+from .variants import VARIANTS, TransFuseVariant
+
+__all__ = [
+    "TransFuse", "VARIANTS", "TransFuseVariant", "convert_official_state_dict", "padded_size",
+    "ViTEncoder", "create_cnn_encoder", "resize_pos_embed",
+    "AttentionGate", "BiFusion", "ConvBN", "DoubleConv", "Residual", "SegmentationHead", "Up",
+]
