@@ -1,0 +1,265 @@
+#!/usr/bin/env python
+"""Benchmark TransFuse S / L / L* against the official computation and MONAI's networks.
+
+One process, one thread setting. For every model and input size it measures parameters, GMACs,
+batch-1 latency (median after warm-up), batch throughput, a training step (forward + backward +
+Adam) and the process's peak memory; TransFuse also in its fast inference modes
+(BatchNorm folded + channels-last, and bf16 autocast where the hardware has native bf16).
+Writes ``OUT.json`` and ``OUT.md``.
+
+"official-S" is TransFuse-S computed exactly as the official code does it (explicit attention
+instead of fused attention, BatchNorm unfolded, contiguous layout): the official repository is
+not vendored here and cannot be downloaded, and this model reproduces its outputs to ~1e-6
+(tests/test_networks.py). Its ratios are also given against the official latencies measured
+on the reference 2-core CPU (116 ms at 192x256, 282 ms at 352x352).
+
+    python scripts/benchmark.py --threads 2 --out docs/benchmark
+    python scripts/benchmark.py --tiny --out /tmp/bench      # seconds; what the test suite runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from transfuse_bundle.networks import TransFuse
+from transfuse_bundle.networks.fast import fast_autocast_available, optimize_for_inference
+
+# Official TransFuse_S latencies measured on the reference 2-core CPU (transfuse-reference.md).
+OFFICIAL_REFERENCE_MS = {(192, 256): 116.0, (352, 352): 282.0}
+TRANSFUSE = {"S": "S", "L": "L", "L*": "L*"}
+
+
+def build(name: str, size: tuple[int, int]) -> nn.Module:
+    """A model by benchmark name, 3 input channels, 1 output channel, for inputs of ``size``."""
+    from monai.networks import nets
+
+    if name in TRANSFUSE:
+        return TransFuse(TRANSFUSE[name], img_size=size)
+    if name == "official-S":
+        model = TransFuse("S", img_size=size)
+        for module in model.modules():  # timm 0.3.2, used by the official code, had no fused attention
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = False
+        return model
+    if name == "unet":
+        return nets.UNet(2, 3, 1, channels=(32, 64, 128, 256, 512), strides=(2, 2, 2, 2), num_res_units=2)
+    if name == "attention_unet":
+        return nets.AttentionUnet(2, 3, 1, channels=(32, 64, 128, 256, 512), strides=(2, 2, 2, 2))
+    if name == "basic_unetplusplus":
+        return _FirstOutput(nets.BasicUNetPlusPlus(spatial_dims=2, in_channels=3, out_channels=1))
+    if name == "swin_unetr":
+        return nets.SwinUNETR(in_channels=3, out_channels=1, spatial_dims=2, feature_size=24)
+    if name == "unetr":
+        return nets.UNETR(in_channels=3, out_channels=1, img_size=size, spatial_dims=2, feature_size=16)
+    raise ValueError(f"unknown model {name!r}")
+
+
+class _FirstOutput(nn.Module):
+    """BasicUNetPlusPlus returns a list of deep-supervision maps; benchmark its final map."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[0]
+
+
+def median_ms(fn: Callable[[], object], iters: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gmacs(model: nn.Module, x: torch.Tensor) -> float:
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(x)
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process high-water mark
+
+
+def inference_modes(name: str, model: nn.Module, device: torch.device) -> dict[str, tuple[nn.Module, bool, bool]]:
+    """mode -> (model, channels_last input, bf16 autocast)."""
+    modes = {"fp32": (model, False, False)}
+    if name in TRANSFUSE:
+        fast = optimize_for_inference(model)
+        modes["fp32-fast"] = (fast, True, False)
+        if fast_autocast_available(device):
+            modes["bf16-fast"] = (fast, True, True)
+    return modes
+
+
+def run_forward(model: nn.Module, x: torch.Tensor, autocast: bool, device: torch.device) -> Callable[[], object]:
+    def step():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            return model(x)
+    return step
+
+
+def train_step_ms(model: nn.Module, size, batch: int, iters: int, device: torch.device, autocast: bool) -> float:
+    model = model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.999))
+    x = torch.rand(batch, 3, *size, device=device)
+    y = (torch.rand(batch, 1, *size, device=device) > 0.5).float()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model(x)
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            loss = sum(nn.functional.binary_cross_entropy_with_logits(o.float(), y) for o in outs)
+        loss.backward()
+        optimizer.step()
+
+    result = median_ms(step, iters, 1, device)
+    model.eval()
+    return result
+
+
+def benchmark(args) -> list[dict]:
+    device = torch.device(args.device)
+    rows = []
+    for size in args.sizes:
+        for name in args.models:
+            torch.manual_seed(0)
+            model = build(name, size).to(device).eval()
+            x = torch.rand(1, 3, *size, device=device)
+            row = {"model": name, "size": f"{size[0]}x{size[1]}", "params": sum(p.numel() for p in model.parameters()),
+                   "gmacs": round(gmacs(model, x), 2)}
+            for mode, (net, channels_last, autocast) in inference_modes(name, model, device).items():
+                xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+                row[f"latency_ms_{mode}"] = round(median_ms(run_forward(net, xin, autocast, device), args.iters, args.warmup, device), 2)
+                xb = torch.rand(args.throughput_batch, 3, *size, device=device)
+                xb = xb.contiguous(memory_format=torch.channels_last) if channels_last else xb
+                ms = median_ms(run_forward(net, xb, autocast, device), args.throughput_iters, 1, device)
+                row[f"throughput_img_s_{mode}"] = round(args.throughput_batch * 1000 / ms, 2)
+            row["train_step_ms_fp32"] = round(train_step_ms(model, size, args.train_batch, args.train_iters, device, False), 1)
+            if name in TRANSFUSE and fast_autocast_available(device):
+                row["train_step_ms_bf16"] = round(train_step_ms(model, size, args.train_batch, args.train_iters, device, True), 1)
+            row["peak_memory_mb"] = round(peak_memory_mb(device), 1)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    add_ratios(rows)
+    return rows
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Speed-ups of our S against the official computation in the same run and the reference numbers."""
+    by_key = {(r["model"], r["size"]): r for r in rows}
+    for row in rows:
+        if row["model"] != "S":
+            continue
+        official = by_key.get(("official-S", row["size"]))
+        for mode in ("fp32", "fp32-fast", "bf16-fast"):
+            ours = row.get(f"latency_ms_{mode}")
+            if ours is None:
+                continue
+            if official:
+                row[f"speedup_vs_official_{mode}"] = round(official["latency_ms_fp32"] / ours, 2)
+            reference = OFFICIAL_REFERENCE_MS.get(tuple(int(s) for s in row["size"].split("x")))
+            if reference:
+                row[f"speedup_vs_official_reference_{mode}"] = round(reference / ours, 2)
+        if official:
+            row["train_speedup_vs_official_fp32"] = round(official["train_step_ms_fp32"] / row["train_step_ms_fp32"], 2)
+
+
+def machine_description(args) -> str:
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        hardware = torch.cuda.get_device_name(device)
+    else:
+        hardware = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+        try:
+            model_name = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+            hardware = f"{model_name.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads"
+        except (OSError, StopIteration):
+            pass
+    return f"{hardware}; torch {torch.__version__}; native bf16: {fast_autocast_available(device)}"
+
+
+def write_markdown(rows: list[dict], machine: str, path: Path) -> None:
+    columns = sorted({k for r in rows for k in r} - {"model", "size"}, key=_column_order)
+    lines = [f"Measured on: {machine}", "", "| model | size | " + " | ".join(columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['size']} | " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _column_order(name: str) -> tuple[int, str]:
+    order = ["params", "gmacs", "latency", "throughput", "train", "peak", "speedup"]
+    return next((i for i, prefix in enumerate(order) if name.startswith(prefix)), len(order)), name
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, _, w = text.lower().partition("x")
+    return int(h), int(w or h)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["official-S", "S", "L", "L*", "unet", "attention_unet",
+                                                          "basic_unetplusplus", "swin_unetr", "unetr"])
+    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(192, 256), (352, 352)])
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--iters", type=int, default=20, help="timed batch-1 forwards (median)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--throughput-batch", type=int, default=16)
+    parser.add_argument("--throughput-iters", type=int, default=3)
+    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--train-iters", type=int, default=3)
+    parser.add_argument("--tiny", action="store_true", help="one small size, few iterations, three models")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmark"), help="writes OUT.json and OUT.md")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.models = ["official-S", "S", "unet"]
+        args.sizes, args.iters, args.warmup = [(32, 32)], 2, 1
+        args.throughput_batch, args.throughput_iters, args.train_batch, args.train_iters = 2, 1, 2, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = benchmark(args)
+    machine = machine_description(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"machine": machine, "results": rows}, indent=2) + "\n")
+    write_markdown(rows, machine, args.out.with_suffix(".md"))
+    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Inference speed-ups keep TransFuse's outputs; the benchmark script runs end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from transfuse_bundle.networks import TransFuse
+from transfuse_bundle.networks.fast import fast_autocast_available, fold_batchnorm, inference_autocast, optimize_for_inference
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _with_random_bn_statistics(model: torch.nn.Module) -> torch.nn.Module:
+    """Folding with the initial statistics (mean 0, var 1) would hide errors: randomise them."""
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(n, generator=generator) - 0.5)
+    return model
+
+
+@pytest.mark.parametrize("variant", ["S", "L*"])
+def test_optimized_model_gives_the_same_output(variant):
+    torch.manual_seed(0)
+    model = _with_random_bn_statistics(TransFuse(variant, img_size=(64, 64))).eval()
+    fast = optimize_for_inference(model)
+    remaining = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    before = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert remaining < before / 3  # only the pre-activation BNs of the Residual blocks stay
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        out = fast(x.contiguous(memory_format=torch.channels_last))
+    assert float((out - ref).norm() / ref.norm()) < 1e-4
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "the original must stay untouched"
+
+
+def test_fold_batchnorm_refuses_a_training_model():
+    with pytest.raises(ValueError, match="model.eval"):
+        fold_batchnorm(TransFuse("S", img_size=(32, 32)).train())
+
+
+def test_inference_autocast_uses_bf16_only_where_native():
+    x = torch.rand(4, 4)
+    with inference_autocast("cpu"):
+        dtype = (x @ x).dtype
+    assert dtype == (torch.bfloat16 if fast_autocast_available("cpu") else torch.float32)
+    with inference_autocast("cpu", enabled=False):
+        assert (x @ x).dtype == torch.float32
+
+
+def test_benchmark_script_tiny_mode(tmp_path):
+    out = tmp_path / "bench"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--tiny", "--threads", "2", "--out", str(out)],
+                   check=True, cwd=tmp_path, timeout=600)
+    report = json.loads(out.with_suffix(".json").read_text())
+    rows = {r["model"]: r for r in report["results"]}
+    assert set(rows) == {"official-S", "S", "unet"}
+    ours = rows["S"]
+    assert ours["params"] == rows["official-S"]["params"]
+    assert ours["gmacs"] > rows["unet"]["gmacs"] > 0
+    for key in ("latency_ms_fp32", "latency_ms_fp32-fast", "throughput_img_s_fp32", "train_step_ms_fp32",
+                "speedup_vs_official_fp32-fast", "train_speedup_vs_official_fp32", "peak_memory_mb"):
+        assert ours[key] > 0, key
+    table = out.with_suffix(".md").read_text()
+    assert "| S | 32x32 |" in table and "Measured on:" in table
