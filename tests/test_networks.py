@@ -227,3 +227,39 @@ def test_pretrained_download_failure_says_how_to_work_offline():
     # conftest.py sets HF_HUB_OFFLINE=1: no test may reach a hub, so the fetch fails at once
     with pytest.raises(RuntimeError, match="cnn_weights= / vit_weights="):
         TransFuse("S", img_size=(64, 64), pretrained=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, absent",
+    [
+        ({"fusion": "concat"}, ["W_g", "W_x", "W", "spatial", "fc1", "fc2"]),
+        ({"fusion": ["spatial_attention"]}, ["W_g", "W", "fc1"]),
+        ({"fusion": ["channel_attention", "hadamard"]}, ["spatial"]),
+        ({"composition": "sequential"}, []),
+    ],
+)
+def test_ablation_options_build_script_and_run(kwargs, absent):
+    torch.manual_seed(0)
+    model = TransFuse("S", img_size=(64, 64), **kwargs).eval()
+    for fusion in (model.fusion16, model.fusion8, model.fusion4):
+        for name in absent:
+            assert getattr(fusion, name) is None, name
+    if kwargs.get("composition") == "sequential":
+        # the ViT reads the CNN's stride-16 features through a 1x1 projection, not 16x16 image patches
+        assert model.vit.patch_embed.proj.kernel_size == (1, 1)
+        assert model.vit.patch_embed.proj.in_channels == 256
+    x = torch.rand(1, 3, 64, 64)
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        out = model(x)
+        torch.testing.assert_close(scripted(x), out)
+    assert out.shape == (1, 1, 64, 64)
+    full_s_at_64 = 26_248_341 - (192 - 16) * 384  # the 4x4 position grid instead of 12x16
+    assert _param_count(model) < full_s_at_64
+
+
+def test_bad_ablation_options_raise():
+    with pytest.raises(ValueError, match="fusion must be"):
+        TransFuse("S", img_size=(64, 64), fusion=["squeeze"])
+    with pytest.raises(ValueError, match="composition must be"):
+        TransFuse("S", img_size=(64, 64), composition="serial")

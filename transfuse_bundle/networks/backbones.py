@@ -147,6 +147,12 @@ class ViTEncoder(nn.Module):
                     "dropped %d tensors not used by TransFuse: %s", name, self.grid, tuple(state["pos_embed"].shape),
                     len(dropped), ", ".join(dropped))
 
+    def embed_feature_map(self, channels: int) -> None:
+        """Take a stride-16 feature map of ``channels`` instead of the image (sequential composition):
+        the 16x16 patch projection becomes a 1x1 convolution, as in hybrid ViTs."""
+        self.patch_embed.proj = nn.Conv2d(channels, self.embed_dim, kernel_size=1)
+        logger.info("ViT patch embedding replaced by a 1x1 projection of %d-channel CNN features", channels)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed.proj(x)  # (B, C, h, w); timm's PatchEmbed forward would insist on img_size
         h, w = x.shape[2], x.shape[3]

@@ -119,6 +119,8 @@ class BiFusion(nn.Module):
     - ``Residual(cat[g', x', bp])`` then Dropout2d.
 
     (The official code's comments swap the two attention names; the computation here is the code's.)
+    Each of the three parts can be switched off for the paper's ablation (Table 6); with all three
+    off this is the "Concat+Res" fusion of Table 5.
 
     Args:
         cnn_channels: channels of ``g`` (``ch_1``).
@@ -127,29 +129,35 @@ class BiFusion(nn.Module):
         inter_channels: width of the Hadamard branch (``ch_int``).
         out_channels: output channels (``ch_out``).
         drop_rate: Dropout2d probability on the output.
+        spatial_attention, channel_attention, hadamard: which parts to build.
 
     ``g: (B, cnn_channels, H, W), x: (B, vit_channels, H, W) -> (B, out_channels, H, W)``.
     """
 
     def __init__(self, cnn_channels: int, vit_channels: int, reduction: int, inter_channels: int,
-                 out_channels: int, drop_rate: float = 0.0):
+                 out_channels: int, drop_rate: float = 0.0, spatial_attention: bool = True,
+                 channel_attention: bool = True, hadamard: bool = True):
         super().__init__()
-        self.fc1 = nn.Conv2d(vit_channels, vit_channels // reduction, kernel_size=1)
-        self.fc2 = nn.Conv2d(vit_channels // reduction, vit_channels, kernel_size=1)
-        self.spatial = ConvBN(2, 1, 7, bn=True, relu=False, bias=False)
-        self.W_g = ConvBN(cnn_channels, inter_channels, 1, bn=True, relu=False)
-        self.W_x = ConvBN(vit_channels, inter_channels, 1, bn=True, relu=False)
-        self.W = ConvBN(inter_channels, inter_channels, 3, bn=True, relu=True)
-        self.residual = Residual(cnn_channels + vit_channels + inter_channels, out_channels)
+        self.fc1 = nn.Conv2d(vit_channels, vit_channels // reduction, kernel_size=1) if channel_attention else None
+        self.fc2 = nn.Conv2d(vit_channels // reduction, vit_channels, kernel_size=1) if channel_attention else None
+        self.spatial = ConvBN(2, 1, 7, bn=True, relu=False, bias=False) if spatial_attention else None
+        self.W_g = ConvBN(cnn_channels, inter_channels, 1, bn=True, relu=False) if hadamard else None
+        self.W_x = ConvBN(vit_channels, inter_channels, 1, bn=True, relu=False) if hadamard else None
+        self.W = ConvBN(inter_channels, inter_channels, 3, bn=True, relu=True) if hadamard else None
+        fused = cnn_channels + vit_channels + (inter_channels if hadamard else 0)
+        self.residual = Residual(fused, out_channels)
         self.dropout = nn.Dropout2d(drop_rate)
 
     def forward(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        bp = self.W(self.W_g(g) * self.W_x(x))
-        pooled = torch.cat([g.amax(dim=1, keepdim=True), g.mean(dim=1, keepdim=True)], dim=1)
-        g = g * torch.sigmoid(self.spatial(pooled))
-        se = self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3), keepdim=True))))
-        x = x * torch.sigmoid(se)
-        return self.dropout(self.residual(torch.cat([g, x, bp], dim=1)))
+        parts = []
+        if self.W is not None and self.W_g is not None and self.W_x is not None:
+            parts.append(self.W(self.W_g(g) * self.W_x(x)))
+        if self.spatial is not None:
+            pooled = torch.cat([g.amax(dim=1, keepdim=True), g.mean(dim=1, keepdim=True)], dim=1)
+            g = g * torch.sigmoid(self.spatial(pooled))
+        if self.fc1 is not None and self.fc2 is not None:
+            x = x * torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3), keepdim=True)))))
+        return self.dropout(self.residual(torch.cat([g, x] + parts, dim=1)))
 
 
 class SegmentationHead(nn.Sequential):

@@ -58,6 +58,11 @@ class TransFuse(nn.Module):
         pretrained: load the backbones' ImageNet weights through timm (hub or its local cache).
         cnn_weights, vit_weights: local files with the timm models' ImageNet state dicts, used
             instead of a download (each implies ``pretrained`` for its branch).
+        fusion: the paper's ablations (Tables 5, 6): ``"bifusion"`` (all parts), ``"concat"``
+            (concatenation + residual) or a list of the BiFusion parts to keep, from
+            ``"spatial_attention"``, ``"channel_attention"``, ``"hadamard"``.
+        composition: ``"parallel"`` (TransFuse) or ``"sequential"``: the ViT runs on the CNN's
+            stride-16 features instead of the image (Table 5, E.3).
 
     Shapes:
         input ``(B, in_channels, H, W)`` with H, W multiples of 16. Eval mode: ``(B, out_channels, H, W)``
@@ -87,6 +92,8 @@ class TransFuse(nn.Module):
         cnn_weights: str | None = None,
         vit_weights: str | None = None,
         dropout: float | None = None,
+        fusion: str | Sequence[str] = "bifusion",
+        composition: str = "parallel",
     ):
         super().__init__()
         if variant not in VARIANTS:
@@ -105,21 +112,28 @@ class TransFuse(nn.Module):
         self.out_channels = int(out_channels)
         self.deep_supervision = bool(deep_supervision)
 
+        fusion_parts = _fusion_parts(fusion)
+        if composition not in ("parallel", "sequential"):
+            raise ValueError(f"composition must be 'parallel' or 'sequential', got {composition!r}")
+        self.sequential = composition == "sequential"
+
         self.cnn = create_cnn_encoder(cnn_name, in_channels, pretrained, cnn_weights)
         self.vit = ViTEncoder(vit_name, in_channels, self.img_size, vit_depth, pretrained, vit_weights)
         if self.vit.patch_size != SIZE_MULTIPLE:
             raise ValueError(f"ViT {vit_name!r} has patch size {self.vit.patch_size}; TransFuse needs {SIZE_MULTIPLE}")
         c4, c8, c16 = self.cnn.feature_info.channels()
         dim = self.vit.embed_dim
+        if self.sequential:
+            self.vit.embed_feature_map(c16)
 
         self.drop = nn.Dropout2d(drop_rate)
         # Transformer branch decoder: stride 16 -> 8 -> 4 (official up1, up2).
         self.vit_up1 = Up(dim, c8)
         self.vit_up2 = Up(c8, c4)
         # Fusion at each stride (official up_c, up_c_1_1, up_c_2_1) and the gated merges (up_c_1_2, up_c_2_2).
-        self.fusion16 = BiFusion(c16, dim, 4, c16, c16, drop_rate / 2)
-        self.fusion8 = BiFusion(c8, c8, 2, c8, c8, drop_rate / 2)
-        self.fusion4 = BiFusion(c4, c4, 1, c4, c4, drop_rate / 2)
+        self.fusion16 = BiFusion(c16, dim, 4, c16, c16, drop_rate / 2, **fusion_parts)
+        self.fusion8 = BiFusion(c8, c8, 2, c8, c8, drop_rate / 2, **fusion_parts)
+        self.fusion4 = BiFusion(c4, c4, 1, c4, c4, drop_rate / 2, **fusion_parts)
         self.fused_up8 = Up(c16, c8, c8, attention=True)
         self.fused_up4 = Up(c8, c4, c4, attention=True)
         # Heads (official final_2, final_1, final_x).
@@ -140,10 +154,10 @@ class TransFuse(nn.Module):
                 f"TransFuse needs H and W that are multiples of 16, got {h}x{w}; "
                 f"pad or resize to {(h + 15) // 16 * 16}x{(w + 15) // 16 * 16}"
             )
-        t16 = self.drop(self.vit(x))
+        features = self.cnn(x)
+        t16 = self.drop(self.vit(features[2] if self.sequential else x))
         t8 = self.drop(self.vit_up1(t16))
         t4 = self.drop(self.vit_up2(t8))
-        features = self.cnn(x)
         g4, g8, g16 = self.drop(features[0]), self.drop(features[1]), self.drop(features[2])
 
         f16 = self.fusion16(g16, t16)
@@ -154,6 +168,22 @@ class TransFuse(nn.Module):
         if self.training and self.head_vit is not None and self.head_coarse is not None:
             return map_2, _upsample(self.head_vit(t4), h, w), _upsample(self.head_coarse(f16), h, w)
         return map_2
+
+
+FUSION_PARTS = ("spatial_attention", "channel_attention", "hadamard")
+
+
+def _fusion_parts(fusion: str | Sequence[str]) -> dict[str, bool]:
+    """``"bifusion"`` / ``"concat"`` / a list of parts -> the BiFusion switches."""
+    if fusion == "bifusion":
+        keep = set(FUSION_PARTS)
+    elif fusion == "concat":
+        keep = set()
+    elif not isinstance(fusion, str) and set(fusion) <= set(FUSION_PARTS):
+        keep = set(fusion)
+    else:
+        raise ValueError(f"fusion must be 'bifusion', 'concat' or a list of {list(FUSION_PARTS)}, got {fusion!r}")
+    return {part: part in keep for part in FUSION_PARTS}
 
 
 def _upsample(logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
