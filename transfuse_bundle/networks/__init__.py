@@ -1,13 +1,16 @@
-"""TransFuse networks: the model, its blocks, backbones, variants and official-weight conversion."""
+"""TransFuse networks (the model, its blocks, backbones, variants, official-weight conversion) and the
+systems the paper compares with: TransUNet and MedT."""
 
 from .backbones import ViTEncoder, create_cnn_encoder, resize_pos_embed
 from .blocks import AttentionGate, BiFusion, ConvBN, DoubleConv, Residual, SegmentationHead, Up
 from .convert import convert_official_state_dict
+from .medt import MedT
 from .transfuse import TransFuse, padded_size
+from .transunet import TransUNet
 from .variants import VARIANTS, TransFuseVariant
 
 __all__ = [
-    "TransFuse", "VARIANTS", "TransFuseVariant", "convert_official_state_dict", "padded_size",
+    "TransFuse", "TransUNet", "MedT", "VARIANTS", "TransFuseVariant", "convert_official_state_dict", "padded_size",
     "ViTEncoder", "create_cnn_encoder", "resize_pos_embed",
     "AttentionGate", "BiFusion", "ConvBN", "DoubleConv", "Residual", "SegmentationHead", "Up",
 ]
