@@ -1,0 +1,124 @@
+"""Dataset preparation: public layouts -> datalist.json, on real files from ../shared/data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from transfuse_bundle.data import DatasetError, load_datalist
+from transfuse_bundle.data.prepare import detect_layout, prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+KVASIR, PH2, PROSTATE = DATA / "kvasir_seg", DATA / "ph2", DATA / "prostate158"
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(src, dst)
+
+
+def _kvasir_ids(n: int, offset: int = 0) -> list[str]:
+    return sorted(p.stem for p in (KVASIR / "images").glob("*.jpg"))[offset : offset + n]
+
+
+@pytest.fixture
+def pranet_layout(tmp_path):
+    root = tmp_path / "polyp"
+    for stem in _kvasir_ids(6):
+        _link(KVASIR / "images" / f"{stem}.jpg", root / "TrainDataset" / "image" / f"{stem}.jpg")
+        _link(KVASIR / "masks" / f"{stem}.png", root / "TrainDataset" / "mask" / f"{stem}.png")
+    for name, offset in (("Kvasir", 6), ("CVC-300", 9)):
+        for stem in _kvasir_ids(3, offset):
+            _link(KVASIR / "images" / f"{stem}.jpg", root / "TestDataset" / name / "images" / f"{stem}.jpg")
+            _link(KVASIR / "masks" / f"{stem}.png", root / "TestDataset" / name / "masks" / f"{stem}.png")
+    return root
+
+
+def test_pranet_split_tags_each_test_set(pranet_layout, tmp_path):
+    out = tmp_path / "lists" / "datalist.json"
+    lists = prepare(pranet_layout, out)
+    assert json.loads(out.read_text())["layout"] == "polyp-pranet"
+    assert len(lists["training"]) + len(lists["validation"]) == 6 and lists["validation"]
+    assert sorted({d["dataset"] for d in lists["test"]}) == ["CVC-300", "Kvasir"]
+    assert len(lists["test"]) == 6
+    # the bundle reads what was written
+    assert len(load_datalist(out)["test"]) == 6
+
+
+def test_pranet_mismatch_names_the_file_and_writes_nothing(pranet_layout, tmp_path):
+    stray = pranet_layout / "TrainDataset" / "image" / "stray.jpg"
+    _link(KVASIR / "images" / f"{_kvasir_ids(1, 20)[0]}.jpg", stray)
+    out = tmp_path / "datalist.json"
+    with pytest.raises(DatasetError, match=r"have no mask .*stray\.jpg"):
+        prepare(pranet_layout, out)
+    assert not out.exists()
+
+
+def test_real_kvasir_folder_is_split_deterministically(tmp_path):
+    first = prepare(KVASIR, tmp_path / "a.json", test_fraction=0.1, val_fraction=0.1)
+    second = prepare(KVASIR, tmp_path / "b.json", test_fraction=0.1, val_fraction=0.1)
+    assert first == second
+    sizes = {k: len(v) for k, v in first.items()}
+    assert sum(sizes.values()) == 900 and sizes["test"] == 90
+    images = [d["image"] for split in first.values() for d in split]
+    assert len(set(images)) == 900  # disjoint
+
+
+def test_isic2017_layout(tmp_path):
+    root = tmp_path / "isic"
+    ids = sorted(p.stem for p in (PH2 / "images").glob("*.jpg"))[:6]
+    for split, chunk in (("Training", ids[:2]), ("Validation", ids[2:4]), ("Test_v2", ids[4:])):
+        for stem in chunk:
+            _link(PH2 / "images" / f"{stem}.jpg", root / f"ISIC-2017_{split}_Data" / f"{stem}.jpg")
+            _link(PH2 / "masks" / f"{stem}.png", root / f"ISIC-2017_{split}_Part1_GroundTruth" / f"{stem}_segmentation.png")
+    assert detect_layout(root) == "isic2017"
+    lists = prepare(root, tmp_path / "isic.json")
+    assert [len(lists[k]) for k in ("training", "validation", "test")] == [2, 2, 2]
+    assert lists["test"][0]["label"].endswith("_segmentation.png")
+
+
+def test_prostate158_real_volumes(tmp_path):
+    lists = prepare(PROSTATE, tmp_path / "p.json")
+    cases = lists["training"] + lists["validation"]
+    assert len(cases) == 2 and all(c["label"].endswith("t2_anatomy_reader1.nii.gz") for c in cases)
+
+
+def test_msd_prostate_layout(tmp_path):
+    root = tmp_path / "Task05_Prostate"
+    training = []
+    for i, case in enumerate(sorted(p for p in PROSTATE.iterdir() if p.is_dir()) * 3):
+        _link(case / "t2.nii.gz", root / "imagesTr" / f"prostate_{i:02d}.nii.gz")
+        _link(case / "t2_anatomy_reader1.nii.gz", root / "labelsTr" / f"prostate_{i:02d}.nii.gz")
+        training.append({"image": f"./imagesTr/prostate_{i:02d}.nii.gz", "label": f"./labelsTr/prostate_{i:02d}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({"name": "PROSTATE", "training": training}))
+    lists = prepare(root, tmp_path / "msd.json")
+    assert sum(len(v) for v in lists.values()) == 6 and lists["test"] and lists["validation"]
+    (root / "labelsTr" / "prostate_03.nii.gz").unlink()
+    with pytest.raises(DatasetError, match=r"training\[3\] label file .*prostate_03\.nii\.gz"):
+        prepare(root, tmp_path / "msd2.json")
+
+
+def test_hip_needs_spacing_and_records_it(tmp_path):
+    root = tmp_path / "hip"
+    for stem in _kvasir_ids(10):  # stand-in images; the layout is what is checked
+        _link(KVASIR / "images" / f"{stem}.jpg", root / "images" / f"{stem}.jpg")
+        _link(KVASIR / "masks" / f"{stem}.png", root / "masks" / f"{stem}.png")
+    with pytest.raises(DatasetError, match="pixel spacing"):
+        prepare(root, tmp_path / "hip.json", layout="hip")
+    lists = prepare(root, tmp_path / "hip.json", layout="hip", spacing=[0.14, 0.14])
+    assert all(d["spacing"] == [0.14, 0.14] for split in lists.values() for d in split)
+
+
+def test_cli_reports_unknown_layout_clearly(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_data.py"), str(tmp_path / "empty"),
+                             "--output", str(tmp_path / "x.json")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "cannot tell the layout of" in result.stderr and str(tmp_path / "empty") in result.stderr
+    assert not (tmp_path / "x.json").exists()

@@ -1,0 +1,199 @@
+"""Public dataset layouts -> the bundle's MSD-style ``datalist.json``.
+
+One function per layout the paper evaluates on; :func:`prepare` detects the layout. Every entry is
+``{"image": path, "label": path, "dataset": name}`` with absolute paths (plus ``"spacing"`` where
+the layout gives one), so the datalist can be written anywhere. Missing or mismatched files raise a
+:class:`~transfuse_bundle.data.datalist.DatasetError` naming them, before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .datalist import IMAGE_EXTENSIONS, DatasetError, split_training
+
+__all__ = ["LAYOUTS", "detect_layout", "prepare", "polyp_pranet", "folder_pairs", "isic2017", "msd_prostate",
+           "prostate158", "hip"]
+
+logger = logging.getLogger(__name__)
+
+Datalist = dict[str, list[dict[str, Any]]]
+
+PRANET_TEST_SETS = ("Kvasir", "CVC-ClinicDB", "CVC-ColonDB", "CVC-300", "ETIS-LaribPolypDB")
+
+
+def _files_by_stem(folder: Path, suffix: str = "", extensions: Sequence[str] = IMAGE_EXTENSIONS) -> dict[str, Path]:
+    """``{stem without suffix: path}`` for the files of ``folder`` ending in ``suffix + ext``."""
+    if not folder.is_dir():
+        raise DatasetError(f"expected a folder {str(folder)!r}, which does not exist")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        name = path.name.lower()
+        ext = next((e for e in extensions if name.endswith(suffix.lower() + e)), None)
+        if ext is None or not path.is_file() or path.name.startswith("."):
+            continue
+        stem = path.name[: len(path.name) - len(suffix) - len(ext)]
+        if stem in found:
+            raise DatasetError(f"two files for the case {stem!r} in {folder}: {found[stem].name} and {path.name}")
+        found[stem] = path
+    return found
+
+
+def _pair(images_dir: Path, masks_dir: Path, dataset: str, mask_suffix: str = "",
+          extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[dict[str, Any]]:
+    """Pairs images and masks by stem; every image needs a mask and every mask an image."""
+    images = _files_by_stem(images_dir, extensions=extensions)
+    masks = _files_by_stem(masks_dir, mask_suffix, extensions=extensions)
+    if not images:
+        raise DatasetError(f"no images ({', '.join(extensions)}) in {images_dir}")
+    no_mask = sorted(set(images) - set(masks))
+    no_image = sorted(set(masks) - set(images))
+    if no_mask:
+        raise DatasetError(f"{len(no_mask)} image(s) in {images_dir} have no mask in {masks_dir}, e.g. "
+                           f"{images[no_mask[0]].name} (expected {no_mask[0]}{mask_suffix}.<ext>)")
+    if no_image:
+        raise DatasetError(f"{len(no_image)} mask(s) in {masks_dir} have no image in {images_dir}, e.g. "
+                           f"{masks[no_image[0]].name}")
+    return [{"image": str(images[s]), "label": str(masks[s]), "dataset": dataset} for s in sorted(images)]
+
+
+def polyp_pranet(root: Path, val_fraction: float = 0.1, seed: int = 0) -> Datalist:
+    """PraNet split: ``TrainDataset/{image,mask}`` for training (a deterministic share for
+    validation) and each of ``TestDataset/<set>/{images,masks}`` as test cases tagged with the set."""
+    training = _pair(root / "TrainDataset" / "image", root / "TrainDataset" / "mask", "TrainDataset")
+    training, validation = split_training(training, val_fraction, seed)
+    test: list[dict[str, Any]] = []
+    test_root = root / "TestDataset"
+    sets = [name for name in PRANET_TEST_SETS if (test_root / name).is_dir()]
+    if not sets:
+        raise DatasetError(f"{test_root} holds none of the PraNet test sets {list(PRANET_TEST_SETS)}")
+    for name in sets:
+        test += _pair(test_root / name / "images", test_root / name / "masks", name)
+    return {"training": training, "validation": validation, "test": test}
+
+
+def folder_pairs(root: Path, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> Datalist:
+    """A plain ``images/`` + ``masks/`` folder (Kvasir-SEG, CVC-ClinicDB, PH2): deterministic
+    training / validation / test split."""
+    cases = _pair(root / "images", root / "masks", root.name)
+    rest, test = split_training(cases, test_fraction, seed) if test_fraction > 0 else (cases, [])
+    training, validation = split_training(rest, val_fraction, seed + 1)
+    return {"training": training, "validation": validation, "test": test}
+
+
+def isic2017(root: Path, **_: Any) -> Datalist:
+    """ISIC 2017: ``ISIC-2017_{Training,Validation,Test_v2}_Data/*.jpg`` with
+    ``ISIC-2017_<split>_Part1_GroundTruth/<id>_segmentation.png``."""
+    lists: Datalist = {}
+    for split, name in (("training", "Training"), ("validation", "Validation"), ("test", "Test_v2")):
+        lists[split] = _pair(root / f"ISIC-2017_{name}_Data", root / f"ISIC-2017_{name}_Part1_GroundTruth",
+                             f"ISIC2017-{name}", mask_suffix="_segmentation")
+    return lists
+
+
+def msd_prostate(root: Path, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0) -> Datalist:
+    """MSD Task05 Prostate: ``dataset.json`` listing ``imagesTr/*.nii.gz`` (T2 and ADC as two channels)
+    and ``labelsTr`` (1 = peripheral zone, 2 = transition zone); split deterministically."""
+    meta_file = root / "dataset.json"
+    if not meta_file.is_file():
+        raise DatasetError(f"{meta_file} not found: an MSD task folder has dataset.json, imagesTr/ and labelsTr/")
+    meta = json.loads(meta_file.read_text())
+    cases = []
+    for index, entry in enumerate(meta.get("training", [])):
+        case = {key: str((root / entry[key]).resolve()) for key in ("image", "label")}
+        for key, path in case.items():
+            if not Path(path).is_file():
+                raise DatasetError(f"{meta_file}: training[{index}] {key} file {path!r} does not exist")
+        cases.append({**case, "dataset": meta.get("name", "Prostate")})
+    if not cases:
+        raise DatasetError(f"{meta_file} lists no training cases")
+    rest, test = split_training(cases, test_fraction, seed)
+    training, validation = split_training(rest, val_fraction, seed + 1)
+    return {"training": training, "validation": validation, "test": test}
+
+
+def prostate158(root: Path, val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0,
+                reader: str = "t2_anatomy_reader1") -> Datalist:
+    """Prostate158: ``<case>/t2.nii.gz`` with ``<case>/<reader>.nii.gz`` (1 = central gland /
+    transition zone, 2 = peripheral zone)."""
+    cases = []
+    for case_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        image, label = case_dir / "t2.nii.gz", case_dir / f"{reader}.nii.gz"
+        if not image.is_file():
+            continue
+        if not label.is_file():
+            raise DatasetError(f"{image} has no label {label.name} in {case_dir}")
+        cases.append({"image": str(image), "label": str(label), "dataset": "Prostate158"})
+    if not cases:
+        raise DatasetError(f"no <case>/t2.nii.gz volumes in {root}")
+    rest, test = split_training(cases, test_fraction, seed) if test_fraction > 0 else (cases, [])
+    training, validation = split_training(rest, val_fraction, seed + 1)
+    return {"training": training, "validation": validation, "test": test}
+
+
+def hip(root: Path, spacing: Sequence[float] | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
+        seed: int = 0) -> Datalist:
+    """Hip-style X-rays: ``images/`` + ``masks/`` with integer labels (1 = pelvis, 2 = left femur,
+    3 = right femur) and a pixel ``spacing`` in mm (row, column) so HD and ASD come out in mm."""
+    if spacing is None or len(spacing) != 2 or min(spacing) <= 0:
+        raise DatasetError(f"the hip layout needs the pixel spacing in mm as two positive numbers, got {spacing!r}")
+    lists = folder_pairs(root, val_fraction, test_fraction, seed)
+    for entries in lists.values():
+        for entry in entries:
+            entry["spacing"] = [float(s) for s in spacing]
+    return lists
+
+
+LAYOUTS: dict[str, Callable[..., Datalist]] = {
+    "polyp-pranet": polyp_pranet,
+    "folder": folder_pairs,
+    "isic2017": isic2017,
+    "msd-prostate": msd_prostate,
+    "prostate158": prostate158,
+    "hip": hip,
+}
+
+
+def detect_layout(root: Path) -> str:
+    """The layout of ``root`` from its marker files (hip folders look like plain folders: name it)."""
+    if (root / "TrainDataset").is_dir() and (root / "TestDataset").is_dir():
+        return "polyp-pranet"
+    if (root / "ISIC-2017_Training_Data").is_dir():
+        return "isic2017"
+    if (root / "dataset.json").is_file() and (root / "imagesTr").is_dir():
+        return "msd-prostate"
+    if any((d / "t2.nii.gz").is_file() for d in root.iterdir() if d.is_dir()):
+        return "prostate158"
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        return "folder"
+    raise DatasetError(f"cannot tell the layout of {root}: expected one of {sorted(LAYOUTS)} "
+                       "(see scripts/prepare_data.py --help)")
+
+
+def prepare(root: str | os.PathLike, output: str | os.PathLike, layout: str | None = None, **options: Any) -> Datalist:
+    """Write ``output`` (a datalist.json) for the dataset at ``root``; returns the lists.
+
+    Args:
+        root: the dataset's top folder as downloaded.
+        output: the datalist file to write (its folder is created); nothing is written on error.
+        layout: one of :data:`LAYOUTS`, detected when None.
+        options: passed to the layout function (``val_fraction``, ``test_fraction``, ``seed``, ``spacing``).
+    """
+    root = Path(os.path.abspath(Path(root).expanduser()))
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {str(root)!r} does not exist")
+    layout = layout or detect_layout(root)
+    if layout not in LAYOUTS:
+        raise DatasetError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)}")
+    lists = LAYOUTS[layout](root, **options)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(output.suffix + ".tmp")
+    tmp.write_text(json.dumps({"layout": layout, "source": str(root), **lists}, indent=4))
+    tmp.replace(output)  # atomic: an interrupted run never leaves half a datalist
+    logger.info("wrote %s: %s", output, ", ".join(f"{k} {len(v)}" for k, v in lists.items()))
+    return lists
