@@ -23,15 +23,12 @@ import argparse
 import json
 import platform
 import resource
-import statistics
-import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from transfuse_bundle.benchmarking import forward_latency_ms, gmacs, median_ms, parameter_count
 from transfuse_bundle.networks import TransFuse
 from transfuse_bundle.networks.fast import fast_autocast_available, optimize_for_inference
 
@@ -76,31 +73,6 @@ class _FirstOutput(nn.Module):
         return self.net(x)[0]
 
 
-def median_ms(fn: Callable[[], object], iters: int, warmup: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def gmacs(model: nn.Module, x: torch.Tensor) -> float:
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        model(x)
-    return counter.get_total_flops() / 2 / 1e9
-
-
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -116,13 +88,6 @@ def inference_modes(name: str, model: nn.Module, device: torch.device) -> dict[s
         if fast_autocast_available(device):
             modes["bf16-fast"] = (fast, True, True)
     return modes
-
-
-def run_forward(model: nn.Module, x: torch.Tensor, autocast: bool, device: torch.device) -> Callable[[], object]:
-    def step():
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            return model(x)
-    return step
 
 
 def train_step_ms(model: nn.Module, size, batch: int, iters: int, device: torch.device, autocast: bool) -> float:
@@ -153,14 +118,14 @@ def benchmark(args) -> list[dict]:
             torch.manual_seed(0)
             model = build(name, size).to(device).eval()
             x = torch.rand(1, 3, *size, device=device)
-            row = {"model": name, "size": f"{size[0]}x{size[1]}", "params": sum(p.numel() for p in model.parameters()),
+            row = {"model": name, "size": f"{size[0]}x{size[1]}", "params": parameter_count(model),
                    "gmacs": round(gmacs(model, x), 2)}
             for mode, (net, channels_last, autocast) in inference_modes(name, model, device).items():
                 xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-                row[f"latency_ms_{mode}"] = round(median_ms(run_forward(net, xin, autocast, device), args.iters, args.warmup, device), 2)
+                row[f"latency_ms_{mode}"] = round(forward_latency_ms(net, xin, args.iters, args.warmup, autocast), 2)
                 xb = torch.rand(args.throughput_batch, 3, *size, device=device)
                 xb = xb.contiguous(memory_format=torch.channels_last) if channels_last else xb
-                ms = median_ms(run_forward(net, xb, autocast, device), args.throughput_iters, 1, device)
+                ms = forward_latency_ms(net, xb, args.throughput_iters, 1, autocast)
                 row[f"throughput_img_s_{mode}"] = round(args.throughput_batch * 1000 / ms, 2)
             row["train_step_ms_fp32"] = round(train_step_ms(model, size, args.train_batch, args.train_iters, device, False), 1)
             if name in TRANSFUSE and fast_autocast_available(device):
