@@ -1,0 +1,337 @@
+"""MONAI Label against a real server: the bundle served and trained by the stock ``monaibundle`` app.
+
+One MONAI Label server (subprocess, 127.0.0.1, a free port) is started for the whole module with two
+bundle folders made by :func:`transfuse_bundle.monailabel_app.install_bundle`:
+
+* ``transfuse_polyp`` (preset polyp at 96x96 for speed), trained briefly before the server starts by the
+  bundle's own CLI (``monai.bundle run training``) on 8 Kvasir-SEG images from ``../shared/data``, without
+  augmentation and validated on the same images, so that a few CPU-seconds give a model whose masks
+  overlap the ground truth of those images; the studies folder holds these and 2 more images, with
+  their masks in ``labels/final``;
+* ``transfuse_prostate`` (preset prostate, untrained seeded weights: only geometry is checked) and a
+  Prostate158 T2 volume in the same studies folder.
+
+The checks follow issue #5: ``/info``; inference by id and by upload (PNG of the input's size, values in
+{0, 1}, Dice with the ground truth); ``/train`` for one epoch rewrites ``models/model.pt`` and the app
+reloads it; the prostate bundle returns a NIfTI label with the volume's shape and affine; the server log
+never has "Checkpoint keys don't match". The time of each step is printed at the end of the module
+(and written to ``timings.json`` in the module's tmp folder).
+
+Needs MONAI Label: ``pip install --no-deps -r requirements-monailabel.txt``. Without it the tests fail
+(they are never skipped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data"
+KVASIR = DATA / "kvasir_seg"
+PROSTATE = DATA / "prostate158" / "020" / "t2.nii.gz"
+
+POLYP = "transfuse_polyp"
+PROSTATE_MODEL = "transfuse_prostate"
+N_PRETRAIN = 8  # Kvasir images of the short training before the server starts
+N_STUDIES = 10  # labelled images in the studies folder (the 8 above + 2; /train splits them 8/2)
+MAX_SIDE = 256  # studies images are downscaled (aspect kept) so that loading is cheap
+PRETRAIN_EPOCHS = 20  # x 2 iterations of 4 images (about 30 s on 2 cores)
+MIN_DICE = 0.5  # served mask vs ground truth, for images of the short training
+
+POLYP_OVERRIDES = {
+    "image_size": [96, 96],
+    "num_workers": 0,  # no DataLoader workers (2-core CI machine; MONAI Label trains in its own process)
+    "batch_size": 4,
+    "learning_rate": 0.001,
+}
+AUGMENTATIONS = ("RandAffined", "RandFlipd", "RandTorchVisiond")  # off for the short training only
+PROSTATE_OVERRIDES = {"image_size": [272, 272]}  # one window per 270x270 slice: fewer network calls
+
+# One intra-op thread per subprocess: on a shared 2-core machine, 2 OpenMP threads per process made a
+# training step 3-50x slower whenever another process was busy (measured), 1 thread is ~0.4 s either way.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+pytestmark = pytest.mark.slow
+
+TIMINGS: dict[str, float] = {}
+
+
+def _require_monailabel():
+    """Fails (never skips) with the install command when MONAI Label is missing."""
+    from transfuse_bundle.monailabel_app import require_monailabel
+
+    try:
+        version = require_monailabel()
+        import requests  # noqa: F401  (installed by requirements-monailabel.txt)
+    except ModuleNotFoundError as e:
+        pytest.fail(f"MONAI Label tests need monailabel: {e}", pytrace=False)
+    return version
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    pred, truth = pred > 0, truth > 0
+    denom = pred.sum() + truth.sum()
+    return float(2.0 * (pred & truth).sum() / denom) if denom else 1.0
+
+
+def _downscaled(image_src: Path, mask_src: Path, image_dst: Path, mask_dst: Path | None) -> None:
+    """Writes the image (and mask) with the longest side MAX_SIDE, keeping the aspect ratio."""
+    from PIL import Image
+
+    image = Image.open(image_src).convert("RGB")
+    scale = MAX_SIDE / max(image.size)
+    size = (round(image.width * scale), round(image.height * scale))
+    image.resize(size, Image.BILINEAR).save(image_dst, quality=95)
+    if mask_dst is not None:
+        Image.open(mask_src).convert("L").resize(size, Image.NEAREST).save(mask_dst)
+
+
+class Server:
+    """A MONAI Label server subprocess and a bounded-timeout HTTP client for it."""
+
+    def __init__(self, app: Path, studies: Path, models: list[str], log: Path):
+        from transfuse_bundle.monailabel_app import server_command
+
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app, self.studies, self.log_path = app, studies, log
+        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", **ONE_THREAD)
+        self._log = open(log, "w")
+        self.proc = subprocess.Popen(
+            server_command(app, studies, models, port=self.port), stdout=self._log, stderr=subprocess.STDOUT,
+            env=env, cwd=str(app.parent), start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 240.0) -> dict:
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"MONAI Label server exited with {self.proc.returncode} at start; log:\n{self.log()[-6000:]}")
+            try:
+                r = requests.get(f"{self.url}/info/", timeout=5)
+                if r.status_code == 200:
+                    return r.json()
+            except requests.RequestException:
+                pass
+            time.sleep(1.0)
+        pytest.fail(f"MONAI Label server did not answer /info within {timeout:.0f} s; log:\n{self.log()[-6000:]}")
+
+    def request(self, method: str, path: str, timeout: float, **kwargs):
+        import requests
+
+        r = requests.request(method, f"{self.url}{path}", timeout=timeout, **kwargs)
+        assert r.status_code == 200, f"{method} {path} -> HTTP {r.status_code}: {r.text[:2000]}\nlog:\n{self.log()[-4000:]}"
+        return r
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the server and the training processes it started
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        self._log.close()
+
+
+def _short_training(bundle: Path, names: list[str], studies: Path, root: Path) -> None:
+    """Trains the polyp bundle folder with its own CLI on ``names`` (validated on the same images): the
+    best-Dice checkpoint goes to ``bundle/models/model.pt`` as in any bundle training."""
+    config = bundle / "configs" / "train.json"
+    cfg = json.loads(config.read_text())
+    for t in cfg["train"]["preprocessing"]["transforms"]:
+        if isinstance(t, dict) and t.get("_target_") in AUGMENTATIONS:
+            t["_disabled_"] = True
+    short = bundle / "configs" / "short_train.json"  # the served train.json keeps its augmentations
+    short.write_text(json.dumps(cfg, indent=4))
+    items = [{"image": str(studies / f"{n}.jpg"), "label": str(studies / "labels" / "final" / f"{n}.png")} for n in names]
+    datalist = root / "pretrain_datalist.json"
+    datalist.write_text(json.dumps({"training": items, "validation": items}))
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(short),
+           "--meta_file", str(bundle / "configs" / "metadata.json"),
+           "--logging_file", str(bundle / "configs" / "logging.conf"), "--bundle_root", str(bundle),
+           "--dataset_dir", str(datalist), "--max_epochs", str(PRETRAIN_EPOCHS)]
+    env = dict(os.environ, PYTHONPATH=str(bundle), **ONE_THREAD)
+    log = root / "short_training.log"
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=bundle, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=900)
+    if proc.returncode != 0:
+        pytest.fail(f"short training failed ({' '.join(cmd)}), exit {proc.returncode}:\n{log.read_text()[-5000:]}")
+    short.unlink()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, request):
+    """Builds the app, both bundle folders and the studies folder, trains the polyp bundle briefly, starts
+    the server, and stops it at the end."""
+    _require_monailabel()
+    for needed in (KVASIR / "images", KVASIR / "masks", PROSTATE):
+        if not needed.exists():
+            pytest.fail(f"test data missing: {needed} (the tests read ../shared/data next to the repository)")
+    from transfuse_bundle.monailabel_app import install_bundle
+
+    root = tmp_path_factory.mktemp("monailabel")
+    t0 = time.monotonic()
+    app = root / "apps" / "monaibundle"
+    polyp = install_bundle(app, POLYP, preset="polyp", overrides=POLYP_OVERRIDES, include_models=False,
+                           init_weights=True)
+    install_bundle(app, PROSTATE_MODEL, preset="prostate", overrides=PROSTATE_OVERRIDES, include_models=False,
+                   init_weights=True)
+    studies = root / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    names = sorted(p.stem for p in (KVASIR / "images").glob("*.jpg"))[:N_STUDIES]
+    for name in names:
+        _downscaled(KVASIR / "images" / f"{name}.jpg", KVASIR / "masks" / f"{name}.png",
+                    studies / f"{name}.jpg", studies / "labels" / "final" / f"{name}.png")
+    shutil.copyfile(PROSTATE, studies / "prostate020.nii.gz")
+    TIMINGS["build app, bundles and studies"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    untrained = _md5(polyp / "models" / "model.pt")
+    _short_training(polyp, names[:N_PRETRAIN], studies, root)
+    assert _md5(polyp / "models" / "model.pt") != untrained, "the short training did not write models/model.pt"
+    TIMINGS[f"short training (bundle CLI, {PRETRAIN_EPOCHS} epochs)"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    srv = Server(app, studies, [POLYP, PROSTATE_MODEL], root / "server.log")
+    try:
+        srv.wait_ready()
+        TIMINGS["server start (until /info answers)"] = time.monotonic() - t0
+        srv.names, srv.root, srv.model = names, root, polyp / "models" / "model.pt"
+        yield srv
+    finally:
+        srv.stop()
+        (root / "timings.json").write_text(json.dumps(TIMINGS, indent=2))
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():  # shown even though output is captured
+                reporter.write_line("")
+                reporter.write_line(f"MONAI Label steps (s; dice values unitless), logs in {root}:")
+                for step, value in TIMINGS.items():
+                    reporter.write_line(f"  {step:<45} {value:7.2f}")
+
+
+def _infer_png(server: Server, path: str, step: str, **kwargs) -> np.ndarray:
+    from PIL import Image
+
+    t0 = time.monotonic()
+    r = server.request("POST", path, timeout=180, **kwargs)
+    TIMINGS[step] = time.monotonic() - t0
+    image = Image.open(io.BytesIO(r.content))
+    assert image.format == "PNG", f"{path}: expected a PNG, got {image.format}"
+    return np.asarray(image)
+
+
+def _check_label_map(pred: np.ndarray, reference: Path, label_ids: set[int]) -> None:
+    from PIL import Image
+
+    width, height = Image.open(reference).size
+    assert pred.shape == (height, width), f"label map {pred.shape} is not (H, W) = {(height, width)} of {reference.name}"
+    assert pred.dtype == np.uint8, pred.dtype
+    values = set(np.unique(pred).tolist())
+    assert values <= {0} | label_ids, f"label values {sorted(values)} are not in {{0}} | {sorted(label_ids)}"
+
+
+def test_info_lists_models(server):
+    t0 = time.monotonic()
+    info = server.request("GET", "/info/", timeout=30).json()
+    TIMINGS["/info"] = time.monotonic() - t0
+    polyp = info["models"][POLYP]
+    assert polyp["type"] == "segmentation"
+    assert polyp["dimension"] == 2
+    assert polyp["labels"] == {"polyp": 1}
+    assert polyp["config"].get("result_extension") == ".png"
+    prostate = info["models"][PROSTATE_MODEL]
+    assert prostate["type"] == "segmentation"
+    assert prostate["labels"] == {"central gland": 1, "peripheral zone": 2}
+    assert POLYP in info["trainers"]
+    datastore = server.request("GET", "/datastore/?output=all", timeout=30).json()
+    assert set(server.names) | {"prostate020"} <= set(datastore["objects"]), sorted(datastore["objects"])
+    assert "Checkpoint keys don't match" not in server.log()
+
+
+def test_infer_by_id_overlaps_ground_truth(server):
+    from PIL import Image
+
+    name = server.names[0]
+    pred = _infer_png(server, f"/infer/{POLYP}?image={name}&output=image", "infer by id (2D)")
+    _check_label_map(pred, server.studies / f"{name}.jpg", {1})
+    dice = _dice(pred, np.asarray(Image.open(server.studies / "labels" / "final" / f"{name}.png")))
+    TIMINGS["  dice by id"] = dice
+    assert dice > MIN_DICE, f"Dice {dice:.3f} of the served mask of {name} vs its ground truth is not > {MIN_DICE}"
+    assert "Checkpoint keys don't match" not in server.log()
+
+
+def test_infer_by_upload_overlaps_ground_truth(server):
+    from PIL import Image
+
+    name = server.names[1]
+    image = server.studies / f"{name}.jpg"
+    with open(image, "rb") as f:
+        pred = _infer_png(server, f"/infer/{POLYP}?output=image", "infer by upload (2D)",
+                          files={"file": ("upload.jpg", f, "image/jpeg")}, data={"params": "{}"})
+    _check_label_map(pred, image, {1})
+    dice = _dice(pred, np.asarray(Image.open(server.studies / "labels" / "final" / f"{name}.png")))
+    TIMINGS["  dice by upload"] = dice
+    assert dice > MIN_DICE, f"Dice {dice:.3f} of the served mask of the uploaded {name} is not > {MIN_DICE}"
+
+
+def test_train_one_epoch_rewrites_model_and_app_reloads(server):
+    name = server.names[2]
+    _infer_png(server, f"/infer/{POLYP}?image={name}&output=image", "infer before /train")
+    before, reloads = _md5(server.model), server.log().count("Reload model from cache")
+    t0 = time.monotonic()
+    server.request("POST", f"/train/{POLYP}?run_sync=true", timeout=600,
+                   json={"max_epochs": 1, "val_split": 0.2, "device": "cpu"})
+    TIMINGS["/train 1 epoch"] = time.monotonic() - t0
+    assert _md5(server.model) != before, f"/train for one epoch did not rewrite {server.model}"
+    pred = _infer_png(server, f"/infer/{POLYP}?image={name}&output=image", "infer after /train (reloads)")
+    _check_label_map(pred, server.studies / f"{name}.jpg", {1})
+    assert server.log().count("Reload model from cache") > reloads, "the app did not reload model.pt after /train"
+    assert "Checkpoint keys don't match" not in server.log()
+
+
+def test_prostate_volume_served_slice_by_slice(server):
+    import nibabel as nib
+
+    t0 = time.monotonic()
+    r = server.request("POST", f"/infer/{PROSTATE_MODEL}?image=prostate020&output=image", timeout=300)
+    TIMINGS["prostate infer (NIfTI, slice by slice)"] = time.monotonic() - t0
+    out = server.root / "prostate020_label.nii.gz"
+    out.write_bytes(r.content)
+    label, volume = nib.load(out), nib.load(PROSTATE)
+    assert label.shape == volume.shape, f"label {label.shape} vs volume {volume.shape}"
+    np.testing.assert_allclose(label.affine, volume.affine, atol=1e-4, err_msg="label affine differs from the volume's")
+    data = np.asarray(label.dataobj)
+    assert data.dtype == np.uint8, data.dtype
+    assert set(np.unique(data).tolist()) <= {0, 1, 2}
+    assert "Checkpoint keys don't match" not in server.log()

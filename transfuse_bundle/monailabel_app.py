@@ -1,0 +1,135 @@
+"""MONAI Label: put a TransFuse bundle folder into the ``monaibundle`` app and start a server on it.
+
+Nothing here changes MONAI Label: the app is the stock ``monaibundle`` sample app copied from the
+installed ``monailabel`` wheel (``python -m monailabel.main apps --download``, which copies, it does not
+download), and the bundle folder is made by :func:`transfuse_bundle.bundle_folder.copy_bundle` in the
+app's ``model/NAME`` folder, which is where the app looks for a local bundle called ``NAME``.
+
+Install MONAI Label with ``pip install --no-deps -r requirements-monailabel.txt`` (see that file).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .bundle_folder import BundleFolderError, copy_bundle, write_initial_weights
+
+__all__ = ["APP_NAME", "RESERVED_WORDS", "require_monailabel", "ensure_app", "install_bundle", "server_command"]
+
+APP_NAME = "monaibundle"
+# a model name containing one of these changes the task type the monaibundle app gives it
+RESERVED_WORDS = ("deepedit", "deepgrow", "detection", "classification")
+
+
+def require_monailabel() -> str:
+    """Returns the installed monailabel version, or raises ``ModuleNotFoundError`` saying how to install it."""
+    try:
+        import monailabel
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            "monailabel is not installed in this environment: run "
+            "`pip install --no-deps -r requirements-monailabel.txt` from the repository root "
+            "(docs/monailabel.md explains why --no-deps)"
+        ) from e
+    return monailabel.__version__
+
+
+def ensure_app(app_dir: str | os.PathLike, python: str | None = None) -> Path:
+    """Makes sure ``app_dir`` holds the ``monaibundle`` app (copied from the monailabel wheel if missing)
+    and its ``model/`` folder; returns ``app_dir``.
+
+    Args:
+        app_dir: the app folder, e.g. ``apps/monaibundle`` (any folder name works).
+        python: the interpreter that has monailabel (default: this one).
+    """
+    app_dir = Path(app_dir).resolve()
+    if not (app_dir / "main.py").is_file():
+        if app_dir.exists() and any(app_dir.iterdir()):
+            raise BundleFolderError(f"{app_dir} exists but has no main.py: not a MONAI Label app folder")
+        require_monailabel()
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [python or sys.executable, "-m", "monailabel.main", "apps", "--download",
+                   "--name", APP_NAME, "--output", tmp]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            copied = Path(tmp) / APP_NAME
+            if proc.returncode != 0 or not (copied / "main.py").is_file():
+                raise BundleFolderError(
+                    f"could not copy the {APP_NAME} app from the monailabel wheel ({' '.join(cmd)}): "
+                    f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+                )
+            app_dir.parent.mkdir(parents=True, exist_ok=True)
+            if app_dir.exists():
+                app_dir.rmdir()
+            shutil.copytree(copied, app_dir)
+    (app_dir / "model").mkdir(exist_ok=True)  # the copy has none; the app looks for local bundles there
+    return app_dir
+
+
+def install_bundle(
+    app_dir: str | os.PathLike,
+    name: str,
+    preset: str = "polyp",
+    overrides: Mapping[str, Any] | None = None,
+    weights: str | os.PathLike | None = None,
+    init_weights: bool = False,
+    include_models: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Writes the bundle folder for ``preset`` as ``APP/model/NAME`` (making the app if needed); returns it.
+
+    Args:
+        app_dir: the monaibundle app folder (created from the wheel if it does not exist).
+        name: the folder and REST model name; it must not contain one of :data:`RESERVED_WORDS`.
+        preset, overrides, weights, include_models, overwrite: as for
+            :func:`~transfuse_bundle.bundle_folder.copy_bundle`.
+        init_weights: when the bundle ends up without ``models/model.pt``, write untrained weights
+            (MONAI Label skips a bundle without weights; train it through ``/train``).
+    """
+    lowered = name.lower()
+    if not name or os.sep in name or name.startswith("."):
+        raise BundleFolderError(f"bad model name {name!r}: use a plain folder name such as transfuse_polyp")
+    bad = [w for w in RESERVED_WORDS if w in lowered]
+    if bad:
+        raise BundleFolderError(
+            f"model name {name!r} contains {bad[0]!r}: the monaibundle app would not serve it as segmentation"
+        )
+    app = ensure_app(app_dir)
+    bundle = copy_bundle(app / "model" / name, preset=preset, overrides=overrides, weights=weights,
+                         include_models=include_models, overwrite=overwrite)
+    if not (bundle / "models" / "model.pt").is_file() and not (bundle / "models" / "model.ts").is_file():
+        if not init_weights:
+            raise BundleFolderError(
+                f"{bundle / 'models'} has no model.pt: train the bundle first, pass weights, "
+                f"or ask for untrained weights (init_weights=True / --init-weights)"
+            )
+        write_initial_weights(bundle)
+    return bundle
+
+
+def server_command(
+    app_dir: str | os.PathLike,
+    studies: str | os.PathLike,
+    models: Sequence[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    python: str | None = None,
+    extra_conf: Mapping[str, str] | None = None,
+) -> list[str]:
+    """The ``start_server`` command line for local bundles, offline.
+
+    ``zoo_source github`` stops the default zoo listing at start (it needs the network); ``sam2 false``
+    stops the SAM2 weight download when sam2 happens to be installed. ``python -m monailabel.main`` is
+    used rather than the ``monailabel`` wrapper, which runs whatever ``python`` is first on PATH.
+    """
+    conf = {"models": ",".join(models), "zoo_source": "github", "sam2": "false", **dict(extra_conf or {})}
+    cmd = [python or sys.executable, "-m", "monailabel.main", "start_server",
+           "--app", str(app_dir), "--studies", str(studies)]
+    for k, v in conf.items():
+        cmd += ["--conf", k, str(v)]
+    return cmd + ["--host", host, "--port", str(port)]
