@@ -8,7 +8,8 @@ Adam) and the process's peak memory; TransFuse also in its fast inference modes
 Writes ``OUT.json`` and ``OUT.md``.
 
 "official-S" is TransFuse-S computed exactly as the official code does it (explicit attention
-instead of fused attention, BatchNorm unfolded, contiguous layout): the official repository is
+instead of fused attention, BatchNorm unfolded, contiguous layout, and for training the official
+structure loss: 31x31 boundary pooling in float64): the official repository is
 not vendored here and cannot be downloaded, and this model reproduces its outputs to ~1e-6
 (tests/test_networks.py). Its ratios are also given against the official latencies measured
 on the reference 2-core CPU (116 ms at 192x256, 282 ms at 352x352).
@@ -23,12 +24,14 @@ import argparse
 import json
 import platform
 import resource
+import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from transfuse_bundle.benchmarking import forward_latency_ms, gmacs, median_ms, parameter_count
+from transfuse_bundle.losses import transfuse_deep_supervision_loss
 from transfuse_bundle.networks import TransFuse
 from transfuse_bundle.networks.fast import fast_autocast_available, optimize_for_inference
 
@@ -90,9 +93,30 @@ def inference_modes(name: str, model: nn.Module, device: torch.device) -> dict[s
     return modes
 
 
-def train_step_ms(model: nn.Module, size, batch: int, iters: int, device: torch.device, autocast: bool) -> float:
+def official_structure_loss(pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The official training loss of one head (train_isic.py), in float64 as the official code runs it."""
+    pred, mask = pred.double(), mask.double()
+    weit = 1 + 5 * torch.abs(nn.functional.avg_pool2d(mask, kernel_size=31, stride=1, padding=15) - mask)
+    wbce = nn.functional.binary_cross_entropy_with_logits(pred, mask, reduction="none")
+    wbce = (weit * wbce).sum(dim=(2, 3)) / weit.sum(dim=(2, 3))
+    prob = torch.sigmoid(pred)
+    inter = (prob * mask * weit).sum(dim=(2, 3))
+    union = ((prob + mask) * weit).sum(dim=(2, 3))
+    return (wbce + 1 - (inter + 1) / (union - inter + 1)).mean()
+
+
+def training_loss(name: str):
+    """The loss each model trains with: the official one for official-S, the bundle's otherwise."""
+    if name == "official-S":
+        return lambda heads, y: sum(w * official_structure_loss(h, y) for w, h in zip((0.5, 0.3, 0.2), heads))
+    return transfuse_deep_supervision_loss()
+
+
+def train_step_ms(model: nn.Module, name: str, size, batch: int, iters: int, device: torch.device, autocast: bool) -> float:
+    """Median forward + loss + backward + Adam step time for a batch of random images and masks."""
     model = model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.999))
+    loss_fn = training_loss(name)
     x = torch.rand(batch, 3, *size, device=device)
     y = (torch.rand(batch, 1, *size, device=device) > 0.5).float()
 
@@ -100,8 +124,8 @@ def train_step_ms(model: nn.Module, size, batch: int, iters: int, device: torch.
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             out = model(x)
-            outs = out if isinstance(out, (tuple, list)) else (out,)
-            loss = sum(nn.functional.binary_cross_entropy_with_logits(o.float(), y) for o in outs)
+        heads = [o.float() for o in (out if isinstance(out, (tuple, list)) else (out,))]
+        loss = loss_fn(heads, y)
         loss.backward()
         optimizer.step()
 
@@ -127,14 +151,57 @@ def benchmark(args) -> list[dict]:
                 xb = xb.contiguous(memory_format=torch.channels_last) if channels_last else xb
                 ms = forward_latency_ms(net, xb, args.throughput_iters, 1, autocast)
                 row[f"throughput_img_s_{mode}"] = round(args.throughput_batch * 1000 / ms, 2)
-            row["train_step_ms_fp32"] = round(train_step_ms(model, size, args.train_batch, args.train_iters, device, False), 1)
+            row["train_step_ms_fp32"] = round(train_step_ms(model, name, size, args.train_batch, args.train_iters, device, False), 1)
             if name in TRANSFUSE and fast_autocast_available(device):
-                row["train_step_ms_bf16"] = round(train_step_ms(model, size, args.train_batch, args.train_iters, device, True), 1)
+                row["train_step_ms_bf16"] = round(train_step_ms(model, name, size, args.train_batch, args.train_iters, device, True), 1)
             row["peak_memory_mb"] = round(peak_memory_mb(device), 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
     add_ratios(rows)
     return rows
+
+
+def data_pipeline(dataset_dir: Path, size, batch: int, steps: int, num_workers: int) -> dict:
+    """Training images/s with the bundle's own data pipeline (real images from disk: train.json's
+    CacheDataset, augmentations and DataLoader) against the same training step on tensors already in
+    memory. The ratio says whether data loading holds training back."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[1] / "configs" / "train.json"))
+    parser.update({"dataset_dir": str(dataset_dir), "image_size": list(size), "batch_size": batch,
+                   "num_workers": num_workers, "device": "$torch.device('cpu')", "amp": False})
+    loader = parser.get_parsed_content("train#dataloader")
+    network, loss_fn = parser.get_parsed_content("network"), parser.get_parsed_content("loss")
+    optimizer = parser.get_parsed_content("optimizer")
+    network.train()
+
+    def step(images, labels):
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(network(images), labels).backward()
+        optimizer.step()
+
+    batches = iter(loader)
+    first = next(batches)
+    images, labels = first["image"], first["label"]
+    step(images, labels)  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(images, labels)
+    model_only = steps * batch / (time.perf_counter() - start)
+    start, seen = time.perf_counter(), 0
+    while seen < steps * batch:
+        try:
+            data = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            data = next(batches)
+        step(data["image"], data["label"])
+        seen += data["image"].shape[0]
+    with_data = seen / (time.perf_counter() - start)
+    return {"dataset_dir": str(dataset_dir), "size": f"{size[0]}x{size[1]}", "batch": batch, "num_workers": num_workers,
+            "train_img_s_model_only": round(model_only, 2), "train_img_s_with_data": round(with_data, 2),
+            "data_pipeline_ratio": round(with_data / model_only, 3)}
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -171,12 +238,16 @@ def machine_description(args) -> str:
     return f"{hardware}; torch {torch.__version__}; native bf16: {fast_autocast_available(device)}"
 
 
-def write_markdown(rows: list[dict], machine: str, path: Path) -> None:
+def write_markdown(rows: list[dict], machine: str, path: Path, pipeline: dict | None = None) -> None:
     columns = sorted({k for r in rows for k in r} - {"model", "size"}, key=_column_order)
     lines = [f"Measured on: {machine}", "", "| model | size | " + " | ".join(columns) + " |",
              "|---|---|" + "---|" * len(columns)]
     for r in rows:
         lines.append(f"| {r['model']} | {r['size']} | " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+    if pipeline:
+        lines += ["", f"Data pipeline ({pipeline['dataset_dir']}, {pipeline['size']}, batch {pipeline['batch']}, "
+                  f"{pipeline['num_workers']} workers): {pipeline['train_img_s_with_data']} training images/s from disk "
+                  f"vs {pipeline['train_img_s_model_only']} on tensors in memory, ratio {pipeline['data_pipeline_ratio']}"]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -209,6 +280,10 @@ def main(argv=None) -> None:
     parser.add_argument("--throughput-iters", type=int, default=3)
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--train-iters", type=int, default=3)
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="also measure the training data pipeline on this dataset (folder or datalist.json)")
+    parser.add_argument("--data-steps", type=int, default=6)
+    parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="one small size, few iterations, three models")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmark"), help="writes OUT.json and OUT.md")
     args = parser.parse_args(argv)
@@ -220,9 +295,14 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     rows = benchmark(args)
     machine = machine_description(args)
+    report = {"machine": machine, "results": rows}
+    if args.data_dir is not None:
+        report["data_pipeline"] = data_pipeline(args.data_dir, args.sizes[-1], args.train_batch, args.data_steps,
+                                                args.num_workers)
+        print(json.dumps(report["data_pipeline"]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"machine": machine, "results": rows}, indent=2) + "\n")
-    write_markdown(rows, machine, args.out.with_suffix(".md"))
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(rows, machine, args.out.with_suffix(".md"), report.get("data_pipeline"))
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from transfuse_bundle.data import write_datalist
 from transfuse_bundle.networks import TransFuse
 from transfuse_bundle.networks.fast import fast_autocast_available, fold_batchnorm, inference_autocast, optimize_for_inference
 
@@ -59,11 +60,19 @@ def test_inference_autocast_uses_bf16_only_where_native():
         assert (x @ x).dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_benchmark_script_tiny_mode(tmp_path):
+    datalist = tmp_path / "kvasir8.json"
+    write_datalist(ROOT.parent / "shared" / "data" / "kvasir_seg", datalist, num_training=8, num_validation=2)
     out = tmp_path / "bench"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--tiny", "--threads", "2", "--out", str(out)],
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--tiny", "--threads", "2", "--out", str(out),
+                    "--data-dir", str(datalist), "--data-steps", "2", "--num-workers", "0"],
                    check=True, cwd=tmp_path, timeout=600)
     report = json.loads(out.with_suffix(".json").read_text())
+    pipeline = report["data_pipeline"]
+    assert pipeline["train_img_s_with_data"] > 0 and pipeline["train_img_s_model_only"] > 0
+    assert pipeline["data_pipeline_ratio"] == pytest.approx(
+        pipeline["train_img_s_with_data"] / pipeline["train_img_s_model_only"], rel=0.01)
     rows = {r["model"]: r for r in report["results"]}
     assert set(rows) == {"official-S", "S", "unet"}
     ours = rows["S"]
@@ -73,4 +82,4 @@ def test_benchmark_script_tiny_mode(tmp_path):
                 "speedup_vs_official_fp32-fast", "train_speedup_vs_official_fp32", "peak_memory_mb"):
         assert ours[key] > 0, key
     table = out.with_suffix(".md").read_text()
-    assert "| S | 32x32 |" in table and "Measured on:" in table
+    assert "| S | 32x32 |" in table and "Measured on:" in table and "Data pipeline" in table
