@@ -1,0 +1,230 @@
+"""Datasets on disk -> MONAI datalists (lists of ``{"image": path, "label": path}`` dicts).
+
+Two layouts are accepted for ``dataset_dir``:
+
+* the common folder layout ``DIR/images/<stem>.<ext>`` with ``DIR/masks/<stem>.<ext>``
+  (Kvasir-SEG, PH2, CVC-ClinicDB, ISIC), ext one of :data:`IMAGE_EXTENSIONS`;
+* an MSD-style ``datalist.json`` (``DIR/datalist.json`` or the JSON file itself) with ``training``,
+  optional ``validation`` and ``test`` lists; relative paths are relative to the JSON's folder.
+
+Every problem (missing folder, image without a mask, empty list, missing file) raises an error that
+names the path, when the config is parsed and before any training starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DATALIST_NAME",
+    "DatasetError",
+    "find_image_mask_pairs",
+    "find_images",
+    "split_training",
+    "load_datalist",
+    "evaluation_datalist",
+    "inference_datalist",
+    "write_datalist",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DATALIST_NAME = "datalist.json"
+
+
+class DatasetError(ValueError):
+    """A dataset folder or datalist that cannot be used; the message names the path and the problem."""
+
+
+def _images_in(folder: Path) -> dict[str, Path]:
+    """``{stem: path}`` of the image files directly in ``folder``; duplicate stems are an error."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith("."):
+            continue
+        if path.stem in found:
+            raise DatasetError(f"two files with the stem {path.stem!r} in {folder}: {found[path.stem].name} and {path.name}")
+        found[path.stem] = path
+    return found
+
+
+def _check_dir(dataset_dir: str | os.PathLike) -> Path:
+    root = Path(os.path.abspath(Path(dataset_dir).expanduser()))  # datalists hold absolute paths, valid from any folder
+    if not root.exists():
+        raise DatasetError(f"dataset_dir {str(root)!r} does not exist")
+    return root
+
+
+def find_image_mask_pairs(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
+    """Pairs ``DIR/images/<stem>.*`` with ``DIR/masks/<stem>.*``, sorted by stem.
+
+    Raises:
+        DatasetError: the folder or its ``images``/``masks`` subfolders are missing, there are no images,
+            or an image has no mask (all such stems are listed).
+    """
+    root = _check_dir(dataset_dir)
+    images_dir, masks_dir = root / "images", root / "masks"
+    if not images_dir.is_dir() or not masks_dir.is_dir():
+        raise DatasetError(
+            f"dataset_dir {str(root)!r} has neither a {DATALIST_NAME} nor the folders images/ and masks/ "
+            f"(expected DIR/images/<stem>.{{png,jpg,jpeg,bmp,tif}} with DIR/masks/<stem>.*)"
+        )
+    images, masks = _images_in(images_dir), _images_in(masks_dir)
+    if not images:
+        raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {images_dir}")
+    missing = sorted(set(images) - set(masks))
+    if missing:
+        shown = ", ".join(images[s].name for s in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DatasetError(f"{len(missing)} image(s) in {images_dir} have no mask in {masks_dir}: {shown}")
+    extra = sorted(set(masks) - set(images))
+    if extra:
+        logger.warning("%d mask(s) in %s have no image and are ignored, e.g. %s", len(extra), masks_dir, extra[0])
+    return [{"image": str(images[s]), "label": str(masks[s])} for s in sorted(images)]
+
+
+def find_images(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
+    """Images of ``DIR/images/`` if that folder exists, else image files directly in ``DIR`` (no masks needed)."""
+    root = _check_dir(dataset_dir)
+    folder = root / "images" if (root / "images").is_dir() else root
+    if not folder.is_dir():
+        raise DatasetError(f"{str(folder)!r} is not a folder of images")
+    images = _images_in(folder)
+    if not images:
+        raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}")
+    return [{"image": str(images[s])} for s in sorted(images)]
+
+
+def split_training(items: list[dict[str, Any]], val_fraction: float = 0.2, seed: int = 0) -> tuple[list, list]:
+    """Deterministic split into (training, validation): sort by image path, shuffle with ``seed``.
+
+    At least one case goes to validation when there are two or more cases; the same inputs always give
+    the same split, whatever order the files were listed in.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    ordered = sorted(items, key=lambda d: str(d["image"]))
+    random.Random(seed).shuffle(ordered)
+    n_val = min(len(ordered) - 1, max(1, round(val_fraction * len(ordered)))) if len(ordered) > 1 else 0
+    return ordered[n_val:], ordered[:n_val]
+
+
+def _datalist_file(dataset_dir: str | os.PathLike) -> Path | None:
+    path = Path(dataset_dir).expanduser()
+    if path.is_file() and path.suffix.lower() == ".json":
+        return path
+    if (path / DATALIST_NAME).is_file():
+        return path / DATALIST_NAME
+    return None
+
+
+def _read_datalist_json(path: Path, need_labels: bool = True) -> dict[str, list[dict[str, str]]]:
+    """Reads an MSD-style datalist; returns absolute paths; checks that every referenced file exists."""
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(content, dict):
+        raise DatasetError(f"{path} must hold a JSON object with 'training' / 'validation' / 'test' lists")
+    base = path.parent
+    lists: dict[str, list[dict[str, str]]] = {}
+    for split in ("training", "validation", "test"):
+        entries = content.get(split, [])
+        if not isinstance(entries, list):
+            raise DatasetError(f"{path}: {split!r} must be a list, got {type(entries).__name__}")
+        items = []
+        for index, entry in enumerate(entries):
+            entry = {"image": entry} if isinstance(entry, str) else dict(entry)
+            if "image" not in entry:
+                raise DatasetError(f"{path}: {split}[{index}] has no 'image' key: {entry}")
+            if need_labels and split != "test" and "label" not in entry:
+                raise DatasetError(f"{path}: {split}[{index}] has no 'label' key: {entry}")
+            for key in ("image", "label"):
+                if key in entry:
+                    file = Path(entry[key]) if os.path.isabs(entry[key]) else base / entry[key]
+                    if not file.is_file():
+                        raise DatasetError(f"{path}: {split}[{index}] {key} file {str(file)!r} does not exist")
+                    entry[key] = str(file)
+            items.append(entry)
+        lists[split] = items
+    return lists
+
+
+def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> dict[str, list]:
+    """``{"training", "validation", "test"}`` lists of ``{"image", "label"}`` dicts with absolute paths.
+
+    Args:
+        dataset_dir: a folder with ``images/`` + ``masks/``, a folder with ``datalist.json``, or the JSON file.
+        val_fraction: share of the training cases used for validation when the datalist has no
+            ``validation`` list (folder layouts never have one).
+        seed: seed of the deterministic split.
+    """
+    json_file = _datalist_file(dataset_dir)
+    if json_file is not None:
+        lists = _read_datalist_json(json_file)
+        if not lists["training"]:
+            raise DatasetError(f"{json_file}: the 'training' list is empty")
+        if not lists["validation"]:
+            lists["training"], lists["validation"] = split_training(lists["training"], val_fraction, seed)
+        return lists
+    training, validation = split_training(find_image_mask_pairs(dataset_dir), val_fraction, seed)
+    return {"training": training, "validation": validation, "test": []}
+
+
+def evaluation_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> list[dict]:
+    """Cases to evaluate: every pair of a folder layout; the ``test`` list of a datalist (with labels),
+    else its ``validation`` list (or the deterministic validation split)."""
+    json_file = _datalist_file(dataset_dir)
+    if json_file is None:
+        return find_image_mask_pairs(dataset_dir)
+    lists = load_datalist(dataset_dir, val_fraction, seed)
+    if lists["test"]:
+        unlabelled = [d["image"] for d in lists["test"] if "label" not in d]
+        if unlabelled:
+            raise DatasetError(f"{json_file}: evaluation needs a 'label' for every 'test' entry; missing for {unlabelled[0]}")
+        return lists["test"]
+    return lists["validation"]
+
+
+def inference_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
+    """Images to segment: the ``test`` list of a datalist (else ``validation``), else every image of the folder."""
+    json_file = _datalist_file(dataset_dir)
+    if json_file is None:
+        return find_images(dataset_dir)
+    lists = _read_datalist_json(json_file, need_labels=False)
+    items = lists["test"] or lists["validation"]
+    if not items:
+        raise DatasetError(f"{json_file}: no 'test' or 'validation' entries to run inference on")
+    return [{"image": d["image"]} for d in items]
+
+
+def write_datalist(
+    dataset_dir: str | os.PathLike,
+    output: str | os.PathLike,
+    num_training: int | None = None,
+    num_validation: int = 0,
+    num_test: int = 0,
+    seed: int = 0,
+) -> dict[str, list]:
+    """Writes an MSD-style datalist.json from a folder layout: a shuffled, disjoint subset per list.
+
+    ``num_training=None`` takes every case left after validation and test. Paths are absolute, so
+    the JSON can live anywhere (e.g. a temporary folder, not next to read-only data). Returns the lists.
+    """
+    pairs = sorted(find_image_mask_pairs(dataset_dir), key=lambda d: d["image"])
+    random.Random(seed).shuffle(pairs)
+    wanted = num_validation + num_test + (num_training or 0)
+    if wanted > len(pairs) or (num_training is None and num_validation + num_test >= len(pairs)):
+        raise DatasetError(f"{dataset_dir} has {len(pairs)} cases, fewer than the {wanted or num_validation + num_test + 1} asked for")
+    validation, test = pairs[:num_validation], pairs[num_validation : num_validation + num_test]
+    rest = pairs[num_validation + num_test :]
+    lists = {"training": rest if num_training is None else rest[:num_training], "validation": validation, "test": test}
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(lists, indent=4))
+    return lists

@@ -1,0 +1,59 @@
+"""Transforms the configs add to MONAI's: turning any mask file into class ids, ImageNet statistics."""
+
+from __future__ import annotations
+
+from typing import Hashable, Mapping
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+__all__ = ["MaskToClassIdsd", "IMAGENET_MEAN_255", "IMAGENET_STD_255"]
+
+#: ImageNet mean and std per RGB channel, on the 0-255 scale of 8-bit images.
+IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+class MaskToClassIdsd(MapTransform):
+    """Masks as stored on disk -> one channel of class ids (float32), channel first.
+
+    * several channels (an RGB or RGBA mask): the maximum over the colour channels is used
+      (a white-on-black mask becomes one channel); an alpha channel is ignored;
+    * ``num_classes == 2`` (binary): 0/255 masks are thresholded at 128, 0/1 masks at 0.5, so JPEG
+      noise and anti-aliased edges still give a 0/1 mask;
+    * ``num_classes > 2``: values must already be class ids in ``[0, num_classes - 1]``.
+
+    Args:
+        keys: the mask keys, e.g. ``"label"``.
+        num_classes: number of classes including background (2 for a single-channel binary network).
+
+    Shapes: ``(C, *spatial)`` -> ``(1, *spatial)``. Raises ``ValueError`` naming the mask file when
+    the values cannot be class ids.
+    """
+
+    def __init__(self, keys: KeysCollection, num_classes: int = 2, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if int(num_classes) < 2:
+            raise ValueError(f"num_classes counts the background too and must be >= 2, got {num_classes}")
+        self.num_classes = int(num_classes)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            mask = d[key]
+            if mask.shape[0] > 1:
+                mask = mask[:3].amax(dim=0, keepdim=True)
+            mask = mask.float()
+            if self.num_classes == 2:
+                mask = (mask >= (128.0 if mask.max() > 1 else 0.5)).float()
+            else:
+                low, high = mask.min().item(), mask.max().item()
+                if low < 0 or high > self.num_classes - 1 or not torch.equal(mask, mask.round()):
+                    source = getattr(mask, "meta", {}).get("filename_or_obj", key)
+                    raise ValueError(
+                        f"mask {source} has values in [{low:g}, {high:g}]; {self.num_classes} classes need "
+                        f"integer class ids 0..{self.num_classes - 1}"
+                    )
+            d[key] = mask
+        return d
