@@ -1,0 +1,330 @@
+"""The MONAI bundle end to end, as the model zoo tests it: synthetic data; train, train+evaluate and
+inference through ``ConfigWorkflow`` (``initialize(); check_properties() == []; run(); finalize()``);
+the user's CLI commands as subprocesses; the bundle checks; and a 2-process DDP run on CPU.
+
+Everything is written under pytest's tmp_path (``--bundle_root`` / ``--output_dir``); each CLI test
+checks that nothing new appeared in the repository tree.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+from PIL import Image
+
+from transfuse_bundle.data import make_synthetic_case, synthetic_dataset
+from transfuse_bundle.networks import TransFuse
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+META = str(CONFIGS / "metadata.json")
+LOGGING = str(CONFIGS / "logging.conf")
+TRAIN, EVALUATE, INFERENCE, MULTI_GPU = (str(CONFIGS / f) for f in ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json"))
+IMAGE_SIZE = [64, 64]
+SYNTHETIC_HW = (48, 80)  # not square: a transposed prediction would not match its mask
+SMALL = {"image_size": IMAGE_SIZE, "num_workers": 0, "batch_size": 4}
+CLI_SMALL = ["--image_size", "[64,64]", "--num_workers", "0", "--batch_size", "4"]
+WATCHED = ("models", "eval", "data", "runs", "configs", "mlruns")  # where a stray bundle write would land
+
+
+def _repo_snapshot() -> dict[str, int]:
+    """Files (and their mtimes) in the repository places a bundle run could write to, plus top-level files."""
+    files = {str(p): p.stat().st_mtime_ns for p in REPO.iterdir() if p.is_file()}
+    for name in WATCHED:
+        if (REPO / name).exists():
+            files.update({str(p): p.stat().st_mtime_ns for p in (REPO / name).rglob("*") if p.is_file()})
+    return files
+
+
+def _cli(*args: str, torchrun: bool = False, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Runs ``python -m monai.bundle ARGS`` (or through torchrun) from the repository root; fails with its output."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun else [sys.executable]
+    env = {**os.environ, "OMP_NUM_THREADS": "1" if torchrun else os.environ.get("OMP_NUM_THREADS", "2")}
+    before = _repo_snapshot()
+    result = subprocess.run(
+        [*launcher, "-m", "monai.bundle", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"exit {result.returncode}\nSTDOUT:\n{result.stdout[-4000:]}\nSTDERR:\n{result.stderr[-6000:]}"
+    assert _repo_snapshot() == before, "the bundle command wrote into the repository tree"
+    return result
+
+
+def _run_workflow(config_file, workflow_type: str, **overrides) -> ConfigWorkflow:
+    """The zoo's bundle test: initialize, check the properties, run, finalize."""
+    workflow = ConfigWorkflow(config_file=config_file, meta_file=META, logging_file=LOGGING, workflow_type=workflow_type, **overrides)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+def _save_mask_png(path: Path, mask: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def repository_untouched():
+    """No test of this module, in-process or CLI, may write into the repository tree."""
+    before = _repo_snapshot()
+    yield
+    assert _repo_snapshot() == before, "a bundle test wrote into the repository tree"
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    """10 synthetic cases: 5 training, 2 validation, 3 test."""
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    return Path(synthetic_dataset(root, num_cases=10, num_validation=2, num_test=3, size=SYNTHETIC_HW))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, synthetic) -> dict:
+    """A bundle root with weights from a 2-epoch ConfigWorkflow training, and the workflow."""
+    root = tmp_path_factory.mktemp("bundle")
+    workflow = _run_workflow(
+        TRAIN, "train", bundle_root=str(root), dataset_dir=str(synthetic), **SMALL, **{"train#trainer#max_epochs": 2}
+    )
+    return {"root": root, "workflow": workflow}
+
+
+def test_train_workflow_saves_plain_state_dict_and_logs(trained):
+    root, workflow = trained["root"], trained["workflow"]
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 2
+    assert 0.0 <= trainer.state.metrics["train_mean_dice"] <= 1.0
+    assert np.isfinite(trainer.state.grad_norm) and trainer.state.grad_norm > 0  # the clipping handler ran
+    optimizer = workflow.parser.get_parsed_content("optimizer")
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    assert optimizer.param_groups[0]["betas"] == (0.5, 0.999)
+    validator = workflow.parser.get_parsed_content("validate#evaluator")
+    assert set(validator.state.metrics) == {"val_mean_dice", "val_mean_iou", "val_hd95", "val_asd"}
+
+    state_dict = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state_dict.values()), "model.pt must be a plain state dict"
+    network = TransFuse("S", in_channels=3, out_channels=1, img_size=IMAGE_SIZE)
+    network.load_state_dict(state_dict, strict=True)
+    assert list((root / "eval" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.fixture(scope="module")
+def evaluation(trained, synthetic, tmp_path_factory) -> Path:
+    """The output folder of train.json + evaluate.json run on the synthetic test list."""
+    out = tmp_path_factory.mktemp("evaluation")
+    _run_workflow([TRAIN, EVALUATE], "train", bundle_root=str(trained["root"]), dataset_dir=str(synthetic), output_dir=str(out), **SMALL)
+    return out
+
+
+def test_evaluate_workflow_writes_report_at_original_size(evaluation):
+    out = evaluation
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_cases"] == 3  # the test list of the synthetic datalist
+    for key in ("mean_dice", "mean_iou", "accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0
+    for key in ("hd95", "asd"):
+        assert metrics[key] is None or metrics[key] >= 0
+    assert set(metrics["per_class"]) == {"polyp"}
+    assert set(metrics["per_class"]["polyp"]) == {"mean_dice", "mean_iou", "accuracy", "hd95", "asd"}
+    rows = list(csv.DictReader(open(out / "per_case.csv")))
+    assert [Path(r["filename"]).name for r in rows] == ["case_007.png", "case_008.png", "case_009.png"]
+    assert all(0.0 <= float(r["dice"]) <= 1.0 and 0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
+    assert np.mean([float(r["dice"]) for r in rows]) == pytest.approx(metrics["mean_dice"], abs=1e-5)
+    overlays = sorted((out / "overlays").glob("*.png"))
+    assert [p.name for p in overlays] == ["case_007.png", "case_008.png", "case_009.png"]
+    assert Image.open(overlays[0]).size == (SYNTHETIC_HW[1], SYNTHETIC_HW[0])  # original size, (W, H)
+    assert (out / "val_mean_dice_raw.csv").is_file()  # MONAI's MetricsSaver too
+
+
+def test_inference_workflow_writes_masks_at_original_size(trained, synthetic, evaluation, tmp_path):
+    out = tmp_path / "pred"
+    _run_workflow(INFERENCE, "infer", bundle_root=str(trained["root"]), dataset_dir=str(synthetic), output_dir=str(out), **SMALL)
+    masks = sorted(out.glob("*.png"))
+    assert [p.name for p in masks] == ["case_007_seg.png", "case_008_seg.png", "case_009_seg.png"]
+    evaluated_dice = {Path(r["filename"]).stem: float(r["dice"]) for r in csv.DictReader(open(evaluation / "per_case.csv"))}
+    for path in masks:
+        mask = Image.open(path)
+        assert mask.mode == "L" and mask.size == (SYNTHETIC_HW[1], SYNTHETIC_HW[0])
+        assert set(np.unique(np.asarray(mask))) <= {0, 255}
+        # the saved mask, compared with the ground truth file, gives the Dice the evaluation reported
+        stem = path.stem.removesuffix("_seg")
+        pred, truth = np.asarray(mask) > 127, np.asarray(Image.open(synthetic / "masks" / f"{stem}.png")) > 127
+        dice = 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
+        assert dice == pytest.approx(evaluated_dice[stem], abs=1e-4)
+
+
+def test_network_def_is_identical_in_train_and_inference():
+    train, inference = (json.loads(Path(f).read_text()) for f in (TRAIN, INFERENCE))
+    assert train["network_def"] == inference["network_def"]
+    for key in ("variant", "in_channels", "out_channels", "image_size", "pretrained"):
+        assert train[key] == inference[key]
+    for config in (train, inference, json.loads(Path(MULTI_GPU).read_text())):
+        assert "run" in config
+    assert "training" in train and "network" in train and "network" in inference
+
+
+@pytest.mark.slow
+def test_cli_user_command_trains_on_generated_synthetic_data(tmp_path):
+    """The README's command, exactly, plus small overrides; the default dataset is generated under bundle_root."""
+    result = _cli(
+        "run", "training", "--config_file", "configs/train.json",
+        "--bundle_root", str(tmp_path), "--train#trainer#max_epochs", "1", *CLI_SMALL, "--batch_size", "8",
+    )
+    datalist = json.loads((tmp_path / "data" / "synthetic" / "datalist.json").read_text())
+    assert [len(datalist[k]) for k in ("training", "validation", "test")] == [40, 10, 10]
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert "val_mean_dice" in result.stdout + result.stderr
+    assert "[5/5] 100%" in result.stderr  # the progress bar: 40 cases, batches of 8
+
+
+def test_cli_evaluate_folder_dataset_evaluates_every_image(trained, tmp_path):
+    folder = tmp_path / "folder"
+    for index, ext in enumerate([".jpg", ".jpeg", ".png", ".bmp"]):
+        image, mask = make_synthetic_case(1000 + index, (56, 40))
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / "images" / f"img{index}{ext}", quality=95)
+        _save_mask_png(folder / "masks" / f"img{index}.png", mask)
+    out = tmp_path / "out"
+    _cli(
+        "run", "--config_file", "['configs/train.json','configs/evaluate.json']",
+        "--dataset_dir", str(folder), "--output_dir", str(out), "--bundle_root", str(trained["root"]), *CLI_SMALL,
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_cases"] == 4
+    assert {"mean_dice", "mean_iou", "accuracy", "hd95", "asd", "per_class"} <= set(metrics)
+    assert len(list(csv.DictReader(open(out / "per_case.csv")))) == 4
+    assert len(list((out / "overlays").glob("*.png"))) == 4
+
+
+def test_cli_inference_writes_one_png_per_image(trained, synthetic, tmp_path):
+    out = tmp_path / "pred"
+    _cli(
+        "run", "--config_file", "configs/inference.json", "--dataset_dir", str(synthetic / "images"),
+        "--output_dir", str(out), "--bundle_root", str(trained["root"]), *CLI_SMALL,
+    )
+    assert len(list(out.glob("*_seg.png"))) == 10  # a folder of images: every one of them
+
+
+def test_cli_errors_name_the_path_before_any_work(trained, tmp_path):
+    missing = tmp_path / "no_such_dataset"
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json",
+         "--bundle_root", str(tmp_path), "--dataset_dir", str(missing), *CLI_SMALL],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert f"dataset_dir '{missing}' does not exist" in result.stderr
+    assert not (tmp_path / "models").exists()
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+         "--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path), *CLI_SMALL],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert f"{tmp_path}/models/model.pt' does not exist" in result.stderr
+
+
+def test_cli_verify_metadata_offline(tmp_path):
+    schema = tmp_path / "schema.json"
+    shutil.copy(REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json", schema)
+    result = _cli("verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(schema))
+    assert "metadata is verified with no error" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_cli_verify_net_in_out_and_torchscript_export(trained, tmp_path):
+    result = _cli("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json")
+    assert "data shape of network is verified with no error" in result.stdout + result.stderr
+    model_ts = tmp_path / "model.ts"
+    _cli(
+        "ckpt_export", "network_def", "--filepath", str(model_ts), "--ckpt_file", str(trained["root"] / "models" / "model.pt"),
+        "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--image_size", "[64,64]",
+    )
+    scripted = torch.jit.load(str(model_ts))
+    network = TransFuse("S", img_size=IMAGE_SIZE)
+    network.load_state_dict(torch.load(trained["root"] / "models" / "model.pt", weights_only=True))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), network.eval()(x), atol=1e-5)
+
+
+def test_multi_gpu_config_properties_in_a_one_process_group(synthetic, tmp_path, monkeypatch):
+    """train.json + multi_gpu_train.json: initialize (gloo, world size 1), check_properties() == [], finalize."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    workflow = ConfigWorkflow(
+        config_file=[TRAIN, MULTI_GPU], meta_file=META, logging_file=LOGGING, workflow_type="train",
+        bundle_root=str(tmp_path), dataset_dir=str(synthetic), **SMALL,
+    )
+    workflow.initialize()
+    assert torch.distributed.is_initialized() and torch.distributed.get_backend() == "gloo"
+    assert workflow.check_properties() == []
+    assert isinstance(workflow.parser.get_parsed_content("network"), torch.nn.parallel.DistributedDataParallel)
+    workflow.finalize()
+    assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.slow
+def test_ddp_training_with_torchrun_two_processes(synthetic, tmp_path):
+    result = _cli(
+        "run", "training", "--config_file", "['configs/train.json','configs/multi_gpu_train.json']",
+        "--dataset_dir", str(synthetic), "--bundle_root", str(tmp_path), "--train#trainer#max_epochs", "1",
+        *CLI_SMALL, "--batch_size", "2", torchrun=True,
+    )
+    state_dict = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in state_dict), "DDP weights must be saved unwrapped"
+    TransFuse("S", img_size=IMAGE_SIZE).load_state_dict(state_dict, strict=True)
+    assert result.stdout.count("Key metric: val_mean_dice best value") == 1  # console stats from rank 0 only
+
+
+def test_multiclass_training_and_evaluation(tmp_path):
+    """Three classes (ids 0/1/2 in the masks): softmax + argmax paths, per-class report."""
+    data = tmp_path / "multi"
+    for index in range(6):
+        image, mask = make_synthetic_case(index, (48, 64))
+        ids = (mask > 0).astype(np.uint8)
+        ids[:24][ids[:24] > 0] = 2  # lesion pixels in the top half are class 2
+        (data / "images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(data / "images" / f"c{index}.png")
+        _save_mask_png(data / "masks" / f"c{index}.png", ids)
+    overrides = {
+        "bundle_root": str(tmp_path / "bundle"), "dataset_dir": str(data), "out_channels": 3,
+        "class_names": ["background", "lesion_a", "lesion_b"], **SMALL,
+    }
+    _run_workflow(TRAIN, "train", **overrides, **{"train#trainer#max_epochs": 1})
+    out = tmp_path / "eval"
+    _run_workflow([TRAIN, EVALUATE], "train", **overrides, output_dir=str(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_cases"] == 6
+    assert set(metrics["per_class"]) == {"lesion_a", "lesion_b"}
+    header = next(csv.reader(open(out / "per_case.csv")))
+    assert "dice_lesion_a" in header and "hd95_lesion_b" in header
+
+
+def test_cli_tracking_mlflow_records_metrics(synthetic, tmp_path):
+    import mlflow
+
+    _cli(
+        "run", "training", "--config_file", "configs/train.json", "--dataset_dir", str(synthetic),
+        "--bundle_root", str(tmp_path), "--train#trainer#max_epochs", "1", *CLI_SMALL, "--tracking", "mlflow",
+    )
+    database = tmp_path / "eval" / "mlruns.db"
+    assert database.is_file()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{database}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert {"train_loss", "val_mean_dice", "val_mean_iou", "val_hd95", "val_asd"} <= set(runs[0].data.metrics)
