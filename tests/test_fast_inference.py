@@ -83,3 +83,47 @@ def test_benchmark_script_tiny_mode(tmp_path):
         assert ours[key] > 0, key
     table = out.with_suffix(".md").read_text()
     assert "| S | 32x32 |" in table and "Measured on:" in table and "Data pipeline" in table
+
+
+def test_fast_inferer_matches_the_network_and_never_modifies_it():
+    from monai.inferers import SimpleInferer
+
+    from transfuse_bundle.inferers import FastInferer
+
+    torch.manual_seed(0)
+    net = _with_random_bn_statistics(TransFuse("S", img_size=(64, 64))).eval()
+    keys_before = list(net.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = SimpleInferer()(x, net)
+        fp32 = FastInferer(bf16="false")(x, net)
+        auto = FastInferer()(x, net)
+    assert float((fp32 - ref).norm() / ref.norm()) < 1e-4
+    assert auto.dtype == torch.float32
+    assert float((auto - ref).norm() / ref.norm()) < (5e-2 if fast_autocast_available("cpu") else 1e-4)
+    assert list(net.state_dict()) == keys_before  # MONAI Label reloads model.pt into this network
+
+
+def test_fast_inferer_follows_reloaded_weights():
+    from transfuse_bundle.inferers import FastInferer
+
+    torch.manual_seed(0)
+    net = TransFuse("S", img_size=(32, 32)).eval()
+    inferer = FastInferer(bf16=False)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        before = inferer(x, net)
+        other = TransFuse("S", img_size=(32, 32)).eval()
+        net.load_state_dict(other.state_dict())
+        after = inferer(x, net)
+        torch.testing.assert_close(after, other(x), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(before, after)
+    net.train()
+    assert isinstance(inferer(torch.rand(2, 3, 32, 32), net), tuple)  # training mode runs the network as it is
+
+
+def test_fast_inferer_rejects_bad_option():
+    from transfuse_bundle.inferers import FastInferer
+
+    with pytest.raises(ValueError, match="bf16 must be"):
+        FastInferer(bf16="sometimes")

@@ -1,0 +1,70 @@
+"""Inferers the bundle configs use."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from monai.inferers import Inferer
+from torch import nn
+
+from .networks.fast import fast_autocast_available, optimize_for_inference
+
+__all__ = ["FastInferer"]
+
+
+class FastInferer(Inferer):
+    """Whole-image inference through an inference-optimised copy of the network.
+
+    The copy has BatchNorm folded into the convolutions and channels-last weights
+    (:func:`~transfuse_bundle.networks.fast.optimize_for_inference`) and runs under bf16 autocast
+    where that is native (CUDA, CPUs with AVX512-BF16 or AMX); the logits come back as float32.
+    The network itself is never modified, so MONAI Label can keep reloading weights into it: the
+    copy is rebuilt whenever the network's parameters or buffers change. A network in training
+    mode (e.g. MONAI Label's dropout sampling) runs as it is.
+
+    Args:
+        bf16: ``"auto"`` (where native), ``True`` or ``False``.
+        channels_last: use the channels-last memory layout.
+
+    ``inputs``: ``(B, C, H, W)``; returns the network's output, float32.
+    """
+
+    def __init__(self, bf16: bool | str = "auto", channels_last: bool = True) -> None:
+        super().__init__()
+        # command-line overrides arrive as text: accept "true"/"false" too
+        choices = {"auto": "auto", "true": True, "false": False}
+        key = bf16.lower() if isinstance(bf16, str) else bf16
+        if key not in (*choices, True, False):
+            raise ValueError(f"bf16 must be 'auto', True or False, got {bf16!r}")
+        self.bf16 = choices.get(key, key) if isinstance(key, str) else bool(key)
+        self.channels_last = channels_last
+        self._source: tuple[int, int] | None = None
+        self._fast: nn.Module | None = None
+
+    def _fingerprint(self, network: nn.Module) -> tuple[int, int]:
+        # every in-place update (load_state_dict, an optimizer step) bumps a tensor's version counter
+        return id(network), sum(t._version for t in (*network.parameters(), *network.buffers()))
+
+    def optimized(self, network: nn.Module) -> nn.Module:
+        """The optimised copy of ``network`` (rebuilt when the network's weights changed)."""
+        fingerprint = self._fingerprint(network)
+        if self._fast is None or fingerprint != self._source:
+            self._fast = optimize_for_inference(copy.deepcopy(network).eval(), channels_last=self.channels_last,
+                                                inplace=True)
+            self._source = fingerprint
+        return self._fast
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if network.training:
+            return network(inputs, *args, **kwargs)
+        fast = self.optimized(network)
+        if self.channels_last and inputs.ndim == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        use_bf16 = fast_autocast_available(inputs.device) if self.bf16 == "auto" else bool(self.bf16)
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            outputs = fast(inputs, *args, **kwargs)
+        if isinstance(outputs, torch.Tensor):
+            return outputs.float().contiguous()
+        return outputs
