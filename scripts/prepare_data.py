@@ -9,8 +9,9 @@ Layouts (detected, or named with --layout):
   prostate158   <case>/t2.nii.gz + <case>/t2_anatomy_reader1.nii.gz (1 = central gland, 2 = PZ)
   hip           images/ + masks/ with integer labels, and --spacing ROW_MM COL_MM
 
-Example:
+Examples:
   python scripts/prepare_data.py /data/Kvasir-SEG --output /data/kvasir_datalist.json
+  python scripts/prepare_data.py ../shared/data/kvasir_seg --output /tmp/kvasir/datalist.json --subset 200 40 100
   python -m monai.bundle run training --config_file configs/train.json --dataset_dir /data/kvasir_datalist.json
 """
 
@@ -18,7 +19,7 @@ import argparse
 import logging
 import sys
 
-from transfuse_bundle.data import DatasetError
+from transfuse_bundle.data import DatasetError, write_datalist
 from transfuse_bundle.data.prepare import LAYOUTS, prepare
 
 
@@ -31,8 +32,18 @@ def main(argv=None) -> int:
     parser.add_argument("--test-fraction", type=float, help="share of cases kept for testing (split layouts)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spacing", type=float, nargs=2, metavar=("ROW_MM", "COL_MM"), help="pixel spacing (hip)")
+    parser.add_argument("--subset", type=int, nargs=3, metavar=("N_TRAIN", "N_VAL", "N_TEST"),
+                        help="folder layout only: a shuffled subset of these sizes (e.g. for a quick CPU run)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.subset is not None:
+        try:
+            lists = write_datalist(args.root, args.output, *args.subset, seed=args.seed)
+        except DatasetError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"{args.output}: " + ", ".join(f"{k} {len(v)}" for k, v in lists.items()))
+        return 0
     options = {"seed": args.seed}
     if args.val_fraction is not None:
         options["val_fraction"] = args.val_fraction

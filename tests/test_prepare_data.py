@@ -122,3 +122,11 @@ def test_cli_reports_unknown_layout_clearly(tmp_path):
     assert result.returncode == 2
     assert "cannot tell the layout of" in result.stderr and str(tmp_path / "empty") in result.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_cli_subset_of_a_folder(tmp_path):
+    out = tmp_path / "sub.json"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_data.py"), str(KVASIR), "--output", str(out),
+                    "--subset", "5", "2", "3"], check=True, capture_output=True)
+    lists = json.loads(out.read_text())
+    assert [len(lists[k]) for k in ("training", "validation", "test")] == [5, 2, 3]
