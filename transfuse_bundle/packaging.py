@@ -1,0 +1,376 @@
+"""Model-zoo distribution: the bundle as ``dist/<name>_v<version>.zip``, TorchScript/ONNX exports.
+
+A package is the self-contained bundle folder of :func:`transfuse_bundle.bundle_folder.copy_bundle` (configs
+with the preset merged in, the ``transfuse_bundle`` package, ``docs/``, ``LICENSE``) zipped with its top
+folder ``<name>/``, the layout ``python -m monai.bundle download --name NAME --url URL`` extracts. Weights
+travel either inside (``models/model.pt``) or, with ``large_files_url``, next to the zip: the files are
+written to ``dist/`` as ``<name>_v<version>_<file>`` for upload, and the zip holds ``large_files.yml``
+(path, url, sha256) that ``python -m monai.bundle download_large_files`` reads.
+
+Exports use MONAI's own commands on the bundle folder, with the packaged weights:
+
+* ``models/model.ts``: ``python -m monai.bundle ckpt_export network_def ...`` (``torch.jit.script``, the
+  mode the zoo CI checks; metadata and configs are embedded in the file);
+* ``models/model.onnx``: ``python -m monai.bundle onnx_export network_def ...`` (torch's dynamo exporter;
+  fixed input shape ``[1, C, H, W]`` from ``metadata.json``, input ``image``, output ``pred``).
+
+The exports are made only from the weights being packaged, never copied from elsewhere, so a package
+cannot ship a ``model.ts`` of other weights.
+
+Example::
+
+    from transfuse_bundle.packaging import package_bundle
+    package = package_bundle("polyp", out="dist", weights="models/model.pt", export=True)
+    print(package.zip_path)      # dist/transfuse_polyp_v0.1.0.zip
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .bundle_folder import PRESETS, BundleFolderError, copy_bundle, source_root
+
+__all__ = [
+    "PackagingError",
+    "Package",
+    "REQUIRED_FILES",
+    "EXPORT_FILES",
+    "bundle_name",
+    "sha256",
+    "bundle_env",
+    "export_commands",
+    "export_models",
+    "write_large_files",
+    "zip_bundle",
+    "package_bundle",
+    "make_torchscript_only",
+]
+
+logger = logging.getLogger(__name__)
+
+# what the model zoo and this project's users expect in every package (models/model.pt: inside, or after
+# `download_large_files`)
+REQUIRED_FILES = (
+    "LICENSE",
+    "configs/metadata.json",
+    "configs/inference.json",
+    "docs/README.md",
+    "docs/data_license.txt",
+)
+EXPORT_FILES = {"ts": "model.ts", "onnx": "model.onnx"}
+WEIGHT_FILES = ("model.pt", "model.ts", "model.onnx")  # what goes to large_files.yml, in this order
+STORED_SUFFIXES = (".pt", ".ts", ".onnx")  # zipped without compression (weights barely compress)
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+class PackagingError(BundleFolderError):
+    """A package or export cannot be made; the message names the file and the problem."""
+
+
+@dataclass
+class Package:
+    """What :func:`package_bundle` wrote.
+
+    Attributes:
+        zip_path: ``out/<name>_v<version>.zip``.
+        name, version: the bundle name (the zip's top folder) and the metadata version.
+        large_files: ``{path in the bundle: file written next to the zip for upload}`` (large-files mode).
+        large_files_entries: the entries of ``large_files.yml`` (path, url, hash_val, hash_type).
+    """
+
+    zip_path: Path
+    name: str
+    version: str
+    large_files: dict[str, Path] = field(default_factory=dict)
+    large_files_entries: list[dict[str, str]] = field(default_factory=list)
+
+
+def bundle_name(preset: str) -> str:
+    """The default bundle name of a preset: ``transfuse_<preset>`` (e.g. ``transfuse_polyp``)."""
+    return f"transfuse_{preset}"
+
+
+def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The SHA-256 hex digest of a file (the hash ``download_large_files`` checks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def bundle_env(bundle: str | os.PathLike, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """An environment in which the bundle folder's own ``transfuse_bundle`` copy is importable first.
+
+    MONAI puts the bundle root on ``sys.path`` only in ``ConfigWorkflow.run()``, after the config's imports
+    were resolved, so commands run from outside the bundle folder need ``PYTHONPATH=<bundle root>``.
+    """
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(bundle).resolve())] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+def _cli_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def export_commands(
+    bundle: str | os.PathLike,
+    formats: Sequence[str] = ("ts", "onnx"),
+    overrides: Mapping[str, Any] | None = None,
+    python: str | None = None,
+) -> list[list[str]]:
+    """The ``python -m monai.bundle ckpt_export|onnx_export`` command lines for ``bundle`` (run in its root)."""
+    unknown = [f for f in formats if f not in EXPORT_FILES]
+    if unknown:
+        raise PackagingError(f"unknown export format(s) {unknown}; expected some of {sorted(EXPORT_FILES)}")
+    common = ["--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json",
+              "--config_file", "configs/inference.json"]
+    for key, value in (overrides or {}).items():
+        common += [f"--{key}", _cli_value(value)]
+    exe = python or sys.executable
+    commands = []
+    for fmt in formats:
+        filepath = f"models/{EXPORT_FILES[fmt]}"
+        if fmt == "ts":
+            commands.append([exe, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", filepath, *common])
+        else:
+            commands.append([exe, "-m", "monai.bundle", "onnx_export", "network_def", "--filepath", filepath, *common,
+                             "--converter_kwargs", "{'input_names': ['image'], 'output_names': ['pred']}"])
+    return commands
+
+
+def export_models(
+    bundle: str | os.PathLike,
+    formats: Sequence[str] = ("ts", "onnx"),
+    overrides: Mapping[str, Any] | None = None,
+    python: str | None = None,
+    timeout: float = 3600,
+) -> dict[str, Path]:
+    """Writes ``models/model.ts`` and/or ``models/model.onnx`` of a bundle folder from its ``models/model.pt``.
+
+    Runs MONAI's CLI (:func:`export_commands`) in the bundle root with the bundle's own ``transfuse_bundle``
+    first on ``PYTHONPATH``. Returns ``{format: written file}``; a failing command raises
+    :class:`PackagingError` with its output.
+
+    Args:
+        bundle: a bundle folder (the repository root works too).
+        formats: ``"ts"`` (TorchScript, script mode) and/or ``"onnx"``.
+        overrides: config ids for the export, e.g. ``{"image_size": [256, 256]}``.
+        python: the interpreter with MONAI (default: this one).
+        timeout: seconds per command.
+    """
+    bundle = Path(bundle).resolve()
+    weights = bundle / "models" / "model.pt"
+    for needed in (weights, bundle / "configs" / "inference.json", bundle / "configs" / "metadata.json"):
+        if not needed.is_file():
+            raise PackagingError(f"cannot export: {needed} does not exist")
+    written = {}
+    for fmt, cmd in zip(formats, export_commands(bundle, formats, overrides, python)):
+        target = bundle / "models" / EXPORT_FILES[fmt]
+        target.unlink(missing_ok=True)  # never leave an export of other weights behind a failed run
+        logger.info("export %s: %s", fmt, " ".join(cmd))
+        proc = subprocess.run(cmd, cwd=bundle, env=bundle_env(bundle), capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0 or not target.is_file():
+            raise PackagingError(
+                f"export to {target} failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+                f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+            )
+        written[fmt] = target
+    return written
+
+
+def write_large_files(bundle: str | os.PathLike, out: str | os.PathLike, base_url: str, prefix: str) -> tuple[dict[str, Path], list[dict[str, str]]]:
+    """Moves the bundle's weights (model.pt/ts/onnx) to ``out/<prefix>_<file>`` and writes ``large_files.yml``.
+
+    Each entry has ``path`` (relative to the bundle root), ``url`` (``base_url/<prefix>_<file>``: upload the
+    file there), ``hash_val`` (sha256) and ``hash_type`` — the format ``monai.bundle download_large_files``
+    reads. Returns ``({path: moved file}, entries)``.
+    """
+    import yaml
+
+    bundle, out = Path(bundle), Path(out)
+    if not re.match(r"^[a-z][a-z0-9+.-]*://", base_url):
+        raise PackagingError(f"large-files URL {base_url!r} must be absolute, e.g. https://host/path")
+    moved: dict[str, Path] = {}
+    entries: list[dict[str, str]] = []
+    for name in WEIGHT_FILES:
+        src = bundle / "models" / name
+        if not src.is_file():
+            continue
+        dest = out / f"{prefix}_{name}"
+        shutil.move(str(src), str(dest))
+        path = f"models/{name}"
+        moved[path] = dest
+        entries.append({"path": path, "url": f"{base_url.rstrip('/')}/{dest.name}", "hash_val": sha256(dest), "hash_type": "sha256"})
+    if not entries:
+        raise PackagingError(f"{bundle / 'models'} has no weights to list in large_files.yml")
+    with open(bundle / "large_files.yml", "w", encoding="utf-8") as f:
+        yaml.safe_dump({"large_files": entries}, f, sort_keys=False)
+    return moved, entries
+
+
+def zip_bundle(bundle: str | os.PathLike, zip_path: str | os.PathLike) -> Path:
+    """Zips the folder ``bundle`` as ``zip_path`` with the top folder ``<bundle name>/`` (sorted, reproducible
+    order; weights stored, text deflated). Written to a ``.part`` file first, so no partial zip is left."""
+    bundle, zip_path = Path(bundle), Path(zip_path)
+    part = zip_path.with_name(zip_path.name + ".part")
+    try:
+        with zipfile.ZipFile(part, "w") as zf:
+            for path in sorted(bundle.rglob("*")):
+                arcname = f"{bundle.name}/{path.relative_to(bundle).as_posix()}"
+                if path.is_dir():
+                    if not any(path.iterdir()):
+                        zf.writestr(arcname + "/", b"")  # keep empty folders such as models/
+                    continue
+                method = zipfile.ZIP_STORED if path.suffix in STORED_SUFFIXES else zipfile.ZIP_DEFLATED
+                zf.write(path, arcname, compress_type=method)
+        os.replace(part, zip_path)
+    finally:
+        part.unlink(missing_ok=True)
+    return zip_path
+
+
+def _read_metadata(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise PackagingError(f"cannot read {path}: {e}") from e
+
+
+def package_bundle(
+    preset: str = "polyp",
+    out: str | os.PathLike = "dist",
+    weights: str | os.PathLike | None = None,
+    version: str | None = None,
+    name: str | None = None,
+    large_files_url: str | None = None,
+    export: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    source: str | os.PathLike | None = None,
+    schema: str | os.PathLike | None = None,
+) -> Package:
+    """Writes ``out/<name>_v<version>.zip`` (top folder ``<name>/``) and returns what was written.
+
+    Args:
+        preset: a key of :data:`~transfuse_bundle.bundle_folder.PRESETS`.
+        out: the output folder (created).
+        weights: the state dict to ship as ``models/model.pt``; default: the preset's ``models/model.pt`` in
+            the source (the repository's ``models/`` after training). One of them must exist.
+        version: the version to publish; it must be a key of ``changelog`` in ``metadata.json`` (the zoo
+            requires it) and is written to the package's metadata. Default: the metadata's version.
+        name: the bundle name; default ``transfuse_<preset>``.
+        large_files_url: if given, the weights are not zipped: they are written next to the zip as
+            ``<name>_v<version>_<file>`` to be uploaded to this URL (a folder), and ``large_files.yml``
+            lists their URLs and sha256.
+        export: also write ``models/model.ts`` (TorchScript, ``ckpt_export``) and ``models/model.onnx``
+            (``onnx_export``) from the packaged weights.
+        overrides: config ids set in every config of the package (see ``copy_bundle``), e.g. a smaller
+            ``image_size``.
+        source: the repository to package (default: the one this package lives in).
+        schema: a local copy of the metadata schema: if given, the package's metadata is verified against
+            it with ``monai.bundle.verify_metadata`` before zipping.
+    """
+    if preset not in PRESETS:
+        raise PackagingError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    name = name or bundle_name(preset)
+    if not NAME_PATTERN.match(name):
+        raise PackagingError(f"bad bundle name {name!r}: use letters, digits and underscores, starting with a letter")
+    src = source_root(source)
+    weights = Path(weights) if weights is not None else src / PRESETS[preset].models_dir / "model.pt"
+    if not weights.is_file():
+        raise PackagingError(
+            f"weights file {weights} does not exist: train the bundle first (models/model.pt) or pass --weights FILE"
+        )
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    with tempfile.TemporaryDirectory(prefix=".staging_", dir=out) as staging:
+        # exports are made from these weights below, never copied from the source's models/
+        bundle = copy_bundle(Path(staging) / name, preset=preset, overrides=overrides, weights=weights,
+                             include_models=False, source=src)
+        meta_path = bundle / "configs" / "metadata.json"
+        meta = _read_metadata(meta_path)
+        version = version or meta.get("version")
+        if not version:
+            raise PackagingError(f"{meta_path} has no version and none was given")
+        if version not in meta.get("changelog", {}):
+            raise PackagingError(
+                f"version {version!r} is not a key of 'changelog' in {src / 'configs' / 'metadata.json'}: "
+                f"add a changelog entry for it (the model zoo requires one)"
+            )
+        if meta.get("version") != version:
+            meta["version"] = version
+            with open(meta_path, "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=4)
+                f.write("\n")
+        missing = [f for f in REQUIRED_FILES if not (bundle / f).is_file()]
+        if missing:
+            raise PackagingError(f"the package of {src} would lack {missing}: add them to the repository")
+        if schema is not None:
+            _verify_metadata(meta_path, Path(schema))
+        if export:
+            export_models(bundle)
+
+        stem = f"{name}_v{version}"
+        package = Package(zip_path=out / f"{stem}.zip", name=name, version=version)
+        if large_files_url:
+            package.large_files, package.large_files_entries = write_large_files(bundle, out, large_files_url, stem)
+        zip_bundle(bundle, package.zip_path)
+    logger.info("package %s written", package.zip_path)
+    return package
+
+
+def _verify_metadata(meta_path: Path, schema: Path) -> None:
+    """Runs ``monai.bundle.verify_metadata`` against a local schema copy (it would download to a missing path)."""
+    from monai.bundle import verify_metadata
+
+    if not schema.is_file():
+        raise PackagingError(f"schema file {schema} does not exist (verify_metadata would try to download it there)")
+    try:
+        verify_metadata(meta_file=str(meta_path), filepath=str(schema))
+    except Exception as e:  # jsonschema's ValidationError and friends
+        raise PackagingError(f"{meta_path} is not valid against {schema}: {e}") from e
+
+
+def make_torchscript_only(bundle: str | os.PathLike) -> Path:
+    """Turns a bundle folder with ``models/model.ts`` into one that is served from the TorchScript file alone.
+
+    ``inference.json`` loses ``network_def`` and builds ``network`` with ``torch.jit.load`` of
+    ``models/model.ts`` (so ``monai.bundle run`` works too; the bundle's inferer runs a TorchScript module as
+    exported, in fp32); the ``CheckpointLoader`` handler and
+    ``models/model.pt`` are removed, ``ckpt_path`` points to the TorchScript file, and the training configs
+    (which need ``network_def``) are dropped. MONAI Label's bundle app loads ``models/model.ts`` with
+    ``torch.jit.load`` when there is no ``models/model.pt``. Returns ``bundle``.
+    """
+    bundle = Path(bundle)
+    model_ts = bundle / "models" / "model.ts"
+    config_path = bundle / "configs" / "inference.json"
+    for needed in (model_ts, config_path):
+        if not needed.is_file():
+            raise PackagingError(f"cannot make a TorchScript-only bundle: {needed} does not exist")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config.pop("network_def", None)
+    config["ckpt_path"] = "$@ckpt_dir + '/model.ts'"
+    config["network"] = "$torch.jit.load(@ckpt_path, map_location=@device)"
+    handlers = config.get("handlers", [])
+    config["handlers"] = [h for h in handlers if not (isinstance(h, dict) and h.get("_target_") == "CheckpointLoader")]
+    with open(config_path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=4)
+        f.write("\n")
+    (bundle / "models" / "model.pt").unlink(missing_ok=True)
+    for name in ("train.json", "evaluate.json", "multi_gpu_train.json"):
+        (bundle / "configs" / name).unlink(missing_ok=True)
+    return bundle
