@@ -127,3 +127,13 @@ def test_fast_inferer_rejects_bad_option():
 
     with pytest.raises(ValueError, match="bf16 must be"):
         FastInferer(bf16="sometimes")
+
+
+def test_fast_inferer_runs_torchscript_as_exported():
+    from transfuse_bundle.inferers import FastInferer
+
+    net = TransFuse("S", img_size=(32, 32)).eval()
+    scripted = torch.jit.script(net)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(FastInferer()(x, scripted), net(x))

@@ -22,7 +22,7 @@ class FastInferer(Inferer):
     where that is native (CUDA, CPUs with AVX512-BF16 or AMX); the logits come back as float32.
     The network itself is never modified, so MONAI Label can keep reloading weights into it: the
     copy is rebuilt whenever the network's parameters or buffers change. A network in training
-    mode (e.g. MONAI Label's dropout sampling) runs as it is.
+    mode (e.g. MONAI Label's dropout sampling) or a TorchScript module (``models/model.ts``) runs as it is.
 
     Args:
         bf16: ``"auto"`` (where native), ``True`` or ``False``.
@@ -57,7 +57,7 @@ class FastInferer(Inferer):
         return self._fast
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if network.training:
+        if network.training or isinstance(network, torch.jit.ScriptModule):  # nothing to optimise in TorchScript
             return network(inputs, *args, **kwargs)
         fast = self.optimized(network)
         if self.channels_last and inputs.ndim == 4:
