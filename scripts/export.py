@@ -19,32 +19,23 @@ for the fixed input shape [1, C, H, W] of metadata.json (input "image", output "
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # works from a checkout without pip install
 
-from transfuse_bundle.bundle_folder import BundleFolderError  # noqa: E402
+from transfuse_bundle.bundle_folder import BundleFolderError, parse_override  # noqa: E402
 from transfuse_bundle.packaging import EXPORT_FILES, export_models  # noqa: E402
 
 
-def _override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected ID=JSON (e.g. image_size=[128,128]), got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle_root", default=str(REPO), help="bundle folder with models/model.pt (default: the repository)")
     parser.add_argument("--formats", nargs="+", default=list(EXPORT_FILES), choices=sorted(EXPORT_FILES))
-    parser.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="ID=JSON",
+    parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="ID=JSON",
                         help="config override for the export, e.g. --set image_size=[256,256] (must match the weights)")
     args = parser.parse_args(argv)
     try:

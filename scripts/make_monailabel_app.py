@@ -15,24 +15,15 @@ The app is copied from the installed monailabel wheel when ``--app`` does not ex
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # works from a checkout without pip install
 
-from transfuse_bundle.bundle_folder import PRESETS, BundleFolderError  # noqa: E402
+from transfuse_bundle.bundle_folder import PRESETS, BundleFolderError, parse_override  # noqa: E402
 from transfuse_bundle.monailabel_app import install_bundle, server_command  # noqa: E402
 
 
-def _override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected ID=JSON (e.g. image_size=[128,128]), got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value  # a plain string
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help="a state dict to install as models/model.pt (default: the repository's models/)")
     parser.add_argument("--init-weights", action="store_true",
                         help="write untrained weights when there is no model.pt (to train from MONAI Label)")
-    parser.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="ID=JSON",
+    parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="ID=JSON",
                         help="set a config id in the copy, e.g. --set image_size=[256,256] (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing APP/model/NAME")
     args = parser.parse_args(argv)

@@ -19,25 +19,16 @@ See docs/README.md ("Model zoo").
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # works from a checkout without pip install
 
-from transfuse_bundle.bundle_folder import PRESETS, BundleFolderError  # noqa: E402
+from transfuse_bundle.bundle_folder import PRESETS, BundleFolderError, parse_override  # noqa: E402
 from transfuse_bundle.packaging import package_bundle  # noqa: E402
 
 
-def _override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected ID=JSON (e.g. image_size=[128,128]), got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value  # a plain string
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                              "listed with sha256 in large_files.yml")
     parser.add_argument("--export", action="store_true",
                         help="also write models/model.ts (ckpt_export, TorchScript) and models/model.onnx (onnx_export)")
-    parser.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="ID=JSON",
+    parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="ID=JSON",
                         help="set a config id in the package, e.g. --set image_size=[256,256] (repeatable)")
     parser.add_argument("--schema", help="local copy of the metadata schema: verify the package's metadata.json against it")
     args = parser.parse_args(argv)

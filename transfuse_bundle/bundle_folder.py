@@ -27,6 +27,8 @@ Example::
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import logging
 import os
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 __all__ = [
+    "parse_override",
     "PRESETS",
     "Preset",
     "BundleFolderError",
@@ -135,6 +138,17 @@ def merged_config(files: Sequence[str | os.PathLike]) -> dict[str, Any]:
             raise BundleFolderError(f"config file {p} does not exist")
         _read_json(p)  # a clear error for broken JSON before MONAI's
     return dict(ConfigParser.load_config_files([str(p) for p in paths]))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"ID=JSON"`` -> ``(ID, value)``, the ``--set`` option of the scripts (a non-JSON value stays a string)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected ID=JSON (e.g. image_size=[128,128]), got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def _set_id(config: dict[str, Any], id_: str, value: Any) -> bool:
