@@ -8,8 +8,9 @@ Adam) and the process's peak memory; TransFuse also in its fast inference modes
 Writes ``OUT.json`` and ``OUT.md``.
 
 "official-S" is TransFuse-S computed exactly as the official code does it (explicit attention
-instead of fused attention, BatchNorm unfolded, contiguous layout, and for training the official
-structure loss: 31x31 boundary pooling in float64): the official repository is
+instead of fused attention, all three heads computed at inference too, BatchNorm unfolded,
+contiguous layout, and for training the official structure loss: 31x31 boundary pooling in
+float64): the official repository is
 not vendored here and cannot be downloaded, and this model reproduces its outputs to ~1e-6
 (tests/test_networks.py). Its ratios are also given against the official latencies measured
 on the reference 2-core CPU (116 ms at 192x256, 282 ms at 352x352).
@@ -51,7 +52,7 @@ def build(name: str, size: tuple[int, int]) -> nn.Module:
         for module in model.modules():  # timm 0.3.2, used by the official code, had no fused attention
             if hasattr(module, "fused_attn"):
                 module.fused_attn = False
-        return model
+        return _OfficialForward(model)
     if name == "unet":
         return nets.UNet(2, 3, 1, channels=(32, 64, 128, 256, 512), strides=(2, 2, 2, 2), num_res_units=2)
     if name == "attention_unet":
@@ -63,6 +64,27 @@ def build(name: str, size: tuple[int, int]) -> nn.Module:
     if name == "unetr":
         return nets.UNETR(in_channels=3, out_channels=1, img_size=size, spatial_dims=2, feature_size=16)
     raise ValueError(f"unknown model {name!r}")
+
+
+class _OfficialForward(nn.Module):
+    """The official forward: all three heads are computed and upsampled to full size in eval mode too
+    (the caller keeps ``map_2``); in training it returns them for deep supervision, as ours does.
+
+    Only the top module's ``training`` flag is raised for the call, so BatchNorm and dropout stay in eval.
+    """
+
+    def __init__(self, net: TransFuse):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor):
+        if self.training:
+            return self.net(x)
+        self.net.training = True
+        try:
+            return self.net(x)[0]
+        finally:
+            self.net.training = False
 
 
 class _FirstOutput(nn.Module):
