@@ -39,6 +39,8 @@ from typing import Any, Mapping, Sequence
 
 __all__ = [
     "parse_override",
+    "read_json_object",
+    "write_json",
     "PRESETS",
     "Preset",
     "BundleFolderError",
@@ -113,7 +115,8 @@ def source_root(root: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file holding an object (a config); errors name the file."""
     try:
         with open(path, encoding="utf-8") as f:
             content = json.load(f)
@@ -136,7 +139,7 @@ def merged_config(files: Sequence[str | os.PathLike]) -> dict[str, Any]:
     for p in paths:
         if not p.is_file():
             raise BundleFolderError(f"config file {p} does not exist")
-        _read_json(p)  # a clear error for broken JSON before MONAI's
+        read_json_object(p)  # a clear error for broken JSON before MONAI's
     return dict(ConfigParser.load_config_files([str(p) for p in paths]))
 
 
@@ -172,7 +175,8 @@ def _set_id(config: dict[str, Any], id_: str, value: Any) -> bool:
     return False
 
 
-def _write_json(path: Path, content: Mapping[str, Any]) -> None:
+def write_json(path: Path, content: Mapping[str, Any]) -> None:
+    """Writes a config the way the zoo formats them: 4-space indent, final newline."""
     with open(path, "w", encoding="utf-8") as f:
         json.dump(content, f, indent=4)
         f.write("\n")
@@ -231,7 +235,7 @@ def copy_bundle(
             raise BundleFolderError(f"preset {preset!r}: {name} has neither a base config nor overlays")
         # a config without overlays is copied as it is: overlays such as evaluate.json only make sense
         # on top of train.json, at run time
-        written[name] = merged_config(files) if overlay_files else _read_json(base)
+        written[name] = merged_config(files) if overlay_files else read_json_object(base)
 
     # overrides, applied where the id exists
     overrides = dict(overrides or {})
@@ -247,7 +251,7 @@ def copy_bundle(
                 if isinstance(item, dict) and "spatial_shape" in item:
                     item["spatial_shape"] = list(overrides["image_size"])
     for name, cfg in written.items():
-        _write_json(dest / "configs" / name, cfg)
+        write_json(dest / "configs" / name, cfg)
 
     # package code, docs, licence
     shutil.copytree(src / PACKAGE_NAME, dest / PACKAGE_NAME, ignore=IGNORE, dirs_exist_ok=True)

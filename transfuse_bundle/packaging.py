@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .bundle_folder import PRESETS, BundleFolderError, copy_bundle, source_root
+from .bundle_folder import PRESETS, BundleFolderError, copy_bundle, read_json_object, source_root, write_json
 
 __all__ = [
     "PackagingError",
@@ -243,13 +243,6 @@ def zip_bundle(bundle: str | os.PathLike, zip_path: str | os.PathLike) -> Path:
     return zip_path
 
 
-def _read_metadata(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise PackagingError(f"cannot read {path}: {e}") from e
-
-
 def package_bundle(
     preset: str = "polyp",
     out: str | os.PathLike = "dist",
@@ -302,7 +295,7 @@ def package_bundle(
         bundle = copy_bundle(Path(staging) / name, preset=preset, overrides=overrides, weights=weights,
                              include_models=False, source=src)
         meta_path = bundle / "configs" / "metadata.json"
-        meta = _read_metadata(meta_path)
+        meta = read_json_object(meta_path)
         version = version or meta.get("version")
         if not version:
             raise PackagingError(f"{meta_path} has no version and none was given")
@@ -313,9 +306,7 @@ def package_bundle(
             )
         if meta.get("version") != version:
             meta["version"] = version
-            with open(meta_path, "w", encoding="utf-8") as f:
-                json.dump(meta, f, indent=4)
-                f.write("\n")
+            write_json(meta_path, meta)
         missing = [f for f in REQUIRED_FILES if not (bundle / f).is_file()]
         if missing:
             raise PackagingError(f"the package of {src} would lack {missing}: add them to the repository")
@@ -361,15 +352,13 @@ def make_torchscript_only(bundle: str | os.PathLike) -> Path:
     for needed in (model_ts, config_path):
         if not needed.is_file():
             raise PackagingError(f"cannot make a TorchScript-only bundle: {needed} does not exist")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config = read_json_object(config_path)
     config.pop("network_def", None)
     config["ckpt_path"] = "$@ckpt_dir + '/model.ts'"
     config["network"] = "$torch.jit.load(@ckpt_path, map_location=@device)"
     handlers = config.get("handlers", [])
     config["handlers"] = [h for h in handlers if not (isinstance(h, dict) and h.get("_target_") == "CheckpointLoader")]
-    with open(config_path, "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=4)
-        f.write("\n")
+    write_json(config_path, config)
     (bundle / "models" / "model.pt").unlink(missing_ok=True)
     for name in ("train.json", "evaluate.json", "multi_gpu_train.json"):
         (bundle / "configs" / name).unlink(missing_ok=True)
