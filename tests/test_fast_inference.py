@@ -12,7 +12,14 @@ import torch
 
 from transfuse_bundle.data import write_datalist
 from transfuse_bundle.networks import TransFuse
-from transfuse_bundle.networks.fast import fast_autocast_available, fold_batchnorm, inference_autocast, optimize_for_inference
+from transfuse_bundle.networks.fast import (
+    OneDNNLinear,
+    fast_autocast_available,
+    fold_batchnorm,
+    inference_autocast,
+    optimize_for_inference,
+    use_onednn_linear,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,6 +51,52 @@ def test_optimized_model_gives_the_same_output(variant):
         out = fast(x.contiguous(memory_format=torch.channels_last))
     assert float((out - ref).norm() / ref.norm()) < 1e-4
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "the original must stay untouched"
+
+
+class _OpNames(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the name of every aten/mkldnn op run inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.__name__.split(".")[0])
+        return func(*args, **(kwargs or {}))
+
+
+def test_vit_linears_run_on_onednn_with_gelu_fused():
+    torch.manual_seed(0)
+    model = TransFuse("S", img_size=(32, 48)).eval()
+    fast = optimize_for_inference(model)
+    linears = [m for m in fast.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(isinstance(m, OneDNNLinear) for m in linears)
+    assert sum(m.activation == "gelu" for m in linears) == len(model.vit.blocks)  # one fused fc1 per MLP
+    assert not any(isinstance(m, torch.nn.GELU) for m in fast.modules())
+    ops = _OpNames()
+    with torch.no_grad(), ops:
+        fast(torch.rand(1, 3, 32, 48).contiguous(memory_format=torch.channels_last))
+    assert "_linear_pointwise" in ops.names and not {"addmm", "mm", "bmm", "gelu"} & ops.names
+
+
+def test_onednn_linear_falls_back_outside_fp32_cpu_inference():
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.GELU(approximate="tanh"))
+    x = torch.randn(3, 5, 24)
+    ref = mlp(x)
+    fused = OneDNNLinear.from_linear(mlp[0], activation="gelu_tanh")
+    assert fused.weight is mlp[0].weight  # shares the parameters
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), ref, rtol=1e-5, atol=1e-5)
+    out = fused(x.requires_grad_())  # needs gradients: plain F.linear + GELU, differentiable
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert x.grad is not None and mlp[0].weight.grad is not None
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fused(x).dtype == torch.bfloat16  # autocast: the bf16 F.linear path
+    with pytest.raises(ValueError, match="activation"):
+        OneDNNLinear.from_linear(mlp[0], activation="relu6")
+    assert use_onednn_linear(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1)))[0].__class__ is torch.nn.Conv2d
 
 
 def test_fold_batchnorm_refuses_a_training_model():
@@ -79,7 +132,8 @@ def test_benchmark_script_tiny_mode(tmp_path):
     assert ours["params"] == rows["official-S"]["params"]
     assert ours["gmacs"] > rows["unet"]["gmacs"] > 0
     for key in ("latency_ms_fp32", "latency_ms_fp32-fast", "throughput_img_s_fp32", "train_step_ms_fp32",
-                "speedup_vs_official_fp32-fast", "train_speedup_vs_official_fp32", "peak_memory_mb"):
+                "speedup_vs_official_fp32-fast", "speedup_interleaved_vs_official_fp32-fast",
+                "train_speedup_vs_official_fp32", "peak_memory_mb"):
         assert ours[key] > 0, key
     table = out.with_suffix(".md").read_text()
     assert "| S | 32x32 |" in table and "Measured on:" in table and "Data pipeline" in table

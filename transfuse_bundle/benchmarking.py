@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["median_ms", "gmacs", "parameter_count", "forward_latency_ms"]
+__all__ = ["median_ms", "interleaved_median_ms", "gmacs", "parameter_count", "forward_latency_ms"]
 
 
 def _sync(device: torch.device) -> None:
@@ -31,6 +31,25 @@ def median_ms(fn: Callable[[], object], iters: int, warmup: int, device: torch.d
         _sync(device)
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
+
+
+def interleaved_median_ms(fns: dict[str, Callable[[], object]], iters: int, warmup: int,
+                          device: torch.device | str = "cpu") -> dict[str, float]:
+    """Median wall time (ms) of each ``fns[name]()``, the functions called in turn within every
+    iteration, so that a busy machine slows them all alike and their ratios stay meaningful."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(iters):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def gmacs(model: nn.Module, x: torch.Tensor) -> float:

@@ -17,9 +17,10 @@ __all__ = ["FastInferer"]
 class FastInferer(Inferer):
     """Whole-image inference through an inference-optimised copy of the network.
 
-    The copy has BatchNorm folded into the convolutions and channels-last weights
-    (:func:`~transfuse_bundle.networks.fast.optimize_for_inference`) and runs under bf16 autocast
-    where that is native (CUDA, CPUs with AVX512-BF16 or AMX); the logits come back as float32.
+    The copy has BatchNorm folded into the convolutions, its linears on oneDNN (fp32 CPU) and
+    channels-last weights (:func:`~transfuse_bundle.networks.fast.optimize_for_inference`; fp32
+    outputs equal the network's to ~1e-6) and runs under bf16 autocast where that is native (CUDA,
+    CPUs with AVX512-BF16 or AMX); the logits come back as float32.
     The network itself is never modified, so MONAI Label can keep reloading weights into it: the
     copy is rebuilt whenever the network's parameters or buffers change. A network in training
     mode (e.g. MONAI Label's dropout sampling) or a TorchScript module (``models/model.ts``) runs as it is.

@@ -2,7 +2,10 @@
 
 - :func:`fold_batchnorm`: every Conv2d directly followed by an eval-mode BatchNorm2d becomes one
   convolution (exact up to float rounding).
-- :func:`optimize_for_inference`: the folding, channels-last memory layout, frozen parameters.
+- :func:`use_onednn_linear`: every ``nn.Linear`` (the ViT branch: ~40 % of the fp32 CPU time) runs
+  on oneDNN instead of the BLAS ``addmm``, with the MLP's GELU fused in (about 2x faster linears on
+  AMD CPUs, where MKL's sgemm takes a slow path; same results to ~1e-7).
+- :func:`optimize_for_inference`: all of the above, channels-last memory layout, frozen parameters.
 - :func:`fast_autocast_available` / :func:`inference_autocast`: bf16 autocast where the CPU has
   native bf16 (AVX512-BF16 or AMX) or on CUDA; plain fp32 elsewhere.
 """
@@ -15,9 +18,11 @@ import functools
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["fold_batchnorm", "optimize_for_inference", "fast_autocast_available", "inference_autocast"]
+__all__ = ["fold_batchnorm", "OneDNNLinear", "use_onednn_linear", "optimize_for_inference", "fast_autocast_available",
+           "inference_autocast"]
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -63,12 +68,85 @@ def _conv_bn_pairs(parent: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
-def optimize_for_inference(model: nn.Module, channels_last: bool = True, inplace: bool = False) -> nn.Module:
+class OneDNNLinear(nn.Linear):
+    """``nn.Linear`` (same parameters, same state dict) computed by oneDNN for fp32 CPU inference,
+    optionally followed by a fused activation (``"gelu"`` exact / ``"gelu_tanh"``).
+
+    PyTorch's CPU ``F.linear`` calls MKL's sgemm, which on AMD CPUs runs at about half of oneDNN's
+    speed for the ViT's shapes (``(B, N, 384) x (384, 1152)`` etc.). Anything else (another device
+    or dtype, autocast, a tensor that needs gradients, a PyTorch without oneDNN) takes ``F.linear``.
+    ``(..., in_features) -> (..., out_features)``.
+    """
+
+    activation: str = "none"
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, activation: str = "none") -> "OneDNNLinear":
+        """A OneDNNLinear sharing ``linear``'s parameters (no copy)."""
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        fast = cls.__new__(cls)
+        nn.Module.__init__(fast)
+        fast.in_features, fast.out_features = linear.in_features, linear.out_features
+        fast.weight, fast.bias = linear.weight, linear.bias
+        fast.activation = activation
+        fast.train(linear.training)
+        return fast
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _onednn_applies(x, self.weight):
+            attr, algorithm = _ACTIVATIONS[self.activation]
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, attr, [], algorithm)
+        out = F.linear(x, self.weight, self.bias)
+        if self.activation == "none":
+            return out
+        return F.gelu(out, approximate="tanh" if self.activation == "gelu_tanh" else "none")
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, activation={self.activation}"
+
+
+# activation name -> (oneDNN post-op, its algorithm)
+_ACTIVATIONS = {"none": ("none", ""), "gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh")}
+
+
+def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and not torch.is_autocast_enabled("cpu")
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+
+
+def use_onednn_linear(model: nn.Module) -> nn.Module:
+    """Replace every ``nn.Linear`` of ``model`` by a :class:`OneDNNLinear` sharing its parameters;
+    in timm's ``Mlp`` (``fc1 -> act -> drop1 -> norm -> fc2``) the GELU is fused into ``fc1`` and the
+    ``act`` module becomes ``nn.Identity``. For inference; returns the same model."""
+    from timm.layers import Mlp  # the ViT MLP of every timm ViT the variants use
+
+    for parent in list(model.modules()):
+        fuse_gelu = isinstance(parent, Mlp) and type(parent.act) is nn.GELU
+        for name, child in list(parent.named_children()):
+            if type(child) is not nn.Linear:
+                continue
+            activation = "none"
+            if fuse_gelu and name == "fc1":
+                activation = "gelu_tanh" if parent.act.approximate == "tanh" else "gelu"
+            setattr(parent, name, OneDNNLinear.from_linear(child, activation))
+        if fuse_gelu:
+            parent.act = nn.Identity()
+    return model
+
+
+def optimize_for_inference(model: nn.Module, channels_last: bool = True, inplace: bool = False,
+                           onednn_linear: bool = True) -> nn.Module:
     """An eval-mode copy (or ``model`` itself with ``inplace``) with BatchNorm folded, parameters
-    frozen and, by default, channels-last weights (feed it channels-last inputs for full speed)."""
+    frozen, by default the linears on oneDNN (:func:`use_onednn_linear`) and channels-last weights
+    (feed it channels-last inputs for full speed)."""
     model = model if inplace else copy.deepcopy(model)
     model = fold_batchnorm(model.eval())
     model.requires_grad_(False)
+    if onednn_linear:
+        model = use_onednn_linear(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
