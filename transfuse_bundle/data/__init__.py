@@ -1,9 +1,11 @@
-"""Data: dataset layouts -> datalists, the synthetic default dataset, mask transforms."""
+"""Data: dataset layouts -> datalists, the synthetic default dataset, reading, validation, mask transforms."""
 
 from .datalist import (
     DATALIST_NAME,
     IMAGE_EXTENSIONS,
+    VOLUME_EXTENSIONS,
     DatasetError,
+    DatasetProblem,
     evaluation_datalist,
     find_image_mask_pairs,
     find_images,
@@ -12,11 +14,15 @@ from .datalist import (
     split_training,
     write_datalist,
 )
+from .readers import to_mask, to_rgb
 from .synthetic import make_synthetic_case, synthetic_dataset
 from .transforms import IMAGENET_MEAN_255, IMAGENET_STD_255, MaskToClassIdsd
+from .validate import ScreenedImages, check_dataset, screen_images, validate_datalist
 
 __all__ = [
     "DATALIST_NAME", "IMAGE_EXTENSIONS", "DatasetError", "evaluation_datalist", "find_image_mask_pairs",
     "find_images", "inference_datalist", "load_datalist", "split_training", "make_synthetic_case",
     "synthetic_dataset", "write_datalist", "IMAGENET_MEAN_255", "IMAGENET_STD_255", "MaskToClassIdsd",
+    "VOLUME_EXTENSIONS", "DatasetProblem", "to_rgb", "to_mask", "ScreenedImages", "check_dataset", "screen_images",
+    "validate_datalist",
 ]

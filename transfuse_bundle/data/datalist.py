@@ -7,23 +7,27 @@ Two layouts are accepted for ``dataset_dir``:
 * an MSD-style ``datalist.json`` (``DIR/datalist.json`` or the JSON file itself) with ``training``,
   optional ``validation`` and ``test`` lists; relative paths are relative to the JSON's folder.
 
-Every problem (missing folder, image without a mask, empty list, missing file) raises an error that
-names the path, when the config is parsed and before any training starts.
+Every problem (missing folder, image without a mask or mask without an image, duplicate stem, empty
+list, missing file) raises a :class:`DatasetError` that names the path, when the config is parsed and
+before any training starts; the files' contents are checked by :mod:`.validate`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "VOLUME_EXTENSIONS",
     "DATALIST_NAME",
     "DatasetError",
+    "DatasetProblem",
+    "pair_images_and_masks",
     "find_image_mask_pairs",
     "find_images",
     "split_training",
@@ -33,26 +37,90 @@ __all__ = [
     "write_datalist",
 ]
 
-logger = logging.getLogger(__name__)
-
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+VOLUME_EXTENSIONS = (".nii.gz", ".nii")
 DATALIST_NAME = "datalist.json"
 
 
 class DatasetError(ValueError):
-    """A dataset folder or datalist that cannot be used; the message names the path and the problem."""
+    """A dataset folder or datalist that cannot be used; the message names the path and the problem.
+
+    ``problems`` holds every :class:`DatasetProblem` found (one line each in the message), so a user
+    fixes them all in one go instead of one per run.
+    """
+
+    def __init__(self, message: str | Sequence["DatasetProblem"]) -> None:
+        self.problems: list[DatasetProblem] = [] if isinstance(message, str) else list(message)
+        if not isinstance(message, str):
+            lines = [str(problem) for problem in self.problems]
+            message = lines[0] if len(lines) == 1 else f"{len(lines)} problems:\n" + "\n".join(lines)
+        super().__init__(message)
 
 
-def _images_in(folder: Path) -> dict[str, Path]:
-    """``{stem: path}`` of the image files directly in ``folder``; duplicate stems are an error."""
+@dataclass(frozen=True)
+class DatasetProblem:
+    """One problem of one file (or folder) of a dataset; ``str()`` gives the one-line report ``path: message``."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+def _files_by_stem(folder: Path, suffix: str, extensions: Sequence[str],
+                   problems: list[DatasetProblem]) -> dict[str, Path]:
+    """``{stem without suffix: path}`` of the files directly in ``folder`` ending in ``suffix + ext``.
+
+    Suffix-aware (``x_segmentation.png`` -> ``x``; ``t2.nii.gz`` -> ``t2``); a second file with the
+    same stem is appended to ``problems`` and left out.
+    """
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith("."):
+        name = path.name.lower()
+        ext = next((e for e in extensions if name.endswith(suffix.lower() + e)), None)
+        if ext is None or not path.is_file() or path.name.startswith("."):
             continue
-        if path.stem in found:
-            raise DatasetError(f"two files with the stem {path.stem!r} in {folder}: {found[path.stem].name} and {path.name}")
-        found[path.stem] = path
+        stem = path.name[: len(path.name) - len(suffix) - len(ext)]
+        if stem in found:
+            problems.append(DatasetProblem(str(path), f"two files with the stem {stem!r} in {folder}: "
+                                                      f"{found[stem].name} and {path.name}"))
+            continue
+        found[stem] = path
     return found
+
+
+def _names(paths: list[Path], limit: int = 5) -> str:
+    return ", ".join(p.name for p in paths[:limit]) + (f" ... ({len(paths) - limit} more)" if len(paths) > limit else "")
+
+
+def pair_images_and_masks(images_dir: str | os.PathLike, masks_dir: str | os.PathLike, mask_suffix: str = "",
+                          extensions: Sequence[str] = IMAGE_EXTENSIONS) -> tuple[list[dict[str, str]], list[DatasetProblem]]:
+    """Pairs ``images_dir/<stem><ext>`` with ``masks_dir/<stem><mask_suffix><ext>``, sorted by stem.
+
+    The one pairing rule of the package (folder datasets and :mod:`.prepare` layouts). Returns the
+    pairs and the problems: a missing folder, no images, duplicate stems, images without a mask and
+    masks without an image (each kind names its files). Callers raise ``DatasetError(problems)``.
+    """
+    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    problems = [DatasetProblem(str(d), "expected a folder here, which does not exist")
+                for d in (images_dir, masks_dir) if not d.is_dir()]
+    if problems:
+        return [], problems
+    images = _files_by_stem(images_dir, "", extensions, problems)
+    masks = _files_by_stem(masks_dir, mask_suffix, extensions, problems)
+    if not images:
+        problems.append(DatasetProblem(str(images_dir), f"no images ({', '.join(extensions)}) found in {images_dir}"))
+    no_mask = [images[s] for s in sorted(set(images) - set(masks))]
+    if no_mask:
+        problems.append(DatasetProblem(str(images_dir), f"{len(no_mask)} image(s) have no mask in {masks_dir} "
+                                       f"(expected <stem>{mask_suffix}.<ext>): {_names(no_mask)}"))
+    no_image = [masks[s] for s in sorted(set(masks) - set(images))]
+    if no_image:
+        problems.append(DatasetProblem(str(masks_dir), f"{len(no_image)} mask(s) have no image in {images_dir}: "
+                                       f"{_names(no_image)}"))
+    pairs = [{"image": str(images[s]), "label": str(masks[s])} for s in sorted(set(images) & set(masks))]
+    return pairs, problems
 
 
 def _check_dir(dataset_dir: str | os.PathLike) -> Path:
@@ -67,7 +135,7 @@ def find_image_mask_pairs(dataset_dir: str | os.PathLike) -> list[dict[str, str]
 
     Raises:
         DatasetError: the folder or its ``images``/``masks`` subfolders are missing, there are no images,
-            or an image has no mask (all such stems are listed).
+            two files share a stem, an image has no mask or a mask has no image (all listed, naming the files).
     """
     root = _check_dir(dataset_dir)
     images_dir, masks_dir = root / "images", root / "masks"
@@ -76,28 +144,29 @@ def find_image_mask_pairs(dataset_dir: str | os.PathLike) -> list[dict[str, str]
             f"dataset_dir {str(root)!r} has neither a {DATALIST_NAME} nor the folders images/ and masks/ "
             f"(expected DIR/images/<stem>.{{png,jpg,jpeg,bmp,tif}} with DIR/masks/<stem>.*)"
         )
-    images, masks = _images_in(images_dir), _images_in(masks_dir)
-    if not images:
-        raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {images_dir}")
-    missing = sorted(set(images) - set(masks))
-    if missing:
-        shown = ", ".join(images[s].name for s in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise DatasetError(f"{len(missing)} image(s) in {images_dir} have no mask in {masks_dir}: {shown}")
-    extra = sorted(set(masks) - set(images))
-    if extra:
-        logger.warning("%d mask(s) in %s have no image and are ignored, e.g. %s", len(extra), masks_dir, extra[0])
-    return [{"image": str(images[s]), "label": str(masks[s])} for s in sorted(images)]
+    pairs, problems = pair_images_and_masks(images_dir, masks_dir, extensions=IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)
+    if problems:
+        raise DatasetError(problems)
+    return pairs
 
 
-def find_images(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
-    """Images of ``DIR/images/`` if that folder exists, else image files directly in ``DIR`` (no masks needed)."""
+def find_images(dataset_dir: str | os.PathLike,
+                extensions: Sequence[str] = IMAGE_EXTENSIONS + VOLUME_EXTENSIONS) -> list[dict[str, str]]:
+    """Images of ``DIR/images/`` if that folder exists, else image files directly in ``DIR`` (no masks needed).
+
+    Pictures and volumes are both listed, so a volume given to a 2D config (or the reverse) is reported
+    by :func:`~transfuse_bundle.data.validate.screen_images` instead of silently left out.
+    """
     root = _check_dir(dataset_dir)
     folder = root / "images" if (root / "images").is_dir() else root
     if not folder.is_dir():
         raise DatasetError(f"{str(folder)!r} is not a folder of images")
-    images = _images_in(folder)
+    problems: list[DatasetProblem] = []
+    images = _files_by_stem(folder, "", extensions, problems)
     if not images:
-        raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}")
+        problems.append(DatasetProblem(str(folder), f"no images ({', '.join(extensions)}) found in {folder}"))
+    if problems:
+        raise DatasetError(problems)
     return [{"image": str(images[s])} for s in sorted(images)]
 
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .datalist import IMAGE_EXTENSIONS, DatasetError, split_training
+from .datalist import IMAGE_EXTENSIONS, DatasetError, pair_images_and_masks, split_training
 
 __all__ = ["LAYOUTS", "detect_layout", "prepare", "polyp_pranet", "folder_pairs", "isic2017", "msd_prostate",
            "prostate158", "hip"]
@@ -26,39 +26,14 @@ Datalist = dict[str, list[dict[str, Any]]]
 PRANET_TEST_SETS = ("Kvasir", "CVC-ClinicDB", "CVC-ColonDB", "CVC-300", "ETIS-LaribPolypDB")
 
 
-def _files_by_stem(folder: Path, suffix: str = "", extensions: Sequence[str] = IMAGE_EXTENSIONS) -> dict[str, Path]:
-    """``{stem without suffix: path}`` for the files of ``folder`` ending in ``suffix + ext``."""
-    if not folder.is_dir():
-        raise DatasetError(f"expected a folder {str(folder)!r}, which does not exist")
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        name = path.name.lower()
-        ext = next((e for e in extensions if name.endswith(suffix.lower() + e)), None)
-        if ext is None or not path.is_file() or path.name.startswith("."):
-            continue
-        stem = path.name[: len(path.name) - len(suffix) - len(ext)]
-        if stem in found:
-            raise DatasetError(f"two files for the case {stem!r} in {folder}: {found[stem].name} and {path.name}")
-        found[stem] = path
-    return found
-
-
 def _pair(images_dir: Path, masks_dir: Path, dataset: str, mask_suffix: str = "",
           extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[dict[str, Any]]:
-    """Pairs images and masks by stem; every image needs a mask and every mask an image."""
-    images = _files_by_stem(images_dir, extensions=extensions)
-    masks = _files_by_stem(masks_dir, mask_suffix, extensions=extensions)
-    if not images:
-        raise DatasetError(f"no images ({', '.join(extensions)}) in {images_dir}")
-    no_mask = sorted(set(images) - set(masks))
-    no_image = sorted(set(masks) - set(images))
-    if no_mask:
-        raise DatasetError(f"{len(no_mask)} image(s) in {images_dir} have no mask in {masks_dir}, e.g. "
-                           f"{images[no_mask[0]].name} (expected {no_mask[0]}{mask_suffix}.<ext>)")
-    if no_image:
-        raise DatasetError(f"{len(no_image)} mask(s) in {masks_dir} have no image in {images_dir}, e.g. "
-                           f"{masks[no_image[0]].name}")
-    return [{"image": str(images[s]), "label": str(masks[s]), "dataset": dataset} for s in sorted(images)]
+    """Pairs images and masks by stem (see :func:`pair_images_and_masks`), tagging each with ``dataset``;
+    every image needs a mask and every mask an image."""
+    pairs, problems = pair_images_and_masks(images_dir, masks_dir, mask_suffix, extensions)
+    if problems:
+        raise DatasetError(problems)
+    return [{**pair, "dataset": dataset} for pair in pairs]
 
 
 def polyp_pranet(root: Path, val_fraction: float = 0.1, seed: int = 0) -> Datalist:

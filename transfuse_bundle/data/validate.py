@@ -1,0 +1,324 @@
+"""Checks a dataset's files before any work starts, and reports every problem on one line naming the file.
+
+* :func:`validate_datalist`: the checks, returning a list of :class:`~.datalist.DatasetProblem`;
+* :func:`check_dataset`: the raising wrapper the training and evaluation configs call first;
+* :func:`screen_images`: the inference version: bad images are logged and written to a report file,
+  the good ones are still segmented, and :meth:`ScreenedImages.raise_if_any` fails the run at the end;
+* :func:`validate_dataset` / ``scripts/validate_data.py``: the same checks on a folder or datalist, as a command.
+
+What is checked, per file: it opens and decodes completely (a truncated JPEG/PNG/NIfTI is caught); it
+is a 2D picture for a 2D config and a 3D volume for a 3D one; a mask has the size of its image; mask
+values can be class ids (binary: 0/1 or 0/255 with at most a few grey edge pixels; multi-class:
+integers ``0..num_classes-1``, as :class:`~.transforms.MaskToClassIdsd` accepts them); a volume has no
+NaN or Inf; one file is not listed twice. Grey, palette, RGBA and 16-bit PNGs, empty masks and large
+images are accepted (see :mod:`.readers` for how they are read).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .datalist import (DATALIST_NAME, IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, DatasetError, DatasetProblem, find_images,
+                       load_datalist, pair_images_and_masks)
+from .readers import MAX_PIXELS
+
+__all__ = ["validate_datalist", "validate_dataset", "check_dataset", "screen_images", "ScreenedImages", "GREY_MASK_FRACTION"]
+
+logger = logging.getLogger(__name__)
+
+#: A binary mask may have this share of pixels that are neither near 0 nor near full scale
+#: (anti-aliased edges, JPEG noise); more means the file is a picture, not a mask.
+GREY_MASK_FRACTION = 0.05
+
+Datalist = Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]]
+
+
+def _kind(path: str) -> str | None:
+    name = path.lower()
+    if name.endswith(VOLUME_EXTENSIONS):
+        return "volume"
+    if name.endswith(IMAGE_EXTENSIONS):
+        return "picture"
+    return None
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    ext = next((e for e in VOLUME_EXTENSIONS + IMAGE_EXTENSIONS if name.lower().endswith(e)), Path(name).suffix)
+    return name[: len(name) - len(ext)]
+
+
+@dataclass
+class _File:
+    """What one readable file looked like: spatial shape (H, W) or (X, Y, Z), and its values."""
+
+    shape: tuple[int, ...]
+    values: np.ndarray | None = None  # mask values (unique), or None
+    grey_fraction: float = 0.0
+
+
+class _Unusable(Exception):
+    """The file cannot be used; the message says why."""
+
+
+def _open_picture(path: str) -> Image.Image:
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise _Unusable(f"too large to read safely ({err}); downsample it first") from err
+    except Exception as err:  # PIL raises several types for unreadable files
+        raise _Unusable(f"not a readable image ({type(err).__name__}: {err})") from err
+    if MAX_PIXELS and image.width * image.height > MAX_PIXELS:
+        raise _Unusable(f"too large to read safely ({image.width} x {image.height} pixels, limit "
+                        f"{MAX_PIXELS} pixels); downsample it first")
+    return image
+
+
+def _read_picture(path: str, is_mask: bool) -> _File:
+    """Decodes the whole file (catches truncation); for a mask, returns its unique values the way
+    ``MaskToClassIdsd`` sees them (max over colour channels, alpha ignored)."""
+    with _open_picture(path) as image:
+        shape = (image.height, image.width)
+        try:
+            if not is_mask and image.format == "JPEG":
+                image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))  # still reads every byte
+            image.load()
+            if not is_mask:
+                return _File(shape)
+            values = np.asarray(image)
+        except Exception as err:
+            raise _Unusable(f"unreadable or truncated image ({type(err).__name__}: {err})") from err
+    if values.ndim == 3:
+        values = values[..., :3].max(axis=-1)
+    full = 255 if values.max(initial=0) <= 255 else 65535
+    grey = np.count_nonzero((values > full / 8) & (values < full * 7 / 8)) / max(values.size, 1)
+    if values.dtype == np.uint8:  # the common case: a histogram is ~10x faster than np.unique
+        unique = np.flatnonzero(np.bincount(values.ravel(), minlength=256)).astype(np.uint8)
+    else:
+        unique = np.unique(values)
+    return _File(shape, unique, grey)
+
+
+def _read_volume(path: str, is_mask: bool) -> _File:
+    import nibabel as nib  # only needed for volumes
+
+    try:
+        data = np.asanyarray(nib.load(path).dataobj)
+    except Exception as err:
+        raise _Unusable(f"unreadable or truncated volume ({type(err).__name__}: {err})") from err
+    if not is_mask and np.issubdtype(data.dtype, np.floating):
+        bad = np.count_nonzero(~np.isfinite(data))
+        if bad:
+            raise _Unusable(f"{bad} voxel(s) are NaN or Inf")
+    if is_mask:
+        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+            raise _Unusable("the label volume has NaN or Inf values")
+        return _File(tuple(data.shape[:3]), np.unique(data))
+    return _File(tuple(data.shape[:3]) if data.ndim >= 3 else tuple(data.shape))
+
+
+def _read(path: str, spatial_dims: int, is_mask: bool) -> _File:
+    kind = _kind(path)
+    what = "mask" if is_mask else "image"
+    if kind is None:
+        raise _Unusable(f"not a supported {what} file (expected one of {', '.join(IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)})")
+    if not Path(path).is_file():
+        raise _Unusable(f"{what} file does not exist")
+    if kind == "picture" and spatial_dims == 3:
+        raise _Unusable(f"a 2D {what}, but this config segments 3D volumes (spatial_dims=3): give .nii/.nii.gz volumes")
+    if kind == "volume" and spatial_dims == 2:
+        raise _Unusable(f"a 3D volume, but this config segments 2D images (spatial_dims=2): use a 3D preset "
+                        f"(e.g. configs/presets/prostate_inference.json) or 2D files")
+    found = _read_picture(path, is_mask) if kind == "picture" else _read_volume(path, is_mask)
+    if kind == "volume" and len(found.shape) < 3:
+        raise _Unusable(f"a {len(found.shape)}D volume, but this config segments 3D volumes (spatial_dims=3)")
+    return found
+
+
+def _mask_value_problem(mask: _File, num_classes: int) -> str | None:
+    """Why these mask values cannot be class ids, or None; the same rules as ``MaskToClassIdsd``."""
+    values = mask.values
+    if values is None or values.size == 0:
+        return None
+    low, high = float(values.min()), float(values.max())
+    shown = ", ".join(f"{v:g}" for v in values[:8]) + (" ..." if values.size > 8 else "")
+    if num_classes == 2:
+        if low < 0:
+            return f"mask has negative values ({shown}); a binary mask holds 0/1 or 0/255"
+        if 1 < high < 128:
+            return (f"mask values are {shown}: a binary config reads masks above 1 as 0/255 (threshold 128), "
+                    f"so this mask would become empty; store 0/1 or 0/255, or set out_channels to the "
+                    f"number of classes for a class-id mask")
+        if high > 1 and mask.grey_fraction > GREY_MASK_FRACTION:
+            return (f"mask is not binary: {100 * mask.grey_fraction:.0f}% of its pixels are grey (values {shown}); "
+                    f"a binary mask holds 0/255 (or 0/1)")
+        return None
+    if low < 0 or high > num_classes - 1 or not np.array_equal(values, np.round(values)):
+        return (f"mask has values {shown}, but {num_classes} classes need integer class ids 0..{num_classes - 1}"
+                + (" (a 0/255 binary mask? then use out_channels 1)" if high == 255 else ""))
+    return None
+
+
+def _entries(datalist: Datalist) -> list[tuple[str, Mapping[str, Any]]]:
+    """``[(where, entry)]`` with ``where`` like ``training[3]``, for a list or a dict of lists."""
+    if isinstance(datalist, Mapping):
+        return [(f"{split}[{i}]", entry) for split, items in datalist.items() if isinstance(items, list)
+                for i, entry in enumerate(items)]
+    return [(f"[{i}]", entry) for i, entry in enumerate(datalist)]
+
+
+def validate_datalist(datalist: Datalist, num_classes: int = 2, spatial_dims: int = 2,
+                      unique_stems: bool = False) -> list[DatasetProblem]:
+    """Every problem of the files a datalist names, one :class:`DatasetProblem` per file and problem.
+
+    Args:
+        datalist: a list of ``{"image": path, "label": path}`` dicts (``label`` optional), or a dict of
+            such lists (``{"training": [...], "validation": [...]}``).
+        num_classes: classes including background (2 for a binary, single-channel network).
+        spatial_dims: 2 for PNG/JPEG/... pictures, 3 for NIfTI volumes.
+        unique_stems: also report two images with the same file stem (inference names its outputs by stem).
+
+    Returns:
+        the problems, in datalist order; empty when the data can be used.
+    """
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    entries = _entries(datalist)
+    if not entries:
+        return [DatasetProblem("datalist", "no cases to use")]
+    problems: list[DatasetProblem] = []
+    seen: dict[tuple[str, str], str] = {}
+    done: set[str] = set()
+    stems: dict[str, str] = {}
+    for where, entry in entries:
+        image = str(entry.get("image", ""))
+        if not image:
+            problems.append(DatasetProblem(where, f"entry has no 'image': {dict(entry)}"))
+            continue
+        split = where.split("[")[0]  # the same case in training and validation is allowed (e.g. MONAI Label)
+        if (split, image) in seen:
+            problems.append(DatasetProblem(image, f"listed twice ({seen[split, image]} and {where})"))
+            continue
+        seen[split, image] = where
+        if image in done:
+            continue  # already checked as part of another list
+        done.add(image)
+        if unique_stems:
+            stem = _stem(image)
+            if stem in stems:
+                problems.append(DatasetProblem(image, f"has the same stem {stem!r} as {stems[stem]}: "
+                                                      f"their outputs would overwrite each other"))
+                continue
+            stems[stem] = image
+        problems += _validate_case(image, entry.get("label"), num_classes, spatial_dims)
+    return problems
+
+
+def _validate_case(image: str, label: str | None, num_classes: int, spatial_dims: int) -> list[DatasetProblem]:
+    try:
+        picture = _read(image, spatial_dims, is_mask=False)
+    except _Unusable as err:
+        picture = None
+        problems = [DatasetProblem(image, str(err))]
+    else:
+        problems = []
+    if label is None:
+        return problems
+    label = str(label)
+    try:
+        mask = _read(label, spatial_dims, is_mask=True)
+    except _Unusable as err:
+        return problems + [DatasetProblem(label, str(err))]
+    if picture is not None and mask.shape != picture.shape:
+        axes = "height x width" if len(mask.shape) == 2 else "shape"
+        problems.append(DatasetProblem(label, f"mask {axes} {' x '.join(map(str, mask.shape))} differs from its "
+                                              f"image's {' x '.join(map(str, picture.shape))} ({image})"))
+    value_problem = _mask_value_problem(mask, num_classes)
+    if value_problem:
+        problems.append(DatasetProblem(label, value_problem))
+    return problems
+
+
+def check_dataset(datalist: Datalist, num_classes: int = 2, spatial_dims: int = 2) -> Datalist:
+    """Returns ``datalist`` unchanged if :func:`validate_datalist` finds nothing, else raises.
+
+    The training and evaluation configs call this first, so bad data stops the run before a model is
+    built, trained or saved. Raises ``DatasetError`` listing every problem, one line each.
+    """
+    problems = validate_datalist(datalist, num_classes, spatial_dims)
+    if problems:
+        raise DatasetError(problems)
+    n = len(_entries(datalist))
+    logger.info("dataset checked: %d case(s), no problems", n)
+    return datalist
+
+
+@dataclass
+class ScreenedImages:
+    """The images inference can segment (``good``) and the problems of the others (``problems``)."""
+
+    good: list[dict[str, Any]]
+    problems: list[DatasetProblem] = field(default_factory=list)
+    report_file: str | None = None
+
+    def raise_if_any(self) -> None:
+        """Called last in inference's ``run``: after every good image has its result, fail (non-zero
+        exit) if some images were skipped, so scripts notice."""
+        if self.problems:
+            raise DatasetError([DatasetProblem(p.path, f"skipped: {p.message}") for p in self.problems]
+                               + ([DatasetProblem(self.report_file, "lists the skipped images")]
+                                  if self.report_file else []))
+
+
+def screen_images(datalist: Sequence[Mapping[str, Any]], spatial_dims: int = 2,
+                  report_file: str | os.PathLike | None = None) -> ScreenedImages:
+    """Inference's check: keeps the images that can be segmented, logs an error naming each one that
+    cannot, and writes those to ``report_file`` (JSON list of ``{"image", "problem"}``; a stale report of
+    an earlier run is removed). Raises ``DatasetError`` only when no image is usable."""
+    problems = validate_datalist(datalist, spatial_dims=spatial_dims, unique_stems=True)
+    bad = {p.path for p in problems}
+    good = [dict(entry) for entry in datalist if str(entry.get("image")) not in bad]
+    for problem in problems:
+        logger.error("skipping %s", problem)
+    if report_file is not None:
+        report = Path(report_file)
+        if problems:
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text(json.dumps([{"image": p.path, "problem": p.message} for p in problems], indent=4))
+        elif report.is_file():
+            report.unlink()
+    if not good:
+        raise DatasetError(problems or [DatasetProblem("datalist", "no images to segment")])
+    return ScreenedImages(good, problems, None if report_file is None else str(report_file))
+
+
+def validate_dataset(dataset_dir: str | os.PathLike, num_classes: int = 2,
+                     spatial_dims: int = 2) -> tuple[list[DatasetProblem], int]:
+    """:func:`validate_datalist` for what a user passes as ``--dataset_dir``: a folder with ``images/`` +
+    ``masks/``, a folder with ``datalist.json`` (or the JSON itself), or a plain folder of images to
+    segment (checked as inference checks it). Problems of the folder itself (missing, empty, unpaired
+    files, duplicate stems) are reported with those of the files. Returns ``(problems, number of cases)``."""
+    root = Path(dataset_dir).expanduser()
+    if not root.exists():
+        return [DatasetProblem(str(root), "dataset_dir does not exist")], 0
+    try:
+        if root.is_dir() and (root / "images").is_dir() and (root / "masks").is_dir() \
+                and not (root / DATALIST_NAME).is_file():
+            items, problems = pair_images_and_masks(root / "images", root / "masks",
+                                                    extensions=IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)
+            return problems + validate_datalist(items, num_classes, spatial_dims) if items else problems, len(items)
+        if root.is_file() or (root / DATALIST_NAME).is_file():
+            lists = load_datalist(root)
+            return validate_datalist(lists, num_classes, spatial_dims), len(_entries(lists))
+        items = find_images(root)
+        return validate_datalist(items, num_classes, spatial_dims, unique_stems=True), len(items)
+    except DatasetError as err:
+        return err.problems or [DatasetProblem(str(root), str(err))], 0
