@@ -4,8 +4,9 @@
     python scripts/make_monailabel_app.py --app apps/monaibundle --name transfuse_polyp --preset polyp
     python scripts/make_monailabel_app.py --app apps/monaibundle --name transfuse_prostate --preset prostate \\
         --init-weights
-    python -m monailabel.main start_server --app apps/monaibundle --studies STUDIES \\
-        --conf models transfuse_polyp --conf zoo_source github --conf sam2 false
+    TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 python -m monailabel.main start_server --app apps/monaibundle \\
+        --studies STUDIES --conf models transfuse_polyp --conf zoo_source github --conf sam2 false \\
+        --host 127.0.0.1
 
 The app is copied from the installed monailabel wheel when ``--app`` does not exist; the bundle folder
 (configs with the preset merged in, the transfuse_bundle package, models/, docs/, LICENSE) is written to
@@ -47,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"bundle folder: {bundle}")
     print("start the server with:")
-    print("  " + " ".join(server_command(Path(args.app).resolve(), "STUDIES", [args.name], port=8000)))
+    # weights-only torch.load in the server whatever torch's default (docs/monailabel.md, Security)
+    print("  TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 " + " ".join(server_command(Path(args.app).resolve(), "STUDIES",
+                                                                           [args.name], port=8000)))
     return 0
 
 

@@ -9,13 +9,18 @@ bundle folders made by :func:`transfuse_bundle.monailabel_app.install_bundle`:
   overlap the ground truth of those images; the studies folder holds these and 2 more images, with
   their masks in ``labels/final``;
 * ``transfuse_prostate`` (preset prostate, untrained seeded weights: only geometry is checked) and a
-  Prostate158 T2 volume in the same studies folder.
+  Prostate158 T2 volume in the same studies folder;
+* ``transfuse_untrusted``: a polyp bundle whose ``models/model.pt`` was replaced on disk by a pickle that
+  creates a marker file when unpickled (issue #7, trusted loading): the server must refuse it unrun.
 
 The checks follow issue #5: ``/info``; inference by id and by upload (PNG of the input's size, values in
 {0, 1}, Dice with the ground truth); ``/train`` for one epoch rewrites ``models/model.pt`` and the app
 reloads it; the prostate bundle returns a NIfTI label with the volume's shape and affine; the server log
-never has "Checkpoint keys don't match". The time of each step is printed at the end of the module
-(and written to ``timings.json`` in the module's tmp folder).
+never has "Checkpoint keys don't match". Issue #7: the server listens on 127.0.0.1 only; a bounded load
+test (``scripts/load_test.py``: 40 uploads of real Kvasir-SEG images, 4 at a time) has zero errors and
+only valid masks, and its latency and the server's memory are reported. The time of each step and the
+load figures are printed at the end of the module (and written to ``timings.json`` and
+``load_test.json`` in the module's tmp folder).
 
 Needs MONAI Label: ``pip install --no-deps -r requirements-monailabel.txt``. Without it the tests fail
 (they are never skipped).
@@ -37,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
@@ -45,6 +51,7 @@ PROSTATE = DATA / "prostate158" / "020" / "t2.nii.gz"
 
 POLYP = "transfuse_polyp"
 PROSTATE_MODEL = "transfuse_prostate"
+UNTRUSTED = "transfuse_untrusted"  # a polyp bundle whose model.pt is a malicious pickle
 N_PRETRAIN = 8  # Kvasir images of the short training before the server starts
 N_STUDIES = 10  # labelled images in the studies folder (the 8 above + 2; /train splits them 8/2)
 MAX_SIDE = 256  # studies images are downscaled (aspect kept) so that loading is cheap
@@ -59,6 +66,8 @@ POLYP_OVERRIDES = {
 }
 AUGMENTATIONS = ("RandAffined", "RandFlipd", "RandTorchVisiond")  # off for the short training only
 PROSTATE_OVERRIDES = {"image_size": [272, 272]}  # one window per 270x270 slice: fewer network calls
+LOAD_REQUESTS, LOAD_CONCURRENCY = 40, 4  # issue #7's bounded load test
+LOAD_IMAGES = 10  # distinct original-size Kvasir images (not in the studies folder), cycled over the requests
 
 # One intra-op thread per subprocess: on a shared 2-core machine, 2 OpenMP threads per process made a
 # training step 3-50x slower whenever another process was busy (measured), 1 thread is ~0.4 s either way.
@@ -87,6 +96,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class _CreatesFile:
+    """Unpickling this calls ``open(path, "w")``: stands for any code a malicious ``model.pt`` would run."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _listening_addresses(port: int) -> list[str]:
+    """The local addresses of the sockets in LISTEN state on TCP ``port`` (from /proc/net/tcp and tcp6)."""
+    import ipaddress
+
+    found = []
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        if not table.is_file():
+            continue
+        for line in table.read_text().splitlines()[1:]:
+            fields = line.split()
+            address, port_hex = fields[1].split(":")
+            if int(port_hex, 16) != port or fields[3] != "0A":  # 0A: TCP_LISTEN
+                continue
+            raw = bytes.fromhex(address)  # 32-bit words in host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.append(str(ipaddress.ip_address(raw)))
+    return found
+
+
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
@@ -113,12 +151,12 @@ class Server:
     """A MONAI Label server subprocess and a bounded-timeout HTTP client for it."""
 
     def __init__(self, app: Path, studies: Path, models: list[str], log: Path):
-        from transfuse_bundle.monailabel_app import server_command
+        from transfuse_bundle.monailabel_app import server_command, server_env
 
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app, self.studies, self.log_path = app, studies, log
-        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", **ONE_THREAD)
+        env = server_env(dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", **ONE_THREAD))
         self._log = open(log, "w")
         self.proc = subprocess.Popen(
             server_command(app, studies, models, port=self.port), stdout=self._log, stderr=subprocess.STDOUT,
@@ -205,6 +243,11 @@ def server(tmp_path_factory, request):
                            init_weights=True)
     install_bundle(app, PROSTATE_MODEL, preset="prostate", overrides=PROSTATE_OVERRIDES, include_models=False,
                    init_weights=True)
+    untrusted = install_bundle(app, UNTRUSTED, preset="polyp", overrides=POLYP_OVERRIDES,
+                               weights=polyp / "models" / "model.pt")
+    # tampered on disk after installation (install_bundle itself refuses such weights)
+    torch.save({"weight": torch.zeros(2), "payload": _CreatesFile(root / "untrusted_marker")},
+               untrusted / "models" / "model.pt")
     studies = root / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
     names = sorted(p.stem for p in (KVASIR / "images").glob("*.jpg"))[:N_STUDIES]
@@ -221,7 +264,7 @@ def server(tmp_path_factory, request):
     TIMINGS[f"short training (bundle CLI, {PRETRAIN_EPOCHS} epochs)"] = time.monotonic() - t0
 
     t0 = time.monotonic()
-    srv = Server(app, studies, [POLYP, PROSTATE_MODEL], root / "server.log")
+    srv = Server(app, studies, [POLYP, PROSTATE_MODEL, UNTRUSTED], root / "server.log")
     try:
         srv.wait_ready()
         TIMINGS["server start (until /info answers)"] = time.monotonic() - t0
@@ -305,6 +348,39 @@ def test_infer_by_upload_overlaps_ground_truth(server):
     assert dice > MIN_DICE, f"Dice {dice:.3f} of the served mask of the uploaded {name} is not > {MIN_DICE}"
 
 
+def test_server_listens_on_loopback_only(server):
+    """The server (started as docs/monailabel.md shows) accepts connections on 127.0.0.1 only."""
+    import ipaddress
+
+    addresses = _listening_addresses(server.port)
+    assert addresses, f"nothing listens on port {server.port} ({server.url} answered /info)"
+    exposed = [a for a in addresses if not ipaddress.ip_address(a).is_loopback]
+    assert not exposed, f"port {server.port} listens on {exposed} (all: {addresses}), not only on loopback"
+
+
+def test_load_40_uploads_4_concurrent_all_valid(server):
+    """Issue #7: 40 inference uploads of real Kvasir-SEG images (original sizes), 4 in flight at once:
+    zero errors, every mask a PNG of the input's size with values in {0} | the model's label ids."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("load_test", REPO / "scripts" / "load_test.py")
+    load_test = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(load_test)
+    images = sorted((KVASIR / "images").glob("*.jpg"))[N_STUDIES:N_STUDIES + LOAD_IMAGES]
+    report = load_test.run_load_test(server.url, POLYP, images, LOAD_REQUESTS, LOAD_CONCURRENCY, pid=server.proc.pid)
+    (server.root / "load_test.json").write_text(json.dumps(report, indent=2))
+    TIMINGS[f"load: {LOAD_REQUESTS} uploads, {LOAD_CONCURRENCY} at a time (wall)"] = report["wall_s"]
+    TIMINGS["  load: latency p50"] = report["p50_s"]
+    TIMINGS["  load: latency p95"] = report["p95_s"]
+    TIMINGS["  load: latency max"] = report["max_s"]
+    TIMINGS["  load: server RSS before (MB)"] = report["rss_before_mb"]
+    TIMINGS["  load: server RSS after (MB)"] = report["rss_after_mb"]
+    TIMINGS["  load: server RSS peak (MB)"] = report["rss_peak_mb"]
+    assert report["errors"] == 0, f"{report['errors']} failed requests:\n" + "\n".join(report["error_messages"])
+    assert report["valid_masks"] == LOAD_REQUESTS
+    assert "Checkpoint keys don't match" not in server.log()
+
+
 def test_train_one_epoch_rewrites_model_and_app_reloads(server):
     name = server.names[2]
     _infer_png(server, f"/infer/{POLYP}?image={name}&output=image", "infer before /train")
@@ -314,6 +390,9 @@ def test_train_one_epoch_rewrites_model_and_app_reloads(server):
                    json={"max_epochs": 1, "val_split": 0.2, "device": "cpu"})
     TIMINGS["/train 1 epoch"] = time.monotonic() - t0
     assert _md5(server.model) != before, f"/train for one epoch did not rewrite {server.model}"
+    from transfuse_bundle.utils import load_weights
+
+    load_weights(server.model, "model.pt written by /train")  # a plain state dict, loadable weights-only
     pred = _infer_png(server, f"/infer/{POLYP}?image={name}&output=image", "infer after /train (reloads)")
     _check_label_map(pred, server.studies / f"{name}.jpg", {1})
     assert server.log().count("Reload model from cache") > reloads, "the app did not reload model.pt after /train"
@@ -335,3 +414,20 @@ def test_prostate_volume_served_slice_by_slice(server):
     assert data.dtype == np.uint8, data.dtype
     assert set(np.unique(data).tolist()) <= {0, 1, 2}
     assert "Checkpoint keys don't match" not in server.log()
+
+
+def test_malicious_model_pt_is_refused_unrun(server):
+    """A ``model.pt`` with pickled code (replaced on disk) makes inference fail with the weights-only error;
+    the payload never runs, and the other models keep serving."""
+    import requests
+
+    r = requests.post(f"{server.url}/infer/{UNTRUSTED}?image={server.names[0]}&output=image", timeout=180)
+    assert r.status_code != 200, "the server served a model from a model.pt with pickled code"
+    deadline = time.monotonic() + 30  # the server may write its traceback after answering
+    while "Weights only load failed" not in r.text + server.log() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "Weights only load failed" in r.text + server.log(), (
+        f"HTTP {r.status_code}: {r.text[:2000]}\nlog:\n{server.log()[-4000:]}")
+    assert not (server.root / "untrusted_marker").exists(), "the server ran the code pickled in model.pt"
+    pred = _infer_png(server, f"/infer/{POLYP}?image={server.names[0]}&output=image", "infer after the refused model")
+    _check_label_map(pred, server.studies / f"{server.names[0]}.jpg", {1})

@@ -19,12 +19,19 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .bundle_folder import BundleFolderError, copy_bundle, write_initial_weights
+from .utils import WeightsFileError, load_weights
 
-__all__ = ["APP_NAME", "RESERVED_WORDS", "require_monailabel", "ensure_app", "install_bundle", "server_command"]
+__all__ = [
+    "APP_NAME", "LOOPBACK_HOSTS", "RESERVED_WORDS", "require_monailabel", "ensure_app", "install_bundle",
+    "server_command", "server_env",
+]
 
 APP_NAME = "monaibundle"
 # a model name containing one of these changes the task type the monaibundle app gives it
 RESERVED_WORDS = ("deepedit", "deepgrow", "detection", "classification")
+# MONAI Label's authentication is off by default (anyone who reaches the port can infer, train and upload
+# labels), so the server listens on the loopback interface unless a caller explicitly asks otherwise
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def require_monailabel() -> str:
@@ -99,6 +106,11 @@ def install_bundle(
         raise BundleFolderError(
             f"model name {name!r} contains {bad[0]!r}: the monaibundle app would not serve it as segmentation"
         )
+    if weights is not None:
+        try:  # refused before the app or the bundle folder is touched
+            load_weights(weights, "weights to serve")
+        except WeightsFileError as e:
+            raise BundleFolderError(str(e)) from None
     app = ensure_app(app_dir)
     bundle = copy_bundle(app / "model" / name, preset=preset, overrides=overrides, weights=weights,
                          include_models=include_models, overwrite=overwrite)
@@ -120,16 +132,40 @@ def server_command(
     port: int = 8000,
     python: str | None = None,
     extra_conf: Mapping[str, str] | None = None,
+    allow_remote: bool = False,
 ) -> list[str]:
-    """The ``start_server`` command line for local bundles, offline.
+    """The ``start_server`` command line for local bundles, offline; run it with :func:`server_env`.
 
     ``zoo_source github`` stops the default zoo listing at start (it needs the network); ``sam2 false``
     stops the SAM2 weight download when sam2 happens to be installed. ``python -m monailabel.main`` is
     used rather than the ``monailabel`` wrapper, which runs whatever ``python`` is first on PATH.
+
+    ``host`` must be a loopback address unless ``allow_remote`` is set: the server's authentication is off
+    by default (docs/monailabel.md shows how to expose it behind a reverse proxy with TLS and a login).
     """
+    if host not in LOOPBACK_HOSTS and not allow_remote:
+        raise ValueError(
+            f"host {host!r} would expose MONAI Label (no authentication by default) beyond this machine: use one "
+            f"of {LOOPBACK_HOSTS} behind a reverse proxy with authentication, or pass allow_remote=True"
+        )
     conf = {"models": ",".join(models), "zoo_source": "github", "sam2": "false", **dict(extra_conf or {})}
     cmd = [python or sys.executable, "-m", "monailabel.main", "start_server",
            "--app", str(app_dir), "--studies", str(studies)]
     for k, v in conf.items():
         cmd += ["--conf", k, str(v)]
     return cmd + ["--host", host, "--port", str(port)]
+
+
+def server_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment to start the server in: ``base`` (default ``os.environ``) with
+    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1``.
+
+    MONAI Label 0.8.5 loads ``models/model.pt`` with ``torch.load(path, map_location=...)``, i.e. with
+    torch's default ``weights_only`` (``True`` since torch 2.6, but ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``
+    turns it off); this variable makes every such call weights-only whatever the default or that variable,
+    so a ``model.pt`` with pickled code is refused by the server instead of run.
+    """
+    env = dict(os.environ if base is None else base)
+    env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)  # torch refuses both variables set together
+    env["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    return env

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .bundle_folder import PRESETS, BundleFolderError, copy_bundle, read_json_object, source_root, write_json
+from .utils import WeightsFileError, load_weights
 
 __all__ = [
     "PackagingError",
@@ -287,6 +288,10 @@ def package_bundle(
         raise PackagingError(
             f"weights file {weights} does not exist: train the bundle first (models/model.pt) or pass --weights FILE"
         )
+    try:  # never ship a file that users' torch.load would refuse (pickled code) or could not read
+        load_weights(weights, "weights to package")
+    except WeightsFileError as e:
+        raise PackagingError(str(e)) from None
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -356,6 +361,10 @@ def make_torchscript_only(bundle: str | os.PathLike) -> Path:
     config.pop("network_def", None)
     config["ckpt_path"] = "$@ckpt_dir + '/model.ts'"
     config["network"] = "$torch.jit.load(@ckpt_path, map_location=@device)"
+    # a TorchScript archive is not a state dict (weights_only refuses it): the run list only checks that it
+    # exists; torch.jit.load reads it with TorchScript's own unpickler, which creates no Python objects
+    config["run"] = [step.replace("utils.require_weights(", "utils.require_file(") if isinstance(step, str) else step
+                     for step in config.get("run", [])]
     handlers = config.get("handlers", [])
     config["handlers"] = [h for h in handlers if not (isinstance(h, dict) and h.get("_target_") == "CheckpointLoader")]
     write_json(config_path, config)
