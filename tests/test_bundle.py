@@ -107,7 +107,8 @@ def test_train_workflow_saves_plain_state_dict_and_logs(trained):
     assert 0.0 <= trainer.state.metrics["train_mean_dice"] <= 1.0
     assert np.isfinite(trainer.state.grad_norm) and trainer.state.grad_norm > 0  # the clipping handler ran
     optimizer = workflow.parser.get_parsed_content("optimizer")
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    assert optimizer.param_groups[0]["initial_lr"] == pytest.approx(1e-4)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine-annealed to 0 over the 2 epochs
     assert optimizer.param_groups[0]["betas"] == (0.5, 0.999)
     validator = workflow.parser.get_parsed_content("validate#evaluator")
     assert set(validator.state.metrics) == {"val_mean_dice", "val_mean_iou", "val_hd95", "val_asd"}

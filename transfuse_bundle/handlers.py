@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
+import ignite.distributed as idist
 import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver
 from ignite.handlers import ProgressBar as _IgniteProgressBar
 from monai.engines.utils import IterationEvents
+from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
 
-__all__ = ["GradientClipping", "ProgressBar"]
+from transfuse_bundle.utils import require_file
+
+__all__ = [
+    "AtomicDiskSaver",
+    "BestModelSaver",
+    "GradientClipping",
+    "ProgressBar",
+    "TrainingCheckpoint",
+    "every_rank_handlers",
+    "save_atomically",
+]
 
 
 class ProgressBar(_IgniteProgressBar):
@@ -56,3 +72,150 @@ class GradientClipping:
             engine.scaler.unscale_(engine.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_norm, self.norm_type)
         engine.state.grad_norm = float(norm)
+
+
+def save_atomically(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` so that ``path`` is always either the previous file or the complete new one.
+
+    The bytes go to a hidden temporary file in the same folder, are flushed to disk (``fsync``), then
+    ``os.replace`` swaps it in, which is atomic on POSIX and Windows within one file system. A process
+    killed at any moment leaves at worst a stale ``.NAME.partial`` that the next save overwrites.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "wb") as file:
+        torch.save(obj, file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial, path)
+
+
+def _unwrap(module: Any) -> Any:
+    """The network inside ``DistributedDataParallel`` / ``DataParallel``, so saved keys have no ``module.`` prefix."""
+    return module.module if isinstance(module, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else module
+
+
+class AtomicDiskSaver(DiskSaver):
+    """ignite save handler that writes one fixed file with :func:`save_atomically`, on one rank.
+
+    With a fixed file name, ignite's ``Checkpoint`` deletes the previous file *before* writing the next one,
+    so there is a moment with no file at all; MONAI's ``CheckpointSaver`` (``atomic=False``) then writes in
+    place. Here removing is a no-op, since the next save replaces the file in one step.
+    """
+
+    def __init__(self, path: str | os.PathLike, save_on_rank: int = 0) -> None:
+        super().__init__(dirname=Path(path).parent, require_empty=False, save_on_rank=save_on_rank)
+        self.filename = Path(path).name
+
+    def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
+        save_atomically(checkpoint, self.dirname / self.filename)
+
+    def remove(self, filename: str) -> None:
+        pass
+
+
+class BestModelSaver:
+    """Writes the network's plain state dict to ``path`` (atomically) whenever the evaluator's key metric is a new best.
+
+    "New best" is MONAI's own bookkeeping: the evaluator sets ``state.best_metric`` / ``best_metric_epoch`` at the
+    end of each validation (strictly greater, the first one always). Because that state is the only record,
+    restoring it on resume (:class:`TrainingCheckpoint`) is enough for a resumed run never to replace a
+    better ``model.pt`` with a worse one. Attach to the evaluator; only rank 0 writes.
+
+    Args:
+        path: the weights file, e.g. ``models/model.pt``: ``{parameter name: tensor}``, no ``module.`` prefix.
+        network: the trained network (DDP-wrapped or not).
+    """
+
+    def __init__(self, path: str | os.PathLike, network: torch.nn.Module) -> None:
+        self.path = Path(path)
+        self.network = network
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        # MONAI's evaluator registers its best-metric update before its handlers, so it has run for this epoch
+        if engine.state.best_metric_epoch != engine.state.epoch or idist.get_rank() != 0:
+            return
+        save_atomically(_unwrap(self.network).state_dict(), self.path)
+        engine.logger.info(f"Saved the best model so far (epoch {engine.state.epoch}, {engine.state.best_metric:.4f}): {self.path}")
+
+
+class _BestMetric:
+    """The evaluator's best key metric and its epoch, as a ``state_dict`` / ``load_state_dict`` object."""
+
+    def __init__(self, evaluator: Engine) -> None:
+        self.evaluator = evaluator
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"best_metric": float(self.evaluator.state.best_metric), "best_metric_epoch": int(self.evaluator.state.best_metric_epoch)}
+
+    def load_state_dict(self, state: Mapping[str, float | int]) -> None:
+        self.evaluator.state.best_metric = float(state["best_metric"])
+        self.evaluator.state.best_metric_epoch = int(state["best_metric_epoch"])
+
+
+class TrainingCheckpoint:
+    """Everything needed to continue a training run, saved atomically every ``save_interval`` epochs and
+    restored at the start of the run when ``resume`` is true. Attach to the trainer.
+
+    The file is ``{name: state dict}`` for each entry of ``save_dict`` (e.g. ``network``, ``optimizer``,
+    ``lr_scheduler``), plus ``trainer`` (ignite's engine state: ``epoch_length``, ``max_epochs``, ``iteration``)
+    and, with a ``validator``, ``best_metric`` (``{"best_metric": float, "best_metric_epoch": int}``). Only
+    tensors, numbers, strings and containers: ``torch.load(path, weights_only=True)`` reads it.
+
+    Resuming uses MONAI's ``CheckpointLoader`` on ``Events.STARTED``: the trainer continues with the epoch after
+    the saved one and stops at the configured ``max_epochs`` (which may be raised to train longer). Handlers
+    that run at the end of an epoch before this one (validation, the LR scheduler) are in the saved state.
+
+    Args:
+        path: the checkpoint file, e.g. ``models/checkpoint.pt``.
+        save_dict: objects with ``state_dict`` / ``load_state_dict`` (DDP-wrapped networks are unwrapped).
+        validator: the evaluator whose best key metric is kept across the interruption.
+        resume: restore ``path`` before the first epoch; it must exist (checked here, before any training).
+        save_interval: save every N epochs.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        save_dict: Mapping[str, Any],
+        validator: Engine | None = None,
+        resume: bool = False,
+        save_interval: int = 1,
+    ) -> None:
+        if save_interval < 1:
+            raise ValueError(f"save_interval must be >= 1, got {save_interval}")
+        if "trainer" in save_dict or "best_metric" in save_dict:
+            raise ValueError("save_dict keys 'trainer' and 'best_metric' are reserved (they are added at attach)")
+        if resume:
+            require_file(path, "training checkpoint to resume from (resume=true)")
+        self.path = Path(path)
+        self.save_dict = dict(save_dict)
+        self.validator = validator
+        self.resume = bool(resume)
+        self.save_interval = int(save_interval)
+
+    def attach(self, engine: Engine) -> None:
+        objects = {**self.save_dict, "trainer": engine}
+        if self.validator is not None:
+            objects["best_metric"] = _BestMetric(self.validator)
+        if self.resume:
+            # map to CPU: load_state_dict copies onto each object's own device (every DDP rank loads the rank-0 file)
+            CheckpointLoader(str(self.path), objects, map_location="cpu").attach(engine)
+        saver = Checkpoint(objects, AtomicDiskSaver(self.path), filename_pattern=self.path.name, n_saved=1)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), saver)
+
+
+def every_rank_handlers(handlers: list) -> list:
+    """The train handlers each DDP rank must run, in their order; the rest (console and TensorBoard stats, progress
+    bar, experiment tracking) run on rank 0 only (``multi_gpu_train.json``).
+
+    Each rank holds its own copy of the network and optimizer, which must stay identical: loading weights
+    (``CheckpointLoader``, which MONAI Label inserts), resuming (:class:`TrainingCheckpoint`), clipping gradients
+    and stepping the LR schedule happen on every rank. Validation too: its metrics are gathered from all ranks.
+    Chosen by type, not position, so a handler inserted into the list cannot push one of these out.
+    """
+    return [h for h in handlers if isinstance(h, (CheckpointLoader, TrainingCheckpoint, GradientClipping, LrScheduleHandler, ValidationHandler))]

@@ -1,0 +1,255 @@
+"""Interruptions (issue #7): atomic checkpoint files, resuming a SIGKILLed training, identical results for the
+same seed, and a DDP job that exits non-zero, in bounded time, when one rank fails or hangs.
+
+Real Kvasir-SEG images (a tiny subset at 32x32) are read in place from ../shared/data; everything is written
+under pytest's tmp_path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
+
+from transfuse_bundle.data import write_datalist
+from transfuse_bundle.handlers import GradientClipping, TrainingCheckpoint, every_rank_handlers, save_atomically
+from transfuse_bundle.networks import TransFuse
+
+REPO = Path(__file__).resolve().parents[1]
+KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
+TRAIN, EVALUATE, MULTI_GPU = (str(REPO / "configs" / f) for f in ("train.json", "evaluate.json", "multi_gpu_train.json"))
+META, LOGGING = str(REPO / "configs" / "metadata.json"), str(REPO / "configs" / "logging.conf")
+TINY = {"image_size": [32, 32], "batch_size": 4, "num_workers": 0}
+CLI_TINY = ["--image_size", "[32,32]", "--batch_size", "4", "--num_workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def kvasir(tmp_path_factory) -> Path:
+    """A folder with a datalist.json of 8 training, 2 validation and 2 test Kvasir cases (absolute paths)."""
+    folder = tmp_path_factory.mktemp("kvasir")
+    write_datalist(KVASIR, folder / "datalist.json", num_training=8, num_validation=2, num_test=2)
+    return folder
+
+
+def _bundle_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json", *args]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- atomic writes ---------------------------------------------------------------------------------------------
+
+def _save_forever(path: Path) -> None:
+    """Saves ~4 MB files whose every value is the step number: a partial or mixed file cannot pass the check."""
+    step = 0
+    while True:  # numpy builds the values: torch's OpenMP pool cannot be used in a forked child
+        step += 1
+        save_atomically({"step": step, "values": torch.from_numpy(np.full(1_000_000, step, dtype=np.float32))}, path)
+
+
+def _load_complete(path: Path) -> int:
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["values"].shape == (1_000_000,) and bool((checkpoint["values"] == checkpoint["step"]).all())
+    return checkpoint["step"]
+
+
+def test_save_atomically_never_exposes_a_partial_file(tmp_path):
+    """A writer process saves in a loop; this process loads the file while it is being replaced, then SIGKILLs
+    the writer in the middle of a save. Every load must give a complete file (with a plain ``torch.save`` in
+    the writer, most of these loads fail)."""
+    target, partial = tmp_path / "checkpoint.pt", tmp_path / ".checkpoint.pt.partial"
+    save_atomically({"step": 0, "values": torch.zeros(1_000_000)}, target)
+    # fork: the writer starts at once, with torch already imported
+    writer = multiprocessing.get_context("fork").Process(target=_save_forever, args=(target,), daemon=True)
+    writer.start()
+    try:
+        steps, deadline = set(), time.monotonic() + 60
+        while len(steps) < 20 and time.monotonic() < deadline:  # loads racing the writer's replacements
+            steps.add(_load_complete(target))
+        assert len(steps) >= 20 and writer.is_alive()
+        for _ in range(3):  # kill inside a save: the temporary file is being written
+            while not partial.exists():
+                time.sleep(0.0005)
+            os.kill(writer.pid, signal.SIGSTOP)
+            if partial.exists():
+                break
+            os.kill(writer.pid, signal.SIGCONT)
+        assert partial.exists()
+    finally:
+        writer.kill()
+        writer.join(timeout=30)
+    _load_complete(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".checkpoint.pt.partial", "checkpoint.pt"]  # one temp name, reused
+
+
+# --- resume ----------------------------------------------------------------------------------------------------
+
+
+def test_resume_without_checkpoint_fails_before_any_work(kvasir, tmp_path):
+    workflow = ConfigWorkflow(
+        config_file=TRAIN, meta_file=META, logging_file=LOGGING, workflow_type="train",
+        bundle_root=str(tmp_path), dataset_dir=str(kvasir), resume=True, **TINY,
+    )
+    with pytest.raises(RuntimeError) as error:  # MONAI wraps what a config expression raises
+        workflow.initialize()
+    assert isinstance(error.value.__cause__, FileNotFoundError)
+    assert f"{tmp_path}/models/checkpoint.pt' does not exist" in str(error.value.__cause__)
+    assert not (tmp_path / "models").exists()
+
+
+def test_ddp_ranks_other_than_0_run_the_handlers_that_keep_them_in_step(kvasir, tmp_path):
+    """The configured train handlers, built for real: every rank runs validation, clipping, the LR schedule and
+    the checkpoint (and a CheckpointLoader wherever it is inserted, as MONAI Label does); logging is rank 0's."""
+    parser = ConfigParser()
+    parser.read_config([TRAIN, MULTI_GPU])
+    assert "transfuse_bundle.handlers.every_rank_handlers(@train#handlers)" in parser.get("train#trainer#train_handlers")
+    train_only = ConfigParser()
+    train_only.read_config(TRAIN)
+    train_only.update({"bundle_root": str(tmp_path), "dataset_dir": str(kvasir), "cache_rate": 0.0, **TINY})
+    handlers = train_only.get_parsed_content("train#handlers")
+    loader = CheckpointLoader(str(tmp_path / "pretrained.pt"), {"model": train_only.get_parsed_content("network")})
+    selected = every_rank_handlers([handlers[-1], loader, *handlers])
+    assert [type(h) for h in selected] == [
+        CheckpointLoader, ValidationHandler, GradientClipping, LrScheduleHandler, TrainingCheckpoint,
+    ]
+    assert len(handlers) > 4  # the rank-0-only ones exist and were left out
+
+
+def _wait_for(predicate, process: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None, f"training ended early ({process.returncode}):\n{log.read_text()[-4000:]}"
+        assert time.monotonic() < deadline, f"timed out:\n{log.read_text()[-4000:]}"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_finishes_at_max_epochs(kvasir, tmp_path):
+    root, epochs = tmp_path / "bundle", 3
+    checkpoint_path, model_path = root / "models" / "checkpoint.pt", root / "models" / "model.pt"
+    command = _bundle_command("--bundle_root", str(root), "--dataset_dir", str(kvasir), "--max_epochs", str(epochs), *CLI_TINY)
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:  # epoch 1 is saved and epoch 2 has started: kill inside epoch 2
+            _wait_for(lambda: checkpoint_path.exists() and f"Epoch: 2/{epochs}, Iter: 1/" in log.read_text(), process, log)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    epoch_length = saved["trainer"]["epoch_length"]
+    assert epoch_length == 2  # 8 cases, batches of 4
+    killed_after_epoch = saved["trainer"]["iteration"] // epoch_length
+    assert 1 <= killed_after_epoch < epochs and saved["trainer"]["iteration"] % epoch_length == 0
+    assert set(saved) == {"network", "optimizer", "lr_scheduler", "trainer", "best_metric"}
+    assert saved["lr_scheduler"]["last_epoch"] == killed_after_epoch
+
+    # A best metric no epoch can beat (Dice 1.0, kept when equal) must survive the resume: model.pt stays as it is.
+    saved["best_metric"] = {"best_metric": 1.0, "best_metric_epoch": 1}
+    save_atomically(saved, checkpoint_path)
+    model_before = _sha256(model_path)
+
+    log = tmp_path / "resumed.log"
+    result = subprocess.run([*command, "--resume", "true"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    log.write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, log.read_text()[-6000:]
+    assert f"Restored all variables from {checkpoint_path}" in log.read_text()
+    iteration_logs = re.findall(r"Epoch: (\d+)/(\d+), Iter: 1/", log.read_text())
+    assert [int(e) for e, _ in iteration_logs] == list(range(killed_after_epoch + 1, epochs + 1))  # no epoch twice
+    assert all(int(total) == epochs for _, total in iteration_logs)
+
+    final = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    assert final["trainer"]["iteration"] == epochs * epoch_length  # the trainer ended at max_epochs
+    assert final["lr_scheduler"]["last_epoch"] == epochs
+    assert final["best_metric"] == {"best_metric": 1.0, "best_metric_epoch": 1}
+    assert _sha256(model_path) == model_before, "the resumed run replaced model.pt without a better metric"
+    state_dict = torch.load(model_path, map_location="cpu", weights_only=True)
+    TransFuse("S", img_size=[32, 32]).load_state_dict(state_dict, strict=True)  # a plain network state dict
+
+
+# --- determinism -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_same_seed_gives_identical_metrics_json(kvasir, tmp_path):
+    """Two trainings (2 epochs, random augmentation on) and evaluations with the same seed, on CPU."""
+    reports = []
+    for run in ("a", "b"):
+        overrides = {"bundle_root": str(tmp_path / run), "dataset_dir": str(kvasir), "max_epochs": 2, **TINY}
+        for config, workflow_type, extra in ((TRAIN, "train", {}), ([TRAIN, EVALUATE], "train", {"output_dir": str(tmp_path / run / "eval")})):
+            workflow = ConfigWorkflow(config_file=config, meta_file=META, logging_file=LOGGING, workflow_type=workflow_type, **overrides, **extra)
+            workflow.initialize()
+            workflow.run()
+            workflow.finalize()
+        reports.append((tmp_path / run / "eval" / "metrics.json").read_bytes())
+    assert json.loads(reports[0])["num_cases"] == 2
+    assert reports[0] == reports[1]
+
+
+# --- DDP failure -----------------------------------------------------------------------------------------------
+
+# Rank 1 fails at its 2nd iteration, while rank 0 is in (or enters) the gradient all-reduce of DDP.
+INJECT = {
+    "crash": "lambda engine: 1 / 0",
+    "hang": "lambda engine: time.sleep(3600)",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failure", ["crash", "hang"])
+def test_ddp_one_failing_rank_ends_the_job_non_zero(kvasir, tmp_path, failure):
+    """torchrun, 2 CPU processes (gloo). A crash: torchrun stops the other rank. A hang: the process-group timeout
+    (``ddp_timeout_s``) ends rank 0's collective. Either way the job exits non-zero in bounded time."""
+    timeout_s = 20
+    inject = tmp_path / "inject.json"
+    inject.write_text(json.dumps({
+        "training": [
+            "$import time",
+            "$dist.get_rank() == 1 and @train#trainer.add_event_handler(ignite.engine.Events.ITERATION_COMPLETED(once=2), "
+            + INJECT[failure] + ")",
+            "$@train#trainer.run()",
+        ]
+    }))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+        "training", "--config_file", f"['{TRAIN}','{MULTI_GPU}','{inject}']", "--bundle_root", str(tmp_path / "bundle"),
+        "--dataset_dir", str(kvasir), "--max_epochs", "3", "--ddp_timeout_s", str(timeout_s), *CLI_TINY, "--batch_size", "2",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = time.monotonic()
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"the DDP job hung with a failed rank:\n{output[-6000:]}")
+    elapsed = time.monotonic() - start
+    assert process.returncode != 0, output[-6000:]
+    assert elapsed < 240
+    if failure == "crash":
+        assert "ZeroDivisionError" in output
+    else:  # gloo's own message, with the configured timeout
+        assert f"Timed out waiting {timeout_s * 1000}ms" in output, output[-6000:]
+    # no process of the job is left behind
+    leftovers = subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert leftovers == [], f"processes left behind: {leftovers}"
