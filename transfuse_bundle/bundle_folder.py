@@ -12,9 +12,9 @@ overlay at run time:
 
 ========  ==============================================================================
 polyp     the repository's configs unchanged (2D RGB, 1 sigmoid channel: background, polyp)
-prostate  T2 MRI volumes served slice by slice (``SliceInferer``) by the 2D network, 1 input
-          channel, 3 classes (background, central gland/transition zone, peripheral zone);
-          inference only (its training preset is not written yet): ``configs/presets/prostate_*.json``
+prostate  T2 MRI volumes: trained on axial slices, served and evaluated slice by slice
+          (``SliceInferer``) by the 2D network, 1 input channel, 3 classes (background, central
+          gland/transition zone, peripheral zone): ``configs/presets/prostate_*.json``
 ========  ==============================================================================
 
 Example::
@@ -86,14 +86,13 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "polyp": Preset("2D RGB polyp segmentation (the repository's configs unchanged)"),
     "prostate": Preset(
-        "T2 MRI prostate zones, volumes served slice by slice (inference only for now)",
+        "T2 MRI prostate zones: trained on axial slices, volumes served and evaluated slice by slice",
         overlays={
+            "train.json": ["presets/prostate_train.json"],
+            "evaluate.json": ["presets/prostate_evaluate.json"],
             "inference.json": ["presets/prostate_inference.json"],
             "metadata.json": ["presets/prostate_metadata.json"],
         },
-        # the repository's training configs train the polyp task: not shipped until a prostate
-        # training preset exists (MONAI Label then offers no /train for this bundle)
-        exclude=("train.json", "evaluate.json", "multi_gpu_train.json"),
         models_dir="models/prostate",
     ),
 }
@@ -234,8 +233,11 @@ def copy_bundle(
         if not files:
             raise BundleFolderError(f"preset {preset!r}: {name} has neither a base config nor overlays")
         # a config without overlays is copied as it is: overlays such as evaluate.json only make sense
-        # on top of train.json, at run time
-        written[name] = merged_config(files) if overlay_files else read_json_object(base)
+        # on top of train.json, at run time; an overlay of such an overlay adds or replaces its keys
+        if overlay_files and base.is_file() and any("#" in key for key in read_json_object(base)):
+            written[name] = {k: v for f in files for k, v in read_json_object(f).items()}
+        else:
+            written[name] = merged_config(files) if overlay_files else read_json_object(base)
 
     # overrides, applied where the id exists
     overrides = dict(overrides or {})

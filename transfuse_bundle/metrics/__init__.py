@@ -1,5 +1,7 @@
-"""Evaluation reports: metrics.json, per-case CSV and overlay pictures."""
+"""Evaluation reports: metrics.json, per-case CSV, summary.md and overlay pictures; distances in mm."""
 
-from .report import DEFAULT_METRIC_NAMES, SegmentationReport, overlay_contours
+from .distances import HausdorffDistanceMM, SurfaceDistanceMM, case_spacing, engine_cases
+from .report import DEFAULT_METRIC_NAMES, SegmentationReport, overlay_contours, volume_slices_to_show
 
-__all__ = ["DEFAULT_METRIC_NAMES", "SegmentationReport", "overlay_contours"]
+__all__ = ["DEFAULT_METRIC_NAMES", "SegmentationReport", "overlay_contours", "volume_slices_to_show",
+           "HausdorffDistanceMM", "SurfaceDistanceMM", "case_spacing", "engine_cases"]

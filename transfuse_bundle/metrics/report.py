@@ -1,21 +1,32 @@
-"""Evaluation report: ``metrics.json``, ``per_case.csv`` and overlay pictures, from a MONAI evaluator.
+"""Evaluation report: ``metrics.json``, ``per_case.csv``, ``summary.md`` and overlay pictures.
 
 The Dice, IoU, HD95 and ASD values are not recomputed here: the evaluator's MONAI metric handlers
-(``MeanDice``, ``MeanIoUHandler``, ``HausdorffDistance(percentile=95)``,
-``SurfaceDistance(symmetric=True)``) are created with ``save_details=True`` and leave a
+(``MeanDice``, ``MeanIoUHandler``, and for distances :class:`~transfuse_bundle.metrics.HausdorffDistanceMM`
+/ :class:`~transfuse_bundle.metrics.SurfaceDistanceMM`, or MONAI's own ``HausdorffDistance`` /
+``SurfaceDistance``) are created with ``save_details=True`` and leave a
 ``(num_cases, num_foreground_classes)`` table per metric in ``engine.state.metric_details``. This
-handler adds pixel accuracy (MONAI has no pixel-accuracy metric), collects file names, and writes:
+handler adds pixel accuracy (MONAI has no pixel-accuracy metric), collects file names, datasets and
+distance units, and writes:
 
 * ``metrics.json``: ``mean_dice, mean_iou, accuracy, hd95, asd`` overall, the same per class under
-  ``per_class``, the number of cases, and for HD95/ASD how many cases had no value (empty
-  prediction or ground truth give NaN in MONAI);
-* ``per_case.csv``: one row per case with the file name and every metric (per class when > 1 class);
-* ``overlays/<stem>.png`` for the first ``num_overlays`` cases: the original image with the ground
-  truth contour in green and the prediction contour in red.
+  ``per_class``, per dataset under ``per_dataset`` (datalist entries' ``"dataset"`` key), the number
+  of cases, the distance unit (``hd95_unit``, ``asd_unit``, ``units``: ``"mm"`` when every case's
+  spacing is known, ``"px"`` of the original image otherwise, ``"mixed"`` when cases differ; see
+  :func:`~transfuse_bundle.metrics.distances.case_spacing`), and for HD95/ASD how many cases had no
+  value (empty prediction or ground truth give NaN in MONAI);
+* ``per_case.csv``: one row per case with the file name, every metric (per class when > 1 class),
+  the dataset and the distance unit;
+* ``summary.md``: a short table per dataset and class (median and mean Dice, IoU, HD95, ASD with
+  units, number of cases) and one plain sentence per class;
+* ``overlays/``: for the first ``num_overlays`` cases, the original image with the ground truth
+  contour in green and the prediction contour in red: ``<stem>.png`` for a 2D image, and for a
+  volume ``<stem>_slice<k>.png`` for up to three axial slices (the one with the largest ground-truth
+  area and the two at a quarter and three quarters of the ground truth's extent).
 
 Expected engine output per case (after postprocessing): ``pred`` and ``label`` one-hot
-``(num_classes, H, W)`` at the original image resolution and orientation (rows = image rows), and an
-``image`` MetaTensor whose ``meta["filename_or_obj"]`` names the source file.
+``(num_classes, H, W)`` or ``(num_classes, H, W, D)`` at the original image resolution and orientation
+(rows = image rows, or the volume's voxel grid), and an ``image`` MetaTensor whose
+``meta["filename_or_obj"]`` names the source file.
 """
 
 from __future__ import annotations
@@ -31,11 +42,14 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.transforms import LoadImage
 from PIL import Image
 from skimage.morphology import dilation, disk
 from skimage.segmentation import find_boundaries
 
-__all__ = ["SegmentationReport", "overlay_contours", "DEFAULT_METRIC_NAMES"]
+from .distances import GEOMETRY_EXTENSIONS, case_spacing, engine_cases
+
+__all__ = ["SegmentationReport", "overlay_contours", "DEFAULT_METRIC_NAMES", "volume_slices_to_show"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,20 +76,65 @@ def overlay_contours(image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.
     return out
 
 
+def volume_slices_to_show(gt: np.ndarray, pred: np.ndarray, max_slices: int = 3) -> list[int]:
+    """Indices along the last axis of an ``(H, W, D)`` class-id volume worth looking at.
+
+    The slice with the largest ground-truth area, then those at a quarter and three quarters of the
+    ground truth's extent; the prediction's when the ground truth is empty; the middle slice when both are.
+    """
+    areas = (gt > 0).reshape(-1, gt.shape[-1]).sum(0)
+    if not areas.any():
+        areas = (pred > 0).reshape(-1, pred.shape[-1]).sum(0)
+    if not areas.any():
+        return [gt.shape[-1] // 2]
+    present = np.flatnonzero(areas)
+    chosen = [int(areas.argmax())]
+    for fraction in (0.25, 0.75):
+        index = int(present[round(fraction * (len(present) - 1))])
+        if index not in chosen:
+            chosen.append(index)
+    return sorted(chosen[:max_slices])
+
+
+def _to_uint8_rgb(slice_2d: np.ndarray) -> np.ndarray:
+    """A grey-level slice windowed to its 1st-99th percentile, as ``(H, W, 3)`` uint8."""
+    low, high = np.percentile(slice_2d, [1, 99])
+    scaled = np.clip((slice_2d - low) / max(high - low, 1e-6), 0, 1) * 255
+    return np.repeat(scaled.astype(np.uint8)[..., None], 3, axis=-1)
+
+
 def _nan_mean(values: np.ndarray) -> float | None:
     finite = values[np.isfinite(values)]
     return float(finite.mean()) if finite.size else None
 
 
+def _nan_median(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(np.median(finite)) if finite.size else None
+
+
+def _common_unit(units: Sequence[str]) -> str:
+    kinds = set(units)
+    return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "px")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 class SegmentationReport:
-    """Ignite handler writing ``metrics.json``, ``per_case.csv`` and overlays to ``output_dir`` at the end.
+    """Ignite handler writing ``metrics.json``, ``per_case.csv``, ``summary.md`` and overlays to ``output_dir``.
 
     Args:
         output_dir: where to write (created if needed).
         class_names: names of all classes including background, e.g. ``["background", "polyp"]``;
             the report uses the foreground ones.
         metric_names: report key -> name of the MONAI metric handler with ``save_details=True``.
-        num_overlays: how many cases (the first ones) get an overlay picture.
+        num_overlays: how many cases (the first ones) get overlay pictures.
     """
 
     def __init__(
@@ -89,50 +148,78 @@ class SegmentationReport:
         self.class_names = list(class_names)
         self.metric_names = dict(metric_names or DEFAULT_METRIC_NAMES)
         self.num_overlays = int(num_overlays)
-        self._files: list[str] = []
-        self._accuracy: list[list[float]] = []  # per case: [overall, class 1, class 2, ...]
+        self._reset(None)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
 
-    def _reset(self, engine: Engine) -> None:
-        self._files, self._accuracy = [], []
+    def _reset(self, engine: Engine | None) -> None:
+        self._files: list[str] = []
+        self._datasets: list[str] = []
+        self._units: list[str] = []
+        self._accuracy: list[list[float]] = []  # per case: [overall, class 1, class 2, ...]
+        self._volumes = False
+        self._overlay_names: set[str] = set()
 
     def _collect(self, engine: Engine) -> None:
-        outputs = engine.state.output
-        outputs = outputs if isinstance(outputs, list) else [outputs]
-        for case in outputs:
+        for case in engine_cases(engine):
             pred, label = torch.as_tensor(case["pred"]).detach().cpu(), torch.as_tensor(case["label"]).detach().cpu()
-            if pred.shape != label.shape or pred.ndim != 3:
-                raise ValueError(f"report needs one-hot (C, H, W) pred and label of one shape, got {pred.shape} and {label.shape}")
+            if pred.shape != label.shape or pred.ndim not in (3, 4):
+                raise ValueError(
+                    "report needs one-hot (C, H, W) or (C, H, W, D) pred and label of one shape, "
+                    f"got {tuple(pred.shape)} and {tuple(label.shape)}"
+                )
+            self._volumes = pred.ndim == 4
             pred_ids, label_ids = pred.argmax(0).numpy(), label.argmax(0).numpy()
             per_class = [float(((pred[c] > 0.5) == (label[c] > 0.5)).float().mean()) for c in range(1, pred.shape[0])]
             self._accuracy.append([float((pred_ids == label_ids).mean()), *per_class])
             source = str(case["image"].meta.get("filename_or_obj", f"case_{len(self._files)}"))
             self._files.append(source)
+            self._datasets.append(str(case.get("dataset") or "all"))
+            self._units.append(case_spacing(case)[1])
             if len(self._files) <= self.num_overlays:
-                self._save_overlay(source, label_ids, pred_ids)
+                self._save_overlays(source, label_ids, pred_ids)
 
-    def _save_overlay(self, source: str, gt: np.ndarray, pred: np.ndarray) -> None:
+    def _overlay_stem(self, source: str) -> str:
+        """The file stem, prefixed with its folder when another case already used it (``020/t2.nii.gz``)."""
+        name = Path(source).name
+        stem = next((name[: -len(ext)] for ext in GEOMETRY_EXTENSIONS if name.lower().endswith(ext)), Path(source).stem)
+        if stem in self._overlay_names:
+            stem = f"{Path(source).parent.name}_{stem}"
+        self._overlay_names.add(stem)
+        return stem
+
+    def _save_overlays(self, source: str, gt: np.ndarray, pred: np.ndarray) -> None:
         folder = self.output_dir / "overlays"
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            image = np.asarray(Image.open(source).convert("RGB"))
-        except OSError as err:
+            if gt.ndim == 2:
+                image = np.asarray(Image.open(source).convert("RGB"))
+            else:
+                image = np.asarray(LoadImage(image_only=True)(source))
+                image = image[..., 0] if image.ndim == 4 else image  # first channel of a multi-channel volume
+        except Exception as err:  # any unreadable file: the report goes on without this picture
             logger.warning("no overlay for %s: cannot read it as an image (%s)", source, err)
             return
-        if image.shape[:2] != gt.shape:
-            logger.warning("no overlay for %s: image %s and prediction %s differ in size", source, image.shape[:2], gt.shape)
+        if image.shape[: gt.ndim] != gt.shape:
+            logger.warning("no overlay for %s: image %s and prediction %s differ in size", source, image.shape, gt.shape)
             return
-        Image.fromarray(overlay_contours(image, gt, pred)).save(folder / f"{Path(source).stem}.png")
+        stem = self._overlay_stem(source)
+        if gt.ndim == 2:
+            Image.fromarray(overlay_contours(image, gt, pred)).save(folder / f"{stem}.png")
+            return
+        for k in volume_slices_to_show(gt, pred):
+            # shown with the second voxel axis as rows, as nibabel / ITK-SNAP show an axial slice
+            picture = overlay_contours(_to_uint8_rgb(image[..., k].T), gt[..., k].T, pred[..., k].T)
+            Image.fromarray(picture).save(folder / f"{stem}_slice{k:03d}.png")
 
     def _class_names(self, num_foreground: int) -> list[str]:
         names = self.class_names[1:]
         return names if len(names) == num_foreground else [f"class_{c}" for c in range(1, num_foreground + 1)]
 
-    def _write(self, engine: Engine) -> None:
+    def _tables(self, engine: Engine) -> dict[str, np.ndarray]:
         details = getattr(engine.state, "metric_details", None) or {}
         tables: dict[str, np.ndarray] = {}
         for key, name in self.metric_names.items():
@@ -142,40 +229,59 @@ class SegmentationReport:
             if table.shape[0] != len(self._files):
                 raise ValueError(f"metric {name!r} has {table.shape[0]} cases but {len(self._files)} were seen")
             tables[key] = table
-        accuracy = np.asarray(self._accuracy, dtype=np.float64).reshape(len(self._files), -1)
-        num_foreground = accuracy.shape[1] - 1
-        names = self._class_names(num_foreground)
+        tables["accuracy"] = np.asarray(self._accuracy, dtype=np.float64).reshape(len(self._files), -1)
+        return tables
 
-        summary: dict = {"num_cases": len(self._files)}
-        for key, label in (("dice", "mean_dice"), ("iou", "mean_iou")):
-            summary[label] = _nan_mean(tables[key])
-        summary["accuracy"] = _nan_mean(accuracy[:, 0])
+    @staticmethod
+    def _summarise(tables: dict[str, np.ndarray], rows: np.ndarray, names: list[str], units: list[str]) -> dict:
+        """Means over the cases ``rows`` (a boolean mask), overall and per class."""
+        unit = _common_unit(units)
+        part = {key: table[rows] for key, table in tables.items()}
+        summary: dict = {"num_cases": int(rows.sum())}
+        summary["mean_dice"] = _nan_mean(part["dice"])
+        summary["mean_iou"] = _nan_mean(part["iou"])
+        summary["accuracy"] = _nan_mean(part["accuracy"][:, 0])
         for key in ("hd95", "asd"):
-            summary[key] = _nan_mean(tables[key])
-            summary[f"{key}_undefined_cases"] = int((~np.isfinite(tables[key])).any(axis=1).sum())
+            summary[key] = _nan_mean(part[key])
+            summary[f"{key}_undefined_cases"] = int((~np.isfinite(part[key])).any(axis=1).sum())
         summary["per_class"] = {
             name: {
-                "mean_dice": _nan_mean(tables["dice"][:, c]),
-                "mean_iou": _nan_mean(tables["iou"][:, c]),
-                "accuracy": _nan_mean(accuracy[:, c + 1]),
-                "hd95": _nan_mean(tables["hd95"][:, c]),
-                "asd": _nan_mean(tables["asd"][:, c]),
+                "mean_dice": _nan_mean(part["dice"][:, c]),
+                "mean_iou": _nan_mean(part["iou"][:, c]),
+                "accuracy": _nan_mean(part["accuracy"][:, c + 1]),
+                "hd95": _nan_mean(part["hd95"][:, c]),
+                "asd": _nan_mean(part["asd"][:, c]),
             }
             for c, name in enumerate(names)
         }
-        summary["units"] = {"hd95": "pixels", "asd": "pixels"}
+        summary["hd95_unit"] = summary["asd_unit"] = unit
+        summary["units"] = {"hd95": unit, "asd": unit}
+        return summary
+
+    def _write(self, engine: Engine) -> None:
+        tables = self._tables(engine)
+        names = self._class_names(tables["accuracy"].shape[1] - 1)
+        everything = np.ones(len(self._files), dtype=bool)
+        summary = self._summarise(tables, everything, names, self._units)
+        datasets = np.asarray(self._datasets)
+        summary["per_dataset"] = {
+            name: self._summarise(tables, datasets == name, names, [u for u, d in zip(self._units, self._datasets) if d == name])
+            for name in dict.fromkeys(self._datasets)
+        }
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "metrics.json").write_text(json.dumps(summary, indent=4))
-        self._write_csv(tables, accuracy, names)
+        self._write_csv(tables, names)
+        (self.output_dir / "summary.md").write_text(self._summary_markdown(tables, names, summary))
         logger.info("evaluation report for %d cases written to %s: mean_dice %s", len(self._files), self.output_dir, summary["mean_dice"])
 
-    def _write_csv(self, tables: dict[str, np.ndarray], accuracy: np.ndarray, names: list[str]) -> None:
+    def _write_csv(self, tables: dict[str, np.ndarray], names: list[str]) -> None:
         metrics = ["dice", "iou", "accuracy", "hd95", "asd"]
         columns = metrics if len(names) == 1 else [f"{m}_{n}" for n in names for m in metrics]
+        accuracy = tables["accuracy"]
         with open(self.output_dir / "per_case.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["filename", "pixel_accuracy", *columns])
+            writer.writerow(["filename", "pixel_accuracy", *columns, "dataset", "distance_unit"])
             for row in range(len(self._files)):
                 values = []
                 for c in range(len(names)):
@@ -183,4 +289,51 @@ class SegmentationReport:
                     per_metric["accuracy"] = accuracy[row, c + 1]
                     values += [per_metric[m] for m in metrics]
                 cells = ["" if not math.isfinite(v) else f"{v:.6g}" for v in [accuracy[row, 0], *values]]
-                writer.writerow([self._files[row], *cells])
+                writer.writerow([self._files[row], *cells, self._datasets[row], self._units[row]])
+
+    def _summary_markdown(self, tables: dict[str, np.ndarray], names: list[str], summary: dict) -> str:
+        """A table per dataset and class, and one sentence per class, for readers who skip the numbers."""
+        noun = "volume" if self._volumes else "image"
+        unit_words = {"mm": "millimetres", "px": "pixels of the original image", "mixed": "mm or pixels (see per_case.csv)"}
+        lines = [
+            "# Evaluation summary",
+            "",
+            f"{_count(len(self._files), noun)}, measured at each case's original resolution. Dice and IoU: 1 = the "
+            "prediction covers exactly the expert's outline, 0 = no overlap. HD95: 95% of the boundary points of "
+            "one outline lie within this distance of the other's; ASD: the average distance between the two "
+            "outlines. Lower distances are better.",
+        ]
+        datasets = np.asarray(self._datasets)
+        for dataset, part in summary["per_dataset"].items():
+            rows = datasets == dataset
+            unit = part["hd95_unit"]
+            lines += [
+                "",
+                f"## {dataset} ({_count(part['num_cases'], noun)}, distances in {unit_words.get(unit, unit)})",
+                "",
+                f"| class | median Dice | mean Dice | mean IoU | mean HD95 ({unit}) | mean ASD ({unit}) | {noun}s |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            sentences = []
+            for c, name in enumerate(names):
+                dice = tables["dice"][rows, c]
+                values = part["per_class"][name]
+                lines.append(
+                    f"| {name} | {_fmt(_nan_median(dice))} | {_fmt(values['mean_dice'])} | {_fmt(values['mean_iou'])} "
+                    f"| {_fmt(values['hd95'], 2)} | {_fmt(values['asd'], 2)} | {part['num_cases']} |"
+                )
+                finite = dice[np.isfinite(dice)]
+                if finite.size == 0:
+                    sentences.append(f"- **{name}**: no {noun} with this class in the ground truth.")
+                    continue
+                sentence = f"- **{name}**: median Dice {np.median(finite):.2f} over {_count(finite.size, noun)}"
+                if finite.size > 1:
+                    sentence += f" (from {finite.min():.2f} to {finite.max():.2f})"
+                asd = _nan_median(tables["asd"][rows, c])
+                hd95 = _nan_median(tables["hd95"][rows, c])
+                if asd is not None and hd95 is not None:
+                    sentence += (f"; the predicted outline is on average {asd:.1f} {unit} from the expert's, "
+                                 f"and 95% of it within {hd95:.1f} {unit} (medians)")
+                sentences.append(sentence + ".")
+            lines += ["", *sentences]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,131 @@
+"""Boundary distances (HD95, ASD) in millimetres when the pixel or voxel spacing is known.
+
+MONAI's ``HausdorffDistance`` and ``SurfaceDistance`` handlers call their metric without ``spacing``, so
+their distances are in pixels of whatever grid the evaluator compares. The two handlers here pass each
+case's spacing (see :func:`case_spacing`) to the same MONAI metrics, one case at a time:
+
+* a ``"spacing"`` entry of the datalist (``[row, col]`` mm per pixel of the original 2D image, e.g.
+  hip X-rays written by ``scripts/prepare_data.py --layout hip``) -> mm;
+* an image read from a file format that stores its geometry (NIfTI, NRRD, MetaImage, DICOM) -> the
+  voxel size of the label's affine, in mm;
+* otherwise (PNG, JPEG...) -> pixels of the original image.
+
+The label's affine also accounts for resizing: a label resized to the network size (validation during
+training) gets its affine scaled by MONAI, so its distances are still in original pixels or in mm.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.handlers import from_engine
+from monai.handlers.ignite_metric import IgniteMetricHandler
+from monai.metrics import HausdorffDistanceMetric, SurfaceDistanceMetric
+from monai.utils import MetricReduction
+
+__all__ = ["GEOMETRY_EXTENSIONS", "case_spacing", "engine_cases", "HausdorffDistanceMM",
+           "SurfaceDistanceMM"]
+
+#: files whose header gives the voxel size in mm.
+GEOMETRY_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+def _grid_scale(tensor: Any, spatial_dims: int) -> np.ndarray:
+    """Length of each spatial axis' step in the affine of ``tensor`` (ones when it has no affine)."""
+    if not isinstance(tensor, MetaTensor):
+        return np.ones(spatial_dims)
+    affine = np.asarray(torch.as_tensor(tensor.affine).detach().cpu(), dtype=np.float64)
+    if affine.ndim == 3:  # a batched affine
+        affine = affine[0]
+    scale = np.linalg.norm(affine[:-1, :spatial_dims], axis=0)
+    return np.where(scale > 0, scale, 1.0)
+
+
+def _floats(raw: Any) -> list[float]:
+    """A datalist ``spacing`` as floats, whether a number, a list, a tensor or a collated list of tensors."""
+    if isinstance(raw, (torch.Tensor, np.ndarray)):
+        return [float(v) for v in np.ravel(np.asarray(raw))]
+    if isinstance(raw, (int, float)):
+        return [float(raw)]
+    return [float(v) for v in raw]
+
+
+def case_spacing(case: Mapping[str, Any], key: str = "label") -> tuple[list[float], str]:
+    """``(spacing per spatial axis, unit)`` of one case of :func:`engine_cases`; unit is ``"mm"`` or ``"px"``.
+
+    ``case[key]`` is the ``(C, *spatial)`` label the distances are measured on. See the module
+    docstring for where the spacing comes from.
+    """
+    label = case[key]
+    spatial_dims = label.ndim - 1
+    scale = _grid_scale(label, spatial_dims)
+    if case.get("spacing") is not None:
+        given = np.asarray(_floats(case["spacing"]), dtype=np.float64)
+        if given.size == 1:
+            given = np.repeat(given, spatial_dims)
+        if given.size != spatial_dims or (given <= 0).any():
+            raise ValueError(f"datalist 'spacing' {case['spacing']!r} must give {spatial_dims} positive numbers (mm per pixel)")
+        return (given * scale).tolist(), "mm"
+    source = ""
+    for name in (key, "image"):
+        meta = getattr(case.get(name), "meta", None) or {}
+        source = str(meta.get("filename_or_obj", "")) or source
+    if source.lower().endswith(GEOMETRY_EXTENSIONS):
+        return scale.tolist(), "mm"
+    return scale.tolist(), "px"
+
+
+def engine_cases(engine: Any) -> list[dict[str, Any]]:
+    """Each case of the engine's last iteration as one dict: its (decollated) batch entry with the
+    output on top. Datalist keys such as ``"spacing"`` and ``"dataset"`` stay in ``engine.state.batch``
+    (MONAI puts only image, label and pred into the output), so both are needed."""
+    outputs, batch = engine.state.output, engine.state.batch
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    batch = batch if isinstance(batch, list) and len(batch) == len(outputs) else [{}] * len(outputs)
+    return [{**(b if isinstance(b, Mapping) else {}), **o} for b, o in zip(batch, outputs)]
+
+
+class _SpacedDistance(IgniteMetricHandler):
+    """A MONAI distance metric handler that measures each case with its own spacing (:func:`case_spacing`).
+
+    ``output_transform`` gives ``(preds, labels)`` as for MONAI's handlers: lists of one-hot
+    ``(C, *spatial)`` tensors, one per case of the iteration.
+    """
+
+    def iteration_completed(self, engine: Any) -> None:
+        self._spacings = [case_spacing(case)[0] for case in engine_cases(engine)]
+        super().iteration_completed(engine)
+
+    def update(self, output: Sequence[Any]) -> None:
+        preds, labels = output
+        spacings = getattr(self, "_spacings", None) or [None] * len(preds)
+        if len(spacings) != len(preds):
+            raise ValueError(f"{len(preds)} predictions but {len(spacings)} cases in the engine's batch")
+        # one call per case: MONAI applies one spacing argument to every case of a call
+        for pred, label, spacing in zip(preds, labels, spacings):
+            self.metric_fn([pred], [label], spacing=spacing)
+
+
+class HausdorffDistanceMM(_SpacedDistance):
+    """MONAI's ``HausdorffDistance`` handler (95th percentile by default) with each case's spacing."""
+
+    def __init__(self, include_background: bool = False, percentile: float | None = 95,
+                 reduction: MetricReduction | str = MetricReduction.MEAN,
+                 output_transform: Callable = from_engine(["pred", "label"]), save_details: bool = True) -> None:
+        metric_fn = HausdorffDistanceMetric(include_background=include_background, percentile=percentile,
+                                           reduction=reduction)
+        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+
+
+class SurfaceDistanceMM(_SpacedDistance):
+    """MONAI's ``SurfaceDistance`` handler (symmetric by default: the ASD) with each case's spacing."""
+
+    def __init__(self, include_background: bool = False, symmetric: bool = True,
+                 reduction: MetricReduction | str = MetricReduction.MEAN,
+                 output_transform: Callable = from_engine(["pred", "label"]), save_details: bool = True) -> None:
+        metric_fn = SurfaceDistanceMetric(include_background=include_background, symmetric=symmetric,
+                                          reduction=reduction)
+        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
