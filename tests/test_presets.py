@@ -1,0 +1,202 @@
+"""The task presets (configs/presets/{polyp,isic2017,hip}.json) and the sliding-window overlay, on real data.
+
+Kvasir-SEG and PH2 are read in place from ``../shared/data`` (datalists go to tmp_path). No hip X-rays
+are available, so the hip preset runs on a small synthetic grey three-bone dataset written to tmp_path.
+Sizes are tiny (48-80 px) so that everything runs on a 2-core CPU; the learning itself is checked
+by tests/test_kvasir.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.bundle import run as bundle_run
+from monai.engines.utils import IterationEvents
+from monai.utils import set_determinism
+from PIL import Image
+
+from transfuse_bundle.data import write_datalist
+from transfuse_bundle.data.prepare import prepare
+from transfuse_bundle.engines import MultiScaleIteration, scaled_size
+from transfuse_bundle.metrics.distances import case_spacing, engine_cases
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+CONFIGS = REPO / "configs"
+
+
+def _configs(*names: str) -> list[str]:
+    return [str(CONFIGS / name) for name in names]
+
+
+def _parser(names: list[str], **overrides) -> ConfigParser:
+    """The configs merged as ``monai.bundle run --config_file "[...]" --id value`` merges them."""
+    parser = ConfigParser()
+    parser.read_config(_configs(*names))
+    parser.update(overrides)
+    return parser
+
+
+def test_official_multi_scale_sizes():
+    # PraNet / TransFuse polyp code: int(round(352 * rate / 32) * 32) for rates 0.75, 1, 1.25
+    assert [scaled_size((352, 352), r) for r in (0.75, 1.0, 1.25)] == [(256, 256), (352, 352), (448, 448)]
+    assert scaled_size((64, 64), 0.75, multiple=16) == (48, 48)
+    with pytest.raises(ValueError, match="rates"):
+        MultiScaleIteration(rates=[])
+
+
+@pytest.mark.parametrize("preset, size, classes, lr", [
+    ("polyp.json", [352, 352], 1, 1e-4), ("isic2017.json", [192, 256], 1, 7e-5), ("hip.json", [352, 352], 4, 1e-4)])
+def test_presets_compose_with_evaluate_and_inference(preset, size, classes, lr):
+    """Overlay order ``[train, preset, evaluate]`` keeps the preset's network and sizes, and the
+    preset also applies on top of inference.json (it only sets top-level ids)."""
+    for names in (["train.json", f"presets/{preset}"], ["train.json", f"presets/{preset}", "evaluate.json"]):
+        parser = _parser(names)
+        assert parser.get_parsed_content("network_def#img_size") == size
+        assert parser.get_parsed_content("network_def#out_channels") == classes
+        assert parser.get_parsed_content("train#preprocessing#transforms#5#spatial_size") == size
+        assert len(parser.get_parsed_content("class_names")) == max(classes, 2)
+        assert parser.get_parsed_content("optimizer#lr") == pytest.approx(lr)
+    parser = _parser(["inference.json", f"presets/{preset}"])
+    assert parser.get_parsed_content("preprocessing#transforms#3#spatial_size") == size
+    assert parser.get_parsed_content("network_def#out_channels") == classes
+    evaluate = _parser(["train.json", f"presets/{preset}", "evaluate.json"])
+    assert evaluate.get_parsed_content("label_at_original_size") is True
+
+
+@pytest.mark.slow
+def test_polyp_preset_trains_at_three_sizes_on_kvasir(tmp_path):
+    """The polyp preset's multi-scale iteration on the real network: three sizes per batch, one
+    clipped backward and one optimizer step per size, the loss reported at the base size, and the
+    training loss going down; then the preset evaluates at the original resolution."""
+    datalist = tmp_path / "datalist.json"
+    write_datalist(DATA / "kvasir_seg", datalist, num_training=8, num_validation=2, num_test=3, seed=3)
+    common = {"dataset_dir": str(datalist), "bundle_root": str(tmp_path), "image_size": [64, 64],
+              "num_workers": 0, "num_overlays": 3, "output_dir": str(tmp_path / "eval")}
+    parser = _parser(["train.json", "presets/polyp.json"], **common, multi_scale_multiple=16, batch_size=4,
+                     max_epochs=4, val_interval=4)
+    set_determinism(seed=123)
+    trainer = parser.get_parsed_content("train#trainer")
+    assert isinstance(parser.get_parsed_content("iteration_update"), MultiScaleIteration)
+
+    sizes, steps, clipped, losses = [], [], [], []
+    trainer.network.register_forward_pre_hook(lambda m, args: sizes.append(tuple(args[0].shape[2:])) if m.training else None)
+    trainer.optimizer.register_step_post_hook(lambda *_: steps.append(trainer.state.iteration))
+
+    def after_backward(engine):  # runs after the config's GradientClipping handler
+        grads = [p.grad.norm() for p in engine.network.parameters() if p.grad is not None]
+        clipped.append((engine.state.grad_norm, float(torch.stack(grads).norm())))
+
+    trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, after_backward)
+    trainer.add_event_handler(IterationEvents.MODEL_COMPLETED,
+                              lambda e: losses.append((tuple(e.state.output[0]["image"].shape[1:]), float(e.state.output[0]["loss"]))))
+    trainer.run()
+
+    iterations = 4 * 2  # 4 epochs of 8 images in batches of 4
+    assert sizes == [(48, 48), (64, 64), (80, 80)] * iterations
+    assert len(steps) == len(clipped) == 3 * iterations
+    assert all(after <= 2.0 * 1.001 for _, after in clipped)
+    assert any(before > 2.0 for before, _ in clipped)  # clipping did something
+    assert all(size == (64, 64) for size, _ in losses) and len(losses) == iterations
+    first, last = losses[0][1], np.mean([loss for _, loss in losses[-2:]])
+    print(f"multi-scale training loss {first:.3f} -> {last:.3f}")
+    assert last < first - 0.05
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+    bundle_run("evaluating", config_file=_configs("train.json", "presets/polyp.json", "evaluate.json"), **common)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["num_cases"] == 3 and 0.0 <= metrics["mean_dice"] <= 1.0
+    # overlays are only drawn when the prediction has the original image's size
+    assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == 3
+
+
+@pytest.mark.slow
+def test_isic2017_preset_on_ph2_prepare_train_evaluate(tmp_path):
+    """PH2 dermoscopy through the whole path: prepare (folder layout), one epoch with the isic2017
+    preset at 48x64, evaluation at the original resolution (about 765x570)."""
+    datalist = tmp_path / "ph2" / "datalist.json"
+    lists = prepare(DATA / "ph2", datalist, layout="folder", val_fraction=0.05, test_fraction=0.05)
+    assert len(lists["test"]) == 5 and len(lists["training"]) + len(lists["validation"]) == 95
+    common = {"dataset_dir": str(datalist), "bundle_root": str(tmp_path), "image_size": [48, 64], "num_workers": 0}
+    bundle_run("training", config_file=_configs("train.json", "presets/isic2017.json"), **common,
+               max_epochs=1, cache_rate=0.0)
+    assert (tmp_path / "models" / "model.pt").is_file()
+    out = tmp_path / "eval"
+    bundle_run("evaluating", config_file=_configs("train.json", "presets/isic2017.json", "evaluate.json"), **common,
+               output_dir=str(out), num_overlays=5)
+    metrics = json.loads((out / "metrics.json").read_text())
+    print(f"PH2, isic2017 preset, 1 epoch at 48x64: {metrics}")
+    assert metrics["num_cases"] == 5
+    for key in ("mean_dice", "mean_iou", "accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["hd95"] is None or metrics["hd95"] >= 0
+    sizes = {Image.open(case["image"]).size for case in lists["test"]}
+    overlays = sorted((out / "overlays").glob("*.png"))
+    assert len(overlays) == 5 and {Image.open(p).size for p in overlays} <= sizes
+
+
+def _hip_case(rng: np.random.Generator, h: int = 96, w: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """A grey (H, W) uint8 image and its (H, W) class-id mask: pelvis band at the top, left and
+    right femoral heads below it, each bone brighter than the soft tissue with its own texture."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    mask = np.zeros((h, w), np.uint8)
+    top = rng.uniform(0.12, 0.22) * h
+    mask[(yy > top) & (yy < top + rng.uniform(0.18, 0.25) * h) & (np.abs(xx - w / 2) < rng.uniform(0.3, 0.42) * w)] = 1
+    for label, cx in ((2, rng.uniform(0.2, 0.32) * w), (3, rng.uniform(0.68, 0.8) * w)):
+        cy, radius = rng.uniform(0.58, 0.7) * h, rng.uniform(0.1, 0.15) * h
+        mask[np.hypot(yy - cy, xx - cx) < radius] = label
+    image = 60 + 25 * np.sin(xx / 7.0) * (mask == 0) + np.array([0, 170, 130, 200], np.float32)[mask]
+    return np.clip(image + rng.normal(0, 8, (h, w)), 0, 255).astype(np.uint8), mask
+
+
+@pytest.mark.slow
+def test_hip_preset_with_sliding_window_on_synthetic_grey_xrays(tmp_path):
+    """The hip preset (3 bones + background, grey PNGs, a pixel spacing) trained on patches and
+    evaluated with a sliding window at the original resolution; the spacing reaches every case."""
+    rng = np.random.default_rng(7)
+    root = tmp_path / "hip"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for index in range(12):
+        image, mask = _hip_case(rng)
+        Image.fromarray(image, mode="L").save(root / "images" / f"hip_{index:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"hip_{index:02d}.png")
+    datalist = tmp_path / "datalist.json"
+    lists = prepare(root, datalist, layout="hip", spacing=[0.4, 0.5])
+    common = {"dataset_dir": str(datalist), "bundle_root": str(tmp_path), "image_size": [48, 64], "num_workers": 0,
+              "output_dir": str(tmp_path / "eval")}
+    bundle_run("training", config_file=_configs("train.json", "presets/hip.json", "presets/sliding_window.json"),
+               **common, max_epochs=2, batch_size=4)
+
+    parser = _parser(["train.json", "presets/hip.json", "evaluate.json", "presets/sliding_window.json"], **common)
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    windows, spacings = [], []
+    evaluator.network.register_forward_pre_hook(lambda m, args: windows.append(tuple(args[0].shape[2:])))
+    # the datalist's spacing travels in the batch (MONAI's output holds image, label and pred only)
+    evaluator.add_event_handler(IterationEvents.MODEL_COMPLETED, lambda e: spacings.append(
+        (tuple(e.state.output[0]["pred"].shape), case_spacing(engine_cases(e)[0]))))
+    set_determinism(seed=123)
+    evaluator.run()
+
+    assert len(spacings) == len(lists["test"]) == 2
+    for shape, spacing in spacings:
+        assert shape == (4, 96, 128)  # one-hot over the 4 classes, at the original 96x128
+        assert spacing == ([0.4, 0.5], "mm")
+    assert set(windows) == {(48, 64)} and len(windows) > len(spacings)  # several windows per image
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    print(f"hip synthetic, sliding window: {metrics}")
+    assert set(metrics["per_class"]) == {"pelvis", "left femur", "right femur"}
+    assert metrics["units"] == {"hd95": "mm", "asd": "mm"}
+    assert all(0.0 <= c["mean_dice"] <= 1.0 for c in metrics["per_class"].values())
+
+    # the same windows for inference: one label PNG per test image, at its size, with class ids
+    out = tmp_path / "predictions"
+    bundle_run("run", config_file=_configs("inference.json", "presets/hip.json", "presets/sliding_window_inference.json"),
+               dataset_dir=str(datalist), bundle_root=str(tmp_path), image_size=[48, 64], num_workers=0, output_dir=str(out))
+    masks = [np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))]
+    assert len(masks) == 2 and all(m.shape == (96, 128) and m.max() <= 3 for m in masks)
