@@ -4,7 +4,9 @@
 One process, one thread setting. For every model and input size it measures parameters, GMACs,
 batch-1 latency (median after warm-up), batch throughput, a training step (forward + backward +
 Adam) and the process's peak memory; TransFuse also in its fast inference modes
-(BatchNorm folded + channels-last, and bf16 autocast where the hardware has native bf16).
+(BatchNorm folded, linears on oneDNN, channels-last; and bf16 autocast where the hardware has native
+bf16). Our S's speed-ups against official-S are also measured with the two models called in turn
+in every iteration (``speedup_interleaved_vs_official_*``), the ratio to trust on a shared machine.
 Writes ``OUT.json`` and ``OUT.md``.
 
 "official-S" is TransFuse-S computed exactly as the official code does it (explicit attention
@@ -31,8 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transfuse_bundle.benchmarking import forward_latency_ms, gmacs, median_ms, parameter_count
-from transfuse_bundle.losses import transfuse_deep_supervision_loss
+from transfuse_bundle.benchmarking import forward_latency_ms, gmacs, interleaved_median_ms, median_ms, parameter_count
+from transfuse_bundle.losses import official_structure_loss, transfuse_deep_supervision_loss
 from transfuse_bundle.networks import TransFuse
 from transfuse_bundle.networks.fast import fast_autocast_available, optimize_for_inference
 
@@ -115,18 +117,6 @@ def inference_modes(name: str, model: nn.Module, device: torch.device) -> dict[s
     return modes
 
 
-def official_structure_loss(pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The official training loss of one head (train_isic.py), in float64 as the official code runs it."""
-    pred, mask = pred.double(), mask.double()
-    weit = 1 + 5 * torch.abs(nn.functional.avg_pool2d(mask, kernel_size=31, stride=1, padding=15) - mask)
-    wbce = nn.functional.binary_cross_entropy_with_logits(pred, mask, reduction="none")
-    wbce = (weit * wbce).sum(dim=(2, 3)) / weit.sum(dim=(2, 3))
-    prob = torch.sigmoid(pred)
-    inter = (prob * mask * weit).sum(dim=(2, 3))
-    union = ((prob + mask) * weit).sum(dim=(2, 3))
-    return (wbce + 1 - (inter + 1) / (union - inter + 1)).mean()
-
-
 def training_loss(name: str):
     """The loss each model trains with: the official one for official-S, the bundle's otherwise."""
     if name == "official-S":
@@ -160,13 +150,19 @@ def benchmark(args) -> list[dict]:
     device = torch.device(args.device)
     rows = []
     for size in args.sizes:
+        official = None
         for name in args.models:
             torch.manual_seed(0)
             model = build(name, size).to(device).eval()
             x = torch.rand(1, 3, *size, device=device)
             row = {"model": name, "size": f"{size[0]}x{size[1]}", "params": parameter_count(model),
                    "gmacs": round(gmacs(model, x), 2)}
-            for mode, (net, channels_last, autocast) in inference_modes(name, model, device).items():
+            modes = inference_modes(name, model, device)
+            if name == "official-S":
+                official = model
+            elif name == "S" and official is not None:
+                row.update(interleaved_speedups(official, modes, x, args.iters, args.warmup))
+            for mode, (net, channels_last, autocast) in modes.items():
                 xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
                 row[f"latency_ms_{mode}"] = round(forward_latency_ms(net, xin, args.iters, args.warmup, autocast), 2)
                 xb = torch.rand(args.throughput_batch, 3, *size, device=device)
@@ -181,6 +177,24 @@ def benchmark(args) -> list[dict]:
             print(json.dumps(row), flush=True)
     add_ratios(rows)
     return rows
+
+
+def interleaved_speedups(official: nn.Module, modes: dict[str, tuple[nn.Module, bool, bool]], x: torch.Tensor,
+                         iters: int, warmup: int) -> dict[str, float]:
+    """official-S latency / ours for each inference mode, the models called in turn in every
+    iteration (batch 1), so that load from other processes cannot favour either side."""
+    def call(net, channels_last, autocast):
+        xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+        def step():
+            with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+                return net(xin)
+        return step
+
+    fns = {"official": call(official, False, False)}
+    fns.update({mode: call(*spec) for mode, spec in modes.items()})
+    ms = interleaved_median_ms(fns, iters, warmup, x.device)
+    return {f"speedup_interleaved_vs_official_{mode}": round(ms["official"] / ms[mode], 3) for mode in modes}
 
 
 def data_pipeline(dataset_dir: Path, size, batch: int, steps: int, num_workers: int) -> dict:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from transfuse_bundle.losses import (
     DEEP_SUPERVISION_WEIGHTS,
+    OfficialStructureLoss,
     StructureLoss,
     boundary_weights,
     transfuse_deep_supervision_loss,
@@ -119,3 +120,22 @@ def test_errors_name_the_problem():
         loss(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 4, 4))
     with pytest.raises(ValueError, match="odd"):
         boundary_weights(torch.zeros(1, 1, 8, 8), kernel_size=4)
+
+
+def test_official_loss_is_the_official_formula_in_float64_on_soft_masks_at_the_border():
+    """The official-recipe loss: zero padding, float64, soft (bilinearly resized) masks accepted."""
+    gen = torch.Generator().manual_seed(2)
+    mask = F.interpolate((torch.rand(3, 1, 12, 12, generator=gen) > 0.5).float(), size=(64, 64), mode="bilinear")
+    assert 0 < ((mask > 0) & (mask < 1)).float().mean() < 1  # soft values, lesions touching the border
+    logits = torch.randn(3, 1, 64, 64, generator=gen, requires_grad=True)
+    value = OfficialStructureLoss()(logits, mask)
+    assert value.dtype == torch.float64
+    expected = _official_structure_loss(logits.detach().double(), mask.double())
+    assert value.item() == pytest.approx(expected.item(), rel=1e-12)
+    value.backward()
+    assert logits.grad.dtype == torch.float32 and logits.grad.abs().sum() > 0
+    # our StructureLoss differs exactly where the official zero padding inflates the border weights
+    assert abs(StructureLoss()(logits.detach(), mask).item() - value.item()) > 1e-3
+    assert OfficialStructureLoss()(logits.detach(), mask[:, 0]).item() == pytest.approx(value.item())  # (B, H, W)
+    with pytest.raises(ValueError, match="binary"):
+        OfficialStructureLoss()(torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 8, 8))

@@ -16,6 +16,9 @@ see :func:`transfuse_deep_supervision_loss`). Differences from the official code
 * more than one output channel means softmax over N classes (class 0 = background) with a one-hot
   target: the weighted cross-entropy uses, per pixel, the largest boundary weight over the classes,
   and the weighted IoU is averaged over the foreground classes.
+
+:class:`OfficialStructureLoss` keeps the official computation (zero padding, float64), for the
+official-recipe overlay ``configs/recipes/official.json`` and the benchmark's official baseline.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ import torch.nn.functional as F
 from monai.losses import DeepSupervisionLoss
 from torch.nn.modules.loss import _Loss
 
-__all__ = ["StructureLoss", "boundary_weights", "transfuse_deep_supervision_loss", "DEEP_SUPERVISION_WEIGHTS"]
+__all__ = [
+    "StructureLoss", "OfficialStructureLoss", "official_structure_loss", "boundary_weights",
+    "transfuse_deep_supervision_loss", "DEEP_SUPERVISION_WEIGHTS",
+]
 
 #: Weights of (map_2, map_1, map_x), the order in which TransFuse returns its heads.
 DEEP_SUPERVISION_WEIGHTS = (0.5, 0.3, 0.2)
@@ -124,6 +130,43 @@ class StructureLoss(_Loss):
         inter = (prob * mask * weit).sum(dim=(2, 3))
         union = ((prob + mask) * weit).sum(dim=(2, 3))
         return 1.0 - (inter + self.smooth) / (union - inter + self.smooth)
+
+
+def official_structure_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The official training loss of one head (``train_isic.py``), computed exactly as it is there.
+
+    Zero-padded 31x31 local mean (so the boundary weight inflates at the image border) and float64
+    throughout. ``logits`` and ``mask``: ``(B, 1, H, W)``, ``mask`` in [0, 1] (the official masks are
+    resized bilinearly and not re-binarised, so soft values are expected). Returns a float64 scalar.
+    """
+    logits, mask = logits.double(), mask.double()
+    weit = 1 + 5 * torch.abs(F.avg_pool2d(mask, kernel_size=31, stride=1, padding=15) - mask)
+    wbce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
+    wbce = (weit * wbce).sum(dim=(2, 3)) / weit.sum(dim=(2, 3))
+    prob = torch.sigmoid(logits)
+    inter = (prob * mask * weit).sum(dim=(2, 3))
+    union = ((prob + mask) * weit).sum(dim=(2, 3))
+    return (wbce + 1 - (inter + 1) / (union - inter + 1)).mean()
+
+
+class OfficialStructureLoss(_Loss):
+    """:func:`official_structure_loss` as a loss module, for the official-recipe overlay
+    (``configs/recipes/official.json``) and the benchmark's official baseline. Binary only, as the
+    official code.
+
+    Shapes: ``logits`` ``(B, 1, H, W)``; ``target`` ``(B, 1, H, W)`` or ``(B, H, W)`` in [0, 1].
+    Returns a float64 scalar.
+    """
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.ndim == 3:
+            target = target.unsqueeze(1)
+        if logits.ndim != 4 or logits.shape[1] != 1 or target.shape != logits.shape:
+            raise ValueError(
+                "OfficialStructureLoss is binary: it needs (B, 1, H, W) logits and a target of the same shape, "
+                f"got {tuple(logits.shape)} and {tuple(target.shape)}"
+            )
+        return official_structure_loss(logits, torch.as_tensor(target, device=logits.device))
 
 
 def transfuse_deep_supervision_loss(

@@ -63,6 +63,9 @@ class TransFuse(nn.Module):
             ``"spatial_attention"``, ``"channel_attention"``, ``"hadamard"``.
         composition: ``"parallel"`` (TransFuse) or ``"sequential"``: the ViT runs on the CNN's
             stride-16 features instead of the image (Table 5, E.3).
+        zero_pos_embed: start the ViT position embedding at zeros instead of timm's truncated normal,
+            as the official code does without pretrained weights (its problem 6); for reproducing
+            the official recipe (``configs/recipes/official.json``). Ignored when ViT weights are loaded.
 
     Shapes:
         input ``(B, in_channels, H, W)`` with H, W multiples of 16. Eval mode: ``(B, out_channels, H, W)``
@@ -94,6 +97,7 @@ class TransFuse(nn.Module):
         dropout: float | None = None,
         fusion: str | Sequence[str] = "bifusion",
         composition: str = "parallel",
+        zero_pos_embed: bool = False,
     ):
         super().__init__()
         if variant not in VARIANTS:
@@ -119,6 +123,8 @@ class TransFuse(nn.Module):
 
         self.cnn = create_cnn_encoder(cnn_name, in_channels, pretrained, cnn_weights)
         self.vit = ViTEncoder(vit_name, in_channels, self.img_size, vit_depth, pretrained, vit_weights)
+        if zero_pos_embed and not pretrained and vit_weights is None:
+            nn.init.zeros_(self.vit.pos_embed)
         if self.vit.patch_size != SIZE_MULTIPLE:
             raise ValueError(f"ViT {vit_name!r} has patch size {self.vit.patch_size}; TransFuse needs {SIZE_MULTIPLE}")
         c4, c8, c16 = self.cnn.feature_info.channels()
