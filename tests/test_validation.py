@@ -327,6 +327,26 @@ def test_large_image_is_read_reduced_and_oversized_is_reported(tmp_path):
 # ---- the bundle: validation runs first; inference keeps going on the good images ------------------------
 
 
+def test_inference_mask_of_a_large_image_has_the_file_size(tmp_path):
+    """A large image is read reduced (bounded memory), but its mask is written at the file's own size."""
+    width, height = 4200, 4100  # read at half size, 2100 x 2050
+    yy, xx = np.ogrid[:height, :width]
+    blob = ((yy - 2000) ** 2 + (xx - 2500) ** 2 < 900**2).astype(np.uint8) * 255
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(blob).convert("RGB").save(images / "big.jpg", quality=90)
+    bundle, out = tmp_path / "bundle", tmp_path / "pred"
+    _weights(bundle)
+    workflow = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), workflow_type="infer",
+                              bundle_root=str(bundle), dataset_dir=str(images), output_dir=str(out),
+                              image_size=[64, 64], num_workers=0, device="cpu")
+    workflow.initialize()
+    workflow.run()
+    mask = Image.open(out / "big_seg.png")
+    assert mask.size == (width, height)
+    assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
+
+
 def _weights(bundle: Path) -> Path:
     """Seeded untrained weights of the inference network at 64 x 64, as a plain state dict."""
     parser = ConfigParser()

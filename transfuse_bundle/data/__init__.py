@@ -16,13 +16,13 @@ from .datalist import (
 )
 from .readers import to_mask, to_rgb
 from .synthetic import make_synthetic_case, synthetic_dataset
-from .transforms import IMAGENET_MEAN_255, IMAGENET_STD_255, MaskToClassIdsd
+from .transforms import IMAGENET_MEAN_255, IMAGENET_STD_255, MaskToClassIdsd, ResizeToSourced
 from .validate import ScreenedImages, check_dataset, screen_images, validate_datalist
 
 __all__ = [
     "DATALIST_NAME", "IMAGE_EXTENSIONS", "DatasetError", "evaluation_datalist", "find_image_mask_pairs",
     "find_images", "inference_datalist", "load_datalist", "split_training", "make_synthetic_case",
-    "synthetic_dataset", "write_datalist", "IMAGENET_MEAN_255", "IMAGENET_STD_255", "MaskToClassIdsd",
+    "synthetic_dataset", "write_datalist", "IMAGENET_MEAN_255", "IMAGENET_STD_255", "MaskToClassIdsd", "ResizeToSourced",
     "VOLUME_EXTENSIONS", "DatasetProblem", "to_rgb", "to_mask", "ScreenedImages", "check_dataset", "screen_images",
     "validate_datalist",
 ]

@@ -6,9 +6,10 @@ from typing import Hashable, Mapping
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, Resize
+from PIL import Image
 
-__all__ = ["MaskToClassIdsd", "IMAGENET_MEAN_255", "IMAGENET_STD_255"]
+__all__ = ["MaskToClassIdsd", "ResizeToSourced", "IMAGENET_MEAN_255", "IMAGENET_STD_255"]
 
 #: ImageNet mean and std per RGB channel, on the 0-255 scale of 8-bit images.
 IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -56,4 +57,33 @@ class MaskToClassIdsd(MapTransform):
                         f"integer class ids 0..{self.num_classes - 1}"
                     )
             d[key] = mask
+        return d
+
+
+class ResizeToSourced(MapTransform):
+    """Nearest-neighbour resize of 2D predictions to the pixel size of the image file they were computed from.
+
+    Images above :data:`~transfuse_bundle.data.readers.LARGE_IMAGE_PIXELS` are read reduced
+    (:func:`~transfuse_bundle.data.readers.to_rgb`), so ``Invertd`` returns their prediction at the reduced
+    size; this brings it to the file's own size so that written masks line up with the original image.
+    Only the file's header is read; predictions already at the file's size are returned unchanged.
+
+    Args:
+        keys: the prediction keys, e.g. ``"pred"`` (after ``Invertd``, before dropping the channel).
+        source_key: the key whose ``meta["filename_or_obj"]`` names the image file.
+
+    Shapes: ``(C, W', H')`` -> ``(C, W, H)`` in ``PILReader``'s layout (width first), ``(W, H)`` the file's size.
+    """
+
+    def __init__(self, keys: KeysCollection, source_key: str = "image", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.source_key = source_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        with Image.open(d[self.source_key].meta["filename_or_obj"]) as source:
+            size = source.size
+        for key in self.key_iterator(d):
+            if tuple(d[key].shape[1:]) != size:
+                d[key] = Resize(spatial_size=size, mode="nearest")(d[key])
         return d
