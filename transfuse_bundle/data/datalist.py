@@ -25,6 +25,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "VOLUME_EXTENSIONS",
     "DATALIST_NAME",
+    "file_stem",
     "DatasetError",
     "DatasetProblem",
     "pair_images_and_masks",
@@ -68,6 +69,15 @@ class DatasetProblem:
         return f"{self.path}: {self.message}"
 
 
+def file_stem(name: str, extensions: Sequence[str], suffix: str = "") -> str | None:
+    """``name`` without ``suffix`` + its extension (case-insensitive; two-part extensions such as ``.nii.gz``
+    included), or None when it ends in none of ``extensions``: ``x_segmentation.png`` -> ``x`` with suffix
+    ``_segmentation``, ``t2.nii.gz`` -> ``t2``."""
+    lower = name.lower()
+    ext = next((e for e in extensions if lower.endswith(suffix.lower() + e)), None)
+    return None if ext is None else name[: len(name) - len(suffix) - len(ext)]
+
+
 def _files_by_stem(folder: Path, suffix: str, extensions: Sequence[str],
                    problems: list[DatasetProblem]) -> dict[str, Path]:
     """``{stem without suffix: path}`` of the files directly in ``folder`` ending in ``suffix + ext``.
@@ -77,11 +87,9 @@ def _files_by_stem(folder: Path, suffix: str, extensions: Sequence[str],
     """
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        name = path.name.lower()
-        ext = next((e for e in extensions if name.endswith(suffix.lower() + e)), None)
-        if ext is None or not path.is_file() or path.name.startswith("."):
+        stem = file_stem(path.name, extensions, suffix)
+        if stem is None or not path.is_file() or path.name.startswith("."):
             continue
-        stem = path.name[: len(path.name) - len(suffix) - len(ext)]
         if stem in found:
             problems.append(DatasetProblem(str(path), f"two files with the stem {stem!r} in {folder}: "
                                                       f"{found[stem].name} and {path.name}"))

@@ -26,8 +26,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from .datalist import (DATALIST_NAME, IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, DatasetError, DatasetProblem, find_images,
-                       load_datalist, pair_images_and_masks)
+from .datalist import (DATALIST_NAME, IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, DatasetError, DatasetProblem, file_stem,
+                       find_images, load_datalist, pair_images_and_masks)
 from .readers import MAX_PIXELS
 
 __all__ = ["validate_datalist", "validate_dataset", "check_dataset", "screen_images", "ScreenedImages", "GREY_MASK_FRACTION"]
@@ -52,8 +52,8 @@ def _kind(path: str) -> str | None:
 
 def _stem(path: str) -> str:
     name = Path(path).name
-    ext = next((e for e in VOLUME_EXTENSIONS + IMAGE_EXTENSIONS if name.lower().endswith(e)), Path(name).suffix)
-    return name[: len(name) - len(ext)]
+    stem = file_stem(name, VOLUME_EXTENSIONS + IMAGE_EXTENSIONS)
+    return Path(name).stem if stem is None else stem
 
 
 @dataclass
