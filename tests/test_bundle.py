@@ -262,6 +262,8 @@ def test_cli_verify_net_in_out_and_torchscript_export(trained, tmp_path):
 
 def test_multi_gpu_config_properties_in_a_one_process_group(synthetic, tmp_path, monkeypatch):
     """train.json + multi_gpu_train.json: initialize (gloo, world size 1), check_properties() == [], finalize."""
+    # init_process_group wraps sys.excepthook with a "[rank0]" prefix for the rest of the process
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
