@@ -26,11 +26,13 @@ def main(argv=None) -> int:
                         help="classes including background, as the config's num_classes (default 2: binary)")
     parser.add_argument("--spatial-dims", type=int, choices=(2, 3), default=2,
                         help="2 for PNG/JPEG/... images (default), 3 for NIfTI volumes")
+    parser.add_argument("--in-channels", type=int, default=None,
+                        help="volumes only: the network's in_channels, e.g. 2 for MSD's T2 + ADC (default: not checked)")
     args = parser.parse_args(argv)
     if args.num_classes < 2:
         parser.error(f"--num-classes counts the background too and must be >= 2, got {args.num_classes}")
     start = time.perf_counter()
-    problems, num_cases = validate_dataset(args.dataset, args.num_classes, args.spatial_dims)
+    problems, num_cases = validate_dataset(args.dataset, args.num_classes, args.spatial_dims, args.in_channels)
     for problem in problems:
         print(problem)
     if problems:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -122,3 +124,72 @@ def test_evaluation_per_zone_in_mm_matches_the_inference_mask(prepared, trained,
             asd = float(compute_average_surface_distance(p, g, symmetric=True, spacing=spacing))
             assert float(row[f"hd95_{zone}"]) == pytest.approx(hd95, rel=1e-3), zone
             assert float(row[f"asd_{zone}"]) == pytest.approx(asd, rel=1e-3), zone
+
+
+# --- MSD Task05 layout: two modalities in a 4D volume, zones labelled the other way round ----------------------
+
+MSD_ZONES = ["peripheral zone", "transition zone"]
+MSD = {"in_channels": 2, "class_names": ["background", *MSD_ZONES]}
+
+
+@pytest.fixture(scope="module")
+def msd_task(tmp_path_factory) -> Path:
+    """An MSD Task05-style folder made from the two real Prostate158 volumes: ``imagesTr`` holds 4D volumes
+    (T2 and a second channel derived from it, standing in for ADC), ``labelsTr`` MSD's label order
+    (1 = peripheral zone, 2 = transition zone), ``dataset.json`` lists them."""
+    root = tmp_path_factory.mktemp("msd") / "Task05_Prostate"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training = []
+    for i, case in enumerate(sorted(p for p in PROSTATE.iterdir() if p.is_dir())):
+        t2, label = nib.load(case / "t2.nii.gz"), nib.load(case / "t2_anatomy_reader1.nii.gz")
+        t2_data = np.asarray(t2.dataobj, dtype=np.float32)
+        second = np.sqrt(np.maximum(t2_data, 0.0)) * 10.0
+        nib.save(nib.Nifti1Image(np.stack([t2_data, second], axis=-1), t2.affine), root / "imagesTr" / f"prostate_{i:02d}.nii.gz")
+        zones = np.asarray(label.dataobj).astype(np.uint8)
+        msd_zones = np.select([zones == 1, zones == 2], [2, 1], 0).astype(np.uint8)  # Prostate158 1 = central gland
+        nib.save(nib.Nifti1Image(msd_zones, label.affine), root / "labelsTr" / f"prostate_{i:02d}.nii.gz")
+        training.append({"image": f"./imagesTr/prostate_{i:02d}.nii.gz", "label": f"./labelsTr/prostate_{i:02d}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({"name": "PROSTATE", "training": training}))
+    return root
+
+
+@pytest.mark.slow  # a 1-epoch training, an evaluation and an inference on 2-channel volumes: ~25 s
+def test_msd_two_channel_volumes_prepare_train_evaluate_infer(msd_task, tmp_path):
+    datalist = tmp_path / "datalist.json"
+    lists = prepare(msd_task, datalist, val_fraction=0.5, test_fraction=0.0)
+    assert [len(lists[k]) for k in ("training", "validation", "test")] == [1, 1, 0]
+
+    # the default single-channel config refuses the 2-channel volumes before any work, naming each file
+    bundle = tmp_path / "bundle"
+    with pytest.raises(RuntimeError) as error:
+        _run(TRAIN, "train", dataset_dir=str(datalist), bundle_root=str(bundle), max_epochs=1, **SMALL)
+    message = str(error.value.__cause__)
+    for case in lists["training"] + lists["validation"]:
+        assert f"{case['image']}: volume has 2 channel(s), but the network takes in_channels=1" in message
+    assert not list(bundle.rglob("*.pt"))  # nothing trained or saved
+    # the same check as a command, with MSD's channels it passes
+    script = [sys.executable, str(REPO / "scripts" / "validate_data.py"), str(datalist), "--num-classes", "3",
+              "--spatial-dims", "3", "--in-channels"]
+    refused = subprocess.run(script + ["1"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and "pass --in_channels 2" in refused.stdout, refused.stdout + refused.stderr
+    accepted = subprocess.run(script + ["2"], capture_output=True, text=True, timeout=300)
+    assert accepted.returncode == 0 and "2 case(s) checked" in accepted.stdout, accepted.stdout + accepted.stderr
+
+    _run(TRAIN, "train", dataset_dir=str(datalist), bundle_root=str(bundle), max_epochs=1, val_interval=1, **SMALL, **MSD)
+    out = tmp_path / "eval"
+    _run(EVALUATE, "train", dataset_dir=str(datalist), bundle_root=str(bundle), output_dir=str(out), **SMALL, **MSD)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_cases"] == 1 and list(metrics["per_class"]) == MSD_ZONES
+    assert metrics["hd95_unit"] == "mm" and set(metrics["per_dataset"]) == {"PROSTATE"}
+
+    volumes = tmp_path / "volumes"
+    volumes.mkdir()
+    image_file = lists["validation"][0]["image"]
+    os.symlink(image_file, volumes / "case.nii.gz")
+    _run(INFERENCE, "infer", dataset_dir=str(volumes), bundle_root=str(bundle), output_dir=str(tmp_path / "pred"),
+         image_size=SMALL["image_size"], num_workers=0, **MSD)
+    mask, image = nib.load(tmp_path / "pred" / "case_seg.nii.gz"), nib.load(image_file)
+    assert image.shape[3] == 2 and mask.shape == image.shape[:3]  # one label volume for the two channels
+    np.testing.assert_allclose(mask.affine, image.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(mask.dataobj)).tolist()) <= {0, 1, 2}

@@ -178,14 +178,15 @@ def find_images(dataset_dir: str | os.PathLike,
     return [{"image": str(images[s])} for s in sorted(images)]
 
 
-def split_training(items: list[dict[str, Any]], val_fraction: float = 0.2, seed: int = 0) -> tuple[list, list]:
+def split_training(items: list[dict[str, Any]], val_fraction: float = 0.2, seed: int = 0,
+                   name: str = "val_fraction") -> tuple[list, list]:
     """Deterministic split into (training, validation): sort by image path, shuffle with ``seed``.
 
     At least one case goes to validation when there are two or more cases; the same inputs always give
-    the same split, whatever order the files were listed in.
+    the same split, whatever order the files were listed in. ``name`` is the option that errors name.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise DatasetError(f"{name} must be in (0, 1), got {val_fraction}")
     ordered = sorted(items, key=lambda d: str(d["image"]))
     random.Random(seed).shuffle(ordered)
     n_val = min(len(ordered) - 1, max(1, round(val_fraction * len(ordered)))) if len(ordered) > 1 else 0

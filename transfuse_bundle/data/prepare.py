@@ -36,6 +36,14 @@ def _pair(images_dir: Path, masks_dir: Path, dataset: str, mask_suffix: str = ""
     return [{**pair, "dataset": dataset} for pair in pairs]
 
 
+def _split(cases: list[dict[str, Any]], val_fraction: float, test_fraction: float, seed: int) -> Datalist:
+    """Deterministic training / validation / test lists: the test share first (none when ``test_fraction``
+    is 0), then the validation share of the rest."""
+    rest, test = split_training(cases, test_fraction, seed, name="test_fraction") if test_fraction > 0 else (cases, [])
+    training, validation = split_training(rest, val_fraction, seed + 1)
+    return {"training": training, "validation": validation, "test": test}
+
+
 def polyp_pranet(root: Path, val_fraction: float = 0.1, seed: int = 0) -> Datalist:
     """PraNet split: ``TrainDataset/{image,mask}`` for training (a deterministic share for
     validation) and each of ``TestDataset/<set>/{images,masks}`` as test cases tagged with the set."""
@@ -54,10 +62,7 @@ def polyp_pranet(root: Path, val_fraction: float = 0.1, seed: int = 0) -> Datali
 def folder_pairs(root: Path, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> Datalist:
     """A plain ``images/`` + ``masks/`` folder (Kvasir-SEG, CVC-ClinicDB, PH2): deterministic
     training / validation / test split."""
-    cases = _pair(root / "images", root / "masks", root.name)
-    rest, test = split_training(cases, test_fraction, seed) if test_fraction > 0 else (cases, [])
-    training, validation = split_training(rest, val_fraction, seed + 1)
-    return {"training": training, "validation": validation, "test": test}
+    return _split(_pair(root / "images", root / "masks", root.name), val_fraction, test_fraction, seed)
 
 
 def isic2017(root: Path, **_: Any) -> Datalist:
@@ -86,9 +91,7 @@ def msd_prostate(root: Path, val_fraction: float = 0.15, test_fraction: float = 
         cases.append({**case, "dataset": meta.get("name", "Prostate")})
     if not cases:
         raise DatasetError(f"{meta_file} lists no training cases")
-    rest, test = split_training(cases, test_fraction, seed)
-    training, validation = split_training(rest, val_fraction, seed + 1)
-    return {"training": training, "validation": validation, "test": test}
+    return _split(cases, val_fraction, test_fraction, seed)
 
 
 def prostate158(root: Path, val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0,
@@ -105,9 +108,7 @@ def prostate158(root: Path, val_fraction: float = 0.2, test_fraction: float = 0.
         cases.append({"image": str(image), "label": str(label), "dataset": "Prostate158"})
     if not cases:
         raise DatasetError(f"no <case>/t2.nii.gz volumes in {root}")
-    rest, test = split_training(cases, test_fraction, seed) if test_fraction > 0 else (cases, [])
-    training, validation = split_training(rest, val_fraction, seed + 1)
-    return {"training": training, "validation": validation, "test": test}
+    return _split(cases, val_fraction, test_fraction, seed)
 
 
 def hip(root: Path, spacing: Sequence[float] | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,

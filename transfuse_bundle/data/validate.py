@@ -63,6 +63,7 @@ class _File:
     shape: tuple[int, ...]
     values: np.ndarray | None = None  # mask values (unique), or None
     grey_fraction: float = 0.0
+    channels: int = 1  # of a volume: the size of the 4th axis (MSD stores modalities there)
 
 
 class _Unusable(Exception):
@@ -122,7 +123,9 @@ def _read_volume(path: str, is_mask: bool) -> _File:
         if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
             raise _Unusable("the label volume has NaN or Inf values")
         return _File(tuple(data.shape[:3]), np.unique(data))
-    return _File(tuple(data.shape[:3]) if data.ndim >= 3 else tuple(data.shape))
+    if data.ndim < 3:
+        return _File(tuple(data.shape))
+    return _File(tuple(data.shape[:3]), channels=int(np.prod(data.shape[3:], dtype=np.int64)))
 
 
 def _read(path: str, spatial_dims: int, is_mask: bool) -> _File:
@@ -176,7 +179,7 @@ def _entries(datalist: Datalist) -> list[tuple[str, Mapping[str, Any]]]:
 
 
 def validate_datalist(datalist: Datalist, num_classes: int = 2, spatial_dims: int = 2,
-                      unique_stems: bool = False) -> list[DatasetProblem]:
+                      unique_stems: bool = False, in_channels: int | None = None) -> list[DatasetProblem]:
     """Every problem of the files a datalist names, one :class:`DatasetProblem` per file and problem.
 
     Args:
@@ -185,6 +188,8 @@ def validate_datalist(datalist: Datalist, num_classes: int = 2, spatial_dims: in
         num_classes: classes including background (2 for a binary, single-channel network).
         spatial_dims: 2 for PNG/JPEG/... pictures, 3 for NIfTI volumes.
         unique_stems: also report two images with the same file stem (inference names its outputs by stem).
+        in_channels: the network's input channels; a volume with another number of channels is reported
+            (pictures are converted to the configured channels by the transforms).
 
     Returns:
         the problems, in datalist order; empty when the data can be used.
@@ -218,11 +223,12 @@ def validate_datalist(datalist: Datalist, num_classes: int = 2, spatial_dims: in
                                                       f"their outputs would overwrite each other"))
                 continue
             stems[stem] = image
-        problems += _validate_case(image, entry.get("label"), num_classes, spatial_dims)
+        problems += _validate_case(image, entry.get("label"), num_classes, spatial_dims, in_channels)
     return problems
 
 
-def _validate_case(image: str, label: str | None, num_classes: int, spatial_dims: int) -> list[DatasetProblem]:
+def _validate_case(image: str, label: str | None, num_classes: int, spatial_dims: int,
+                   in_channels: int | None = None) -> list[DatasetProblem]:
     try:
         picture = _read(image, spatial_dims, is_mask=False)
     except _Unusable as err:
@@ -230,6 +236,9 @@ def _validate_case(image: str, label: str | None, num_classes: int, spatial_dims
         problems = [DatasetProblem(image, str(err))]
     else:
         problems = []
+        if spatial_dims == 3 and in_channels is not None and picture.channels != in_channels:
+            problems.append(DatasetProblem(image, f"volume has {picture.channels} channel(s), but the network takes "
+                                                  f"in_channels={in_channels}: pass --in_channels {picture.channels}"))
     if label is None:
         return problems
     label = str(label)
@@ -247,13 +256,14 @@ def _validate_case(image: str, label: str | None, num_classes: int, spatial_dims
     return problems
 
 
-def check_dataset(datalist: Datalist, num_classes: int = 2, spatial_dims: int = 2) -> Datalist:
+def check_dataset(datalist: Datalist, num_classes: int = 2, spatial_dims: int = 2,
+                  in_channels: int | None = None) -> Datalist:
     """Returns ``datalist`` unchanged if :func:`validate_datalist` finds nothing, else raises.
 
     The training and evaluation configs call this first, so bad data stops the run before a model is
     built, trained or saved. Raises ``DatasetError`` listing every problem, one line each.
     """
-    problems = validate_datalist(datalist, num_classes, spatial_dims)
+    problems = validate_datalist(datalist, num_classes, spatial_dims, in_channels=in_channels)
     if problems:
         raise DatasetError(problems)
     n = len(_entries(datalist))
@@ -279,11 +289,11 @@ class ScreenedImages:
 
 
 def screen_images(datalist: Sequence[Mapping[str, Any]], spatial_dims: int = 2,
-                  report_file: str | os.PathLike | None = None) -> ScreenedImages:
+                  report_file: str | os.PathLike | None = None, in_channels: int | None = None) -> ScreenedImages:
     """Inference's check: keeps the images that can be segmented, logs an error naming each one that
     cannot, and writes those to ``report_file`` (JSON list of ``{"image", "problem"}``; a stale report of
     an earlier run is removed). Raises ``DatasetError`` only when no image is usable."""
-    problems = validate_datalist(datalist, spatial_dims=spatial_dims, unique_stems=True)
+    problems = validate_datalist(datalist, spatial_dims=spatial_dims, unique_stems=True, in_channels=in_channels)
     bad = {p.path for p in problems}
     good = [dict(entry) for entry in datalist if str(entry.get("image")) not in bad]
     for problem in problems:
@@ -300,8 +310,8 @@ def screen_images(datalist: Sequence[Mapping[str, Any]], spatial_dims: int = 2,
     return ScreenedImages(good, problems, None if report_file is None else str(report_file))
 
 
-def validate_dataset(dataset_dir: str | os.PathLike, num_classes: int = 2,
-                     spatial_dims: int = 2) -> tuple[list[DatasetProblem], int]:
+def validate_dataset(dataset_dir: str | os.PathLike, num_classes: int = 2, spatial_dims: int = 2,
+                     in_channels: int | None = None) -> tuple[list[DatasetProblem], int]:
     """:func:`validate_datalist` for what a user passes as ``--dataset_dir``: a folder with ``images/`` +
     ``masks/``, a folder with ``datalist.json`` (or the JSON itself), or a plain folder of images to
     segment (checked as inference checks it). Problems of the folder itself (missing, empty, unpaired
@@ -314,11 +324,12 @@ def validate_dataset(dataset_dir: str | os.PathLike, num_classes: int = 2,
                 and not (root / DATALIST_NAME).is_file():
             items, problems = pair_images_and_masks(root / "images", root / "masks",
                                                     extensions=IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)
-            return problems + validate_datalist(items, num_classes, spatial_dims) if items else problems, len(items)
+            return (problems + validate_datalist(items, num_classes, spatial_dims, in_channels=in_channels)
+                    if items else problems), len(items)
         if root.is_file() or (root / DATALIST_NAME).is_file():
             lists = load_datalist(root)
-            return validate_datalist(lists, num_classes, spatial_dims), len(_entries(lists))
+            return validate_datalist(lists, num_classes, spatial_dims, in_channels=in_channels), len(_entries(lists))
         items = find_images(root)
-        return validate_datalist(items, num_classes, spatial_dims, unique_stems=True), len(items)
+        return validate_datalist(items, num_classes, spatial_dims, True, in_channels), len(items)
     except DatasetError as err:
         return err.problems or [DatasetProblem(str(root), str(err))], 0
