@@ -10,7 +10,7 @@ What is checked, per file: it opens and decodes completely (a truncated JPEG/PNG
 is a 2D picture for a 2D config and a 3D volume for a 3D one; a mask has the size of its image; mask
 values can be class ids (binary: 0/1 or 0/255 with at most a few grey edge pixels; multi-class:
 integers ``0..num_classes-1``, as :class:`~.transforms.MaskToClassIdsd` accepts them); a volume has no
-NaN or Inf; one file is not listed twice. Grey, palette, RGBA and 16-bit PNGs, empty masks and large
+NaN or Inf and as many channels (4th axis) as the network's ``in_channels``; one file is not listed twice. Grey, palette, RGBA and 16-bit PNGs, empty masks and large
 images are accepted (see :mod:`.readers` for how they are read).
 """
 
