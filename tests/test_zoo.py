@@ -28,6 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zipfile
@@ -140,10 +141,15 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def package(server, weights):
     """The package: exports made, weights (pt/ts/onnx) as large files served next to the zip."""
+    system_tmp = Path(tempfile.gettempdir())
+    before = set(system_tmp.iterdir())
     t0 = time.monotonic()
     result = package_bundle("polyp", out=server["dist"], weights=weights, overrides=SMALL, export=True,
                             large_files_url=server["url"], schema=SCHEMA)
     TIMINGS["package_bundle (copy, ckpt_export, onnx_export, zip)"] = time.monotonic() - t0
+    # nothing left in the system's temporary folder (MONAI's onnx_export leaves the weights there by itself)
+    left = sorted(p.name for p in set(system_tmp.iterdir()) - before if not p.name.startswith("pytest-of-"))
+    assert left == [], f"packaging left {left} in {system_tmp}"
     return result
 
 

@@ -179,17 +179,21 @@ def export_models(
         if not needed.is_file():
             raise PackagingError(f"cannot export: {needed} does not exist")
     written = {}
-    for fmt, cmd in zip(formats, export_commands(bundle, formats, overrides, python)):
-        target = bundle / "models" / EXPORT_FILES[fmt]
-        target.unlink(missing_ok=True)  # never leave an export of other weights behind a failed run
-        logger.info("export %s: %s", fmt, " ".join(cmd))
-        proc = subprocess.run(cmd, cwd=bundle, env=bundle_env(bundle), capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0 or not target.is_file():
-            raise PackagingError(
-                f"export to {target} failed (exit {proc.returncode}): {' '.join(cmd)}\n"
-                f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-            )
-        written[fmt] = target
+    # MONAI's onnx_export exports to a temporary file first and leaves that file's external weights
+    # (<tmp>.data, the size of model.pt) in the temporary folder: give it one that is removed afterwards
+    with tempfile.TemporaryDirectory(prefix="transfuse-export-") as scratch:
+        env = {**bundle_env(bundle), "TMPDIR": scratch}
+        for fmt, cmd in zip(formats, export_commands(bundle, formats, overrides, python)):
+            target = bundle / "models" / EXPORT_FILES[fmt]
+            target.unlink(missing_ok=True)  # never leave an export of other weights behind a failed run
+            logger.info("export %s: %s", fmt, " ".join(cmd))
+            proc = subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=timeout)
+            if proc.returncode != 0 or not target.is_file():
+                raise PackagingError(
+                    f"export to {target} failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+                    f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+                )
+            written[fmt] = target
     return written
 
 
