@@ -156,7 +156,9 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app, self.studies, self.log_path = app, studies, log
-        env = server_env(dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", **ONE_THREAD))
+        scratch = log.parent / f"{log.stem}_tmp"  # MONAI Label leaves a logging config per start in TMPDIR
+        scratch.mkdir(exist_ok=True)
+        env = server_env(dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TMPDIR=str(scratch), **ONE_THREAD))
         self._log = open(log, "w")
         self.proc = subprocess.Popen(
             server_command(app, studies, models, port=self.port), stdout=self._log, stderr=subprocess.STDOUT,
