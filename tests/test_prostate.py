@@ -1,6 +1,7 @@
 """Prostate158 end to end on the two real T2 volumes: preparation, a short slice-wise training,
 evaluation of a whole volume per zone with HD95/ASD in mm, and inference writing a NIfTI mask with
-the input's shape, affine and spacing.
+the input's shape, affine and spacing. The same volumes, rewritten in MSD Task05's layout (two channels,
+the other label order), check the MSD path end to end.
 
 Small on purpose (64x64 in-plane instead of 320x320, 2 epochs of 4 slices): the network does not
 learn much here, so the checks are on the pipeline. The evaluation numbers are checked against the
@@ -154,7 +155,7 @@ def msd_task(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.slow  # a 1-epoch training, an evaluation and an inference on 2-channel volumes: ~25 s
+@pytest.mark.slow  # a 1-epoch training, an evaluation and an inference on 2-channel volumes: ~45 s
 def test_msd_two_channel_volumes_prepare_train_evaluate_infer(msd_task, tmp_path):
     datalist = tmp_path / "datalist.json"
     lists = prepare(msd_task, datalist, val_fraction=0.5, test_fraction=0.0)
