@@ -47,6 +47,7 @@ from PIL import Image
 from skimage.morphology import dilation, disk
 from skimage.segmentation import find_boundaries
 
+from ..data.datalist import file_stem
 from .distances import GEOMETRY_EXTENSIONS, case_spacing, engine_cases
 
 __all__ = ["SegmentationReport", "overlay_contours", "DEFAULT_METRIC_NAMES", "volume_slices_to_show"]
@@ -184,8 +185,7 @@ class SegmentationReport:
 
     def _overlay_stem(self, source: str) -> str:
         """The file stem, prefixed with its folder when another case already used it (``020/t2.nii.gz``)."""
-        name = Path(source).name
-        stem = next((name[: -len(ext)] for ext in GEOMETRY_EXTENSIONS if name.lower().endswith(ext)), Path(source).stem)
+        stem = file_stem(Path(source).name, GEOMETRY_EXTENSIONS) or Path(source).stem
         if stem in self._overlay_names:
             stem = f"{Path(source).parent.name}_{stem}"
         self._overlay_names.add(stem)
