@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Package the TransFuse bundle (a preset of it) for the MONAI model zoo: dist/<name>_v<version>.zip.
+"""Package the TransFuse bundle (one task of it) for the MONAI model zoo: dist/<name>_v<version>.zip.
 
-    python scripts/package_bundle.py --preset polyp --weights models/model.pt --export
-    python scripts/package_bundle.py --preset polyp --weights models/model.pt --export \\
+    python scripts/package_bundle.py --task polyp --weights models/model.pt --export
+    python scripts/package_bundle.py --task polyp --weights models/model.pt --export \\
         --large-files-url https://example.org/transfuse/          # weights next to the zip, for upload
 
-The zip's top folder is <name>/ (default transfuse_<preset>): configs with the preset merged in, the
+The zip's top folder is <name>/ (default transfuse_<task>): configs with the task merged in, the
 transfuse_bundle package (the bundle runs without pip install), models/ (or large_files.yml with URLs and
 sha256), docs/README.md (model card), docs/data_license.txt, LICENSE. Users then run
 
@@ -25,7 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # works from a checkout without pip install
 
-from transfuse_bundle.bundle_folder import PRESETS, BundleFolderError, parse_override  # noqa: E402
+from transfuse_bundle.bundle_folder import BundleFolderError, parse_override  # noqa: E402
+from transfuse_bundle.tasks import task_names  # noqa: E402
 from transfuse_bundle.packaging import package_bundle  # noqa: E402
 
 
@@ -33,11 +34,13 @@ from transfuse_bundle.packaging import package_bundle  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="polyp", choices=sorted(PRESETS),
-                        help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
-    parser.add_argument("--weights", help="state dict to ship as models/model.pt (default: the preset's models/model.pt)")
+    parser.add_argument("--task", "--preset", dest="task", default="polyp", choices=task_names(),
+                        help="a task of configs/tasks/ (--preset is the former name)")
+    parser.add_argument("--weights", help="state dict to ship as models/model.pt (default: models/model.pt)")
+    parser.add_argument("--init-weights", action="store_true",
+                        help="ship untrained weights of the task's network (to train it from MONAI Label)")
     parser.add_argument("--version", help="version to publish; must be in metadata.json's changelog (default: its version)")
-    parser.add_argument("--name", help="bundle name, the zip's top folder (default: transfuse_<preset>)")
+    parser.add_argument("--name", help="bundle name, the zip's top folder (default: transfuse_<task>)")
     parser.add_argument("--out", default="dist", help="output folder (default: dist)")
     parser.add_argument("--large-files-url", metavar="BASE",
                         help="ship the weights as large files: written next to the zip for upload to BASE, "
@@ -50,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        package = package_bundle(args.preset, out=args.out, weights=args.weights, version=args.version, name=args.name,
-                                 large_files_url=args.large_files_url, export=args.export,
+        package = package_bundle(args.task, out=args.out, weights=args.weights, version=args.version, name=args.name,
+                                 large_files_url=args.large_files_url, export=args.export, init_weights=args.init_weights,
                                  overrides=dict(args.overrides), schema=args.schema)
     except (BundleFolderError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from transfuse_bundle.bundle_folder import PRESETS, BundleFolderError, copy_bundle, write_initial_weights
+from transfuse_bundle.bundle_folder import BundleFolderError, copy_bundle, write_initial_weights
 from transfuse_bundle.monailabel_app import install_bundle, server_command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,13 +20,13 @@ def _json(path: Path) -> dict:
 
 
 def test_polyp_folder_is_self_contained(tmp_path):
-    dest = copy_bundle(tmp_path / "transfuse_polyp", preset="polyp", include_models=False)
+    dest = copy_bundle(tmp_path / "transfuse_polyp", task="polyp", include_models=False)
     for name in ("metadata.json", "inference.json", "train.json", "evaluate.json", "logging.conf"):
         assert (dest / "configs" / name).is_file(), name
     assert _json(dest / "configs" / "inference.json") == _json(REPO / "configs" / "inference.json")
     assert (dest / "LICENSE").is_file() and (dest / "transfuse_bundle" / "networks" / "__init__.py").is_file()
     assert not list(dest.rglob("__pycache__"))
-    assert not (dest / "configs" / "presets").exists()
+    assert not (dest / "configs" / "tasks").exists()
     # importable from the folder alone, without the installed package
     code = "import transfuse_bundle, sys; assert transfuse_bundle.__file__.startswith(sys.argv[1]), transfuse_bundle.__file__"
     subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(dest)!r}); {code}", str(dest)],
@@ -45,8 +45,8 @@ def test_overrides_reach_configs_and_metadata(tmp_path):
 
 
 @pytest.mark.slow  # builds a TransFuse-S to write its weights
-def test_prostate_preset_merges_overlays(tmp_path):
-    dest = copy_bundle(tmp_path / "p", preset="prostate", include_models=False)
+def test_prostate_task_merges_overlays(tmp_path):
+    dest = copy_bundle(tmp_path / "p", task="prostate", include_models=False)
     inference = _json(dest / "configs" / "inference.json")
     assert inference["in_channels"] == 1 and inference["out_channels"] == 3
     assert inference["inferer"]["_target_"] == "SliceInferer"
@@ -54,8 +54,6 @@ def test_prostate_preset_merges_overlays(tmp_path):
     meta = _json(dest / "configs" / "metadata.json")
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"]["2"] == "peripheral zone"
     assert meta["version"] == _json(REPO / "configs" / "metadata.json")["version"]
-    for excluded in PRESETS["prostate"].exclude:
-        assert not (dest / "configs" / excluded).exists()
     model = write_initial_weights(dest)
     import torch
 
@@ -66,8 +64,8 @@ def test_prostate_preset_merges_overlays(tmp_path):
 
 
 def test_errors_name_the_problem(tmp_path):
-    with pytest.raises(BundleFolderError, match="unknown preset"):
-        copy_bundle(tmp_path / "x", preset="liver")
+    with pytest.raises(BundleFolderError, match="unknown task 'liver'"):
+        copy_bundle(tmp_path / "x", task="liver")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "file").write_text("x")
     with pytest.raises(BundleFolderError, match="not empty"):

@@ -18,3 +18,46 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert ci_lines[-1] == commands[1]
     assert "monai.bundle run training --config_file configs/train.json" in commands[0]
+
+
+def _config_texts():
+    """Every JSON config of configs/ (tasks, options, recipes, networks included) with its path."""
+    import json
+
+    for path in sorted((ROOT / "configs").rglob("*.json")):
+        yield path, json.loads(path.read_text())
+
+
+def test_no_config_addresses_a_list_element_by_index():
+    """Overlays and references target names (``train#augment``), never positions (``...#transforms#5``):
+    inserting a transform into a list must not silently retarget another file."""
+    import re
+
+    index = re.compile(r"#\d+(#|\b)")
+    found = []
+
+    def walk(node, path, where):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if index.search(key):
+                    found.append(f"{path}: key {where}{key}")
+                walk(value, path, f"{where}{key}#")
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, path, where)
+        elif isinstance(node, str) and node[:1] in "$@%" and index.search(node):
+            found.append(f"{path}: {where[:-1]} = {node[:80]}")
+
+    for path, config in _config_texts():
+        walk(config, path.relative_to(ROOT), "")
+    assert not found, "configs address list elements by index:\n" + "\n".join(found)
+
+
+def test_readme_task_table_lists_the_registry():
+    """README's table of tasks names exactly the folders of configs/tasks/ (the registry is the one list)."""
+    from transfuse_bundle.tasks import task_names
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Tasks", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1].strip(" `") for line in section.splitlines() if line.startswith("| `")]
+    assert rows == task_names()
