@@ -287,9 +287,9 @@ def write_initial_weights(bundle: str | os.PathLike, config: str = "inference.js
 
     MONAI Label ignores a bundle without weights; with these it serves an untrained model that
     annotators then train through ``/train``. An existing ``model.pt`` is an error: it is never replaced.
+    The network is built by this ``transfuse_bundle`` (already imported, so a bundle root on ``sys.path``
+    would not change which copy ``_target_`` resolves to); the bundle's configs choose what is built.
     """
-    import sys
-
     import torch
     from monai.bundle import ConfigParser
 
@@ -303,11 +303,7 @@ def write_initial_weights(bundle: str | os.PathLike, config: str = "inference.js
     if "pretrained" in parser:
         parser["pretrained"] = False  # never download ImageNet weights here
     torch.manual_seed(seed)
-    sys.path.insert(0, str(bundle))
-    try:
-        network = parser.get_parsed_content("network_def", instantiate=True)
-    finally:
-        sys.path.remove(str(bundle))
+    network = parser.get_parsed_content("network_def", instantiate=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), target)
     return target
