@@ -1,13 +1,8 @@
-"""Benchmark TransFuse S / L / L* against the official computation and MONAI's networks.
+"""Benchmark TransFuse S / L / L* against the official computation ("official-S") and MONAI's networks.
 
-One process, one thread setting. For every model and input size it measures parameters, GMACs,
-batch-1 latency (median after warm-up), batch throughput, a training step (forward + backward +
-Adam) and the process's peak memory; TransFuse also in its fast inference modes
-(BatchNorm folded, linears on oneDNN, channels-last; and bf16 autocast where the hardware has native
-bf16). Our S's speed-ups against official-S are also measured with the two models called in turn
-in every iteration (``speedup_interleaved_vs_official_*``), the ratio to trust on a shared machine.
-Writes ``OUT.json`` and ``OUT.md``. "official-S" is TransFuse-S computed exactly as the official code
-does it (see transfuse_bundle.benchmarking).
+One process, one thread setting: parameters, GMACs, batch-1 latency, throughput, a training step and peak
+memory per model and size, TransFuse also in its fast inference modes, and our S's speed-ups against
+official-S (what each figure means: transfuse_bundle.benchmarking). Writes OUT.json and OUT.md.
 
     transfuse-benchmark --threads 2 --out docs/benchmark
     transfuse-benchmark --tiny --out /tmp/bench      # seconds; what the test suite runs

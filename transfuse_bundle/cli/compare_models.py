@@ -1,9 +1,8 @@
 """Train and evaluate TransFuse, its ablations, TransUNet and MedT with the same budget and data.
 
-Every model goes through the bundle's own configs (train.json, evaluate.json) with a
-``configs/networks/*.json`` overlay or ``network_def`` overrides, so losses, augmentation, data
-and metrics are identical. Writes ``OUT/comparison.json`` and ``OUT/comparison.md`` with
-parameters, batch-1 latency, Dice, IoU, HD95 and ASD (evaluated at the original resolution).
+Every model goes through the bundle's own configs (see transfuse_bundle.comparison). Writes
+OUT/comparison.json and OUT/comparison.md with parameters, batch-1 latency, Dice, IoU, HD95 and ASD
+(evaluated at the original resolution) and the training time.
 
     transfuse-compare --dataset_dir DATALIST_OR_FOLDER --image_size 128 128 --epochs 5 --out runs/comparison
     python scripts/compare_models.py ...      # the same from a checkout

@@ -5,12 +5,10 @@
         --json load_test.json
     python scripts/load_test.py ...      # the same from a checkout
 
-Each request posts one image to ``/infer/MODEL?output=image`` as a multipart upload (as 3D Slicer and the
-REST examples do) and must return HTTP 200 with a valid label map: a PNG that decodes, has the input's
-height and width, and holds only 0 and the model's label ids (from ``/info``). Reported: errors (HTTP,
-exceptions, invalid masks), client-side latency p50 / p95 / max, throughput, and, given ``--pid``, the
-server process's resident memory (``VmRSS`` from ``/proc/PID/status``) before and after, plus its peak
-(``VmHWM``). Exit status 1 when any request failed. Images are cycled when there are fewer than requests.
+Every answer must be HTTP 200 with a PNG label map of the input's size holding only 0 and the model's
+label ids. Reported: errors, latency p50 / p95 / max, throughput and, given --pid, the server's memory
+before, after and at its peak (see transfuse_bundle.monailabel_load). Exit status 1 when any request
+failed, 2 when the test cannot start (no images, unknown model, server unreachable).
 """
 
 from __future__ import annotations
