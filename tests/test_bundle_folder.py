@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +30,8 @@ def test_polyp_folder_is_self_contained(tmp_path):
     assert not (dest / "configs" / "tasks").exists()
     # importable from the folder alone, without the installed package
     code = "import transfuse_bundle, sys; assert transfuse_bundle.__file__.startswith(sys.argv[1]), transfuse_bundle.__file__"
-    subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(dest)!r}); {code}", str(dest)],
-                   check=True, cwd=tmp_path)
+    subprocess.run([sys.executable, "-S", "-c", code, str(dest)], check=True, cwd=tmp_path,
+                   env={**os.environ, "PYTHONPATH": str(dest)})
 
 
 def test_overrides_reach_configs_and_metadata(tmp_path):

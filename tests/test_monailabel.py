@@ -19,8 +19,9 @@ The checks follow issue #5: ``/info``; inference by id and by upload (PNG of the
 {0, 1}, Dice with the ground truth); ``/train`` for one epoch rewrites ``models/model.pt`` and the app
 reloads it; the prostate bundle returns a NIfTI label with the volume's shape and affine; the server log
 never has "Checkpoint keys don't match". Issue #7: the server listens on 127.0.0.1 only; a bounded load
-test (``scripts/load_test.py``: 40 uploads of real Kvasir-SEG images, 4 at a time) has zero errors and
-only valid masks, and its latency and the server's memory are reported. The time of each step and the
+test (``transfuse_bundle.monailabel_load``, the ``transfuse-load-test`` command: 40 uploads of real
+Kvasir-SEG images, 4 at a time) has zero errors and only valid masks, and its latency and the server's
+memory are reported. The time of each step and the
 load figures are printed at the end of the module (and written to ``timings.json`` and
 ``load_test.json`` in the module's tmp folder).
 
@@ -286,13 +287,10 @@ def test_server_listens_on_loopback_only(server):
 def test_load_40_uploads_4_concurrent_all_valid(server):
     """Issue #7: 40 inference uploads of real Kvasir-SEG images (original sizes), 4 in flight at once:
     zero errors, every mask a PNG of the input's size with values in {0} | the model's label ids."""
-    import importlib.util
+    from transfuse_bundle.monailabel_load import run_load_test
 
-    spec = importlib.util.spec_from_file_location("load_test", REPO / "scripts" / "load_test.py")
-    load_test = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(load_test)
     images = sorted((KVASIR / "images").glob("*.jpg"))[N_STUDIES:N_STUDIES + LOAD_IMAGES]
-    report = load_test.run_load_test(server.url, POLYP, images, LOAD_REQUESTS, LOAD_CONCURRENCY, pid=server.proc.pid)
+    report = run_load_test(server.url, POLYP, images, LOAD_REQUESTS, LOAD_CONCURRENCY, pid=server.proc.pid)
     (server.root / "load_test.json").write_text(json.dumps(report, indent=2))
     TIMINGS[f"load: {LOAD_REQUESTS} uploads, {LOAD_CONCURRENCY} at a time (wall)"] = report["wall_s"]
     TIMINGS["  load: latency p50"] = report["p50_s"]

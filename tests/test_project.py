@@ -61,3 +61,25 @@ def test_readme_task_table_lists_the_registry():
     section = text.split("## Tasks", 1)[1].split("\n## ", 1)[0]
     rows = [line.split("|")[1].strip(" `") for line in section.splitlines() if line.startswith("| `")]
     assert rows == task_names()
+
+
+def _repository_files() -> list[Path]:
+    """Tracked and untracked-but-not-ignored files (git), or, without git, the files of the top-level folders."""
+    import subprocess
+
+    try:
+        listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                                 capture_output=True, check=True).stdout.decode()
+        files = [ROOT / name for name in listing.split("\0") if name]
+    except (OSError, subprocess.CalledProcessError):  # an unpacked archive: no .git
+        files = [p for top in ROOT.iterdir() if not top.name.startswith(".") or top.name == ".ci"
+                 for p in ([top] if top.is_file() else top.rglob("*"))]
+    return [p for p in files if p.is_file() and "__pycache__" not in p.parts]
+
+
+def test_nothing_edits_sys_path():
+    """The package is imported because it is installed (pip install -e .) or is the bundle root MONAI puts on the
+    path, never because a file pushes a folder onto sys.path (issue 13)."""
+    needle = b"sys.path." + b"insert"  # spelt in two parts so that this file does not match itself
+    offenders = [str(p.relative_to(ROOT)) for p in _repository_files() if needle in p.read_bytes()]
+    assert not offenders, f"{needle.decode()} in {offenders}: import the installed package instead"

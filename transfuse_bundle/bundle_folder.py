@@ -258,10 +258,10 @@ def describe_network(metadata: dict[str, Any], train: Mapping[str, Any], inferen
 
 
 def bundle_network(bundle: str | os.PathLike, config: str = "inference.json") -> Any:
-    """The untrained ``network_def`` of a bundle folder's ``config``, built with the folder's own package copy
-    (``pretrained`` off: nothing is downloaded)."""
-    import sys
+    """The untrained ``network_def`` of a bundle folder's ``config`` (``pretrained`` off: nothing is downloaded).
 
+    It is built by this ``transfuse_bundle`` (already imported, so a bundle root on ``sys.path`` would not
+    change which copy ``_target_`` resolves to); the bundle's configs choose what is built."""
     from monai.bundle import ConfigParser
 
     bundle = Path(bundle).resolve()
@@ -270,11 +270,7 @@ def bundle_network(bundle: str | os.PathLike, config: str = "inference.json") ->
     parser["bundle_root"] = str(bundle)
     if "pretrained" in parser:
         parser["pretrained"] = False  # never download ImageNet weights here
-    sys.path.insert(0, str(bundle))
-    try:
-        return parser.get_parsed_content("network_def", instantiate=True)
-    finally:
-        sys.path.remove(str(bundle))
+    return parser.get_parsed_content("network_def", instantiate=True)
 
 
 def check_weights_fit(bundle: str | os.PathLike, weights: str | os.PathLike) -> None:

@@ -54,6 +54,7 @@ __all__ = [
     "bundle_name",
     "sha256",
     "bundle_env",
+    "cli_arguments",
     "export_commands",
     "export_models",
     "write_large_files",
@@ -126,8 +127,12 @@ def bundle_env(bundle: str | os.PathLike, base: Mapping[str, str] | None = None)
     return env
 
 
-def _cli_value(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+def cli_arguments(overrides: Mapping[str, Any]) -> list[str]:
+    """``{ID: value}`` -> ``["--ID", "text", ...]`` for ``python -m monai.bundle``, the inverse of
+    :func:`~transfuse_bundle.bundle_folder.parse_override`: strings as they are, other values as JSON
+    (which MONAI's CLI reads back as Python literals)."""
+    return [text for key, value in overrides.items()
+            for text in (f"--{key}", value if isinstance(value, str) else json.dumps(value))]
 
 
 def export_commands(
@@ -141,9 +146,7 @@ def export_commands(
     if unknown:
         raise PackagingError(f"unknown export format(s) {unknown}; expected some of {sorted(EXPORT_FILES)}")
     common = ["--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json",
-              "--config_file", "configs/inference.json"]
-    for key, value in (overrides or {}).items():
-        common += [f"--{key}", _cli_value(value)]
+              "--config_file", "configs/inference.json", *cli_arguments(overrides or {})]
     exe = python or sys.executable
     commands = []
     for fmt in formats:
