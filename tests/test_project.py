@@ -63,6 +63,23 @@ def test_readme_task_table_lists_the_registry():
     assert rows == task_names()
 
 
+def test_readme_task_commands_are_the_registry_s():
+    """The commands README shows for each task are those ``python -m transfuse_bundle.tasks`` prints (the merge
+    order of transfuse_bundle.tasks.CHAINS), so the docs cannot drift from the task folders."""
+    import subprocess
+    import sys
+
+    from transfuse_bundle.tasks import commands, task_names
+
+    section = (ROOT / "README.md").read_text().split("## Tasks", 1)[1].split("\n## ", 1)[0]
+    shown = [line.removesuffix(" --dataset_dir DIR") for line in section.split("```bash\n", 1)[1].split("```")[0].splitlines()
+             if line.startswith("python -m monai.bundle")]
+    assert shown == [command for task in task_names() for command in commands(task).values()]
+    printed = subprocess.run([sys.executable, "-m", "transfuse_bundle.tasks"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout
+    assert all(command in printed for command in shown)
+
+
 def _repository_files() -> list[Path]:
     """Tracked and untracked-but-not-ignored files (git), or, without git, the files of the top-level folders."""
     import subprocess
