@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,56 @@ def test_server_command_is_offline():
     joined = " ".join(cmd)
     assert "--conf models a,b" in joined and "--conf zoo_source github" in joined and "--conf sam2 false" in joined
     assert "--host 127.0.0.1 --port 1234" in joined
+
+
+def test_registry_lists_task_folders_and_their_merge_order(tmp_path):
+    from transfuse_bundle.tasks import TaskError, config_files, task_names
+
+    assert task_names() == ["hip", "isic2017", "polyp", "prostate"]
+    rel = [p.relative_to(REPO / "configs").as_posix() for p in config_files("evaluate.json", "prostate")]
+    assert rel == ["train.json", "tasks/prostate/task.json", "tasks/prostate/train.json", "evaluate.json",
+                   "tasks/prostate/evaluate.json"]
+    assert [p.name for p in config_files("inference.json", None)] == ["inference.json"]
+    # a copy of the repository's configs with a fifth task, a folder without task.json and a stray file
+    source = tmp_path / "repo"
+    shutil.copytree(REPO / "configs", source / "configs")
+    (source / "configs" / "tasks" / "liver").mkdir()
+    (source / "configs" / "tasks" / "liver" / "task.json").write_text('{"out_channels": 2}')
+    (source / "configs" / "tasks" / "notes").mkdir()
+    assert task_names(source) == ["hip", "isic2017", "liver", "polyp", "prostate"]
+    assert [p.name for p in config_files("train.json", "liver", source)] == ["train.json", "task.json"]
+    (source / "configs" / "tasks" / "liver" / "inferance.json").write_text("{}")
+    with pytest.raises(TaskError, match=r"liver.*unexpected \['inferance.json'\]"):
+        config_files("inference.json", "liver", source)
+    with pytest.raises(TaskError, match="unknown task 'notes'"):
+        config_files("train.json", "notes", source)
+
+
+@pytest.mark.slow  # builds three TransFuse-S networks
+def test_weights_of_another_task_or_size_are_refused_before_shipping(tmp_path):
+    """Weights are checked against the task's network (keys, shapes) by packaging and the MONAI Label
+    installer; the message names the file and the first differences, nothing is written."""
+    from transfuse_bundle.bundle_folder import check_weights_fit
+    from transfuse_bundle.packaging import PackagingError, package_bundle
+
+    polyp = copy_bundle(tmp_path / "polyp", task="polyp", overrides={"image_size": [64, 64]}, include_models=False)
+    weights = write_initial_weights(polyp)
+    check_weights_fit(polyp, weights)  # its own weights fit
+    hip = copy_bundle(tmp_path / "hip", task="hip", overrides={"image_size": [64, 64]}, include_models=False)
+    with pytest.raises(BundleFolderError, match=r"model.pt does not fit .*has shape \[1[,\]].*the network \[4[,\]]"):
+        check_weights_fit(hip, weights)
+    with pytest.raises(PackagingError, match=r"does not fit .*pos_embed"):  # the 64x64 grid vs the task's 352x352
+        package_bundle("polyp", out=tmp_path / "dist", weights=weights)
+    assert not list((tmp_path / "dist").glob("*.zip")) and not list((tmp_path / "dist").iterdir())
+    # the MONAI Label installer refuses them too, and leaves the folder it was asked to replace as it was
+    from transfuse_bundle.monailabel_app import ensure_app
+
+    app = ensure_app(tmp_path / "apps" / "monaibundle")
+    served = app / "model" / "transfuse_hip"
+    served.mkdir()
+    (served / "marker").write_text("the user's bundle")
+    with pytest.raises(BundleFolderError, match=r"model.pt does not fit the network of transfuse_hip/configs/inference.json"):
+        install_bundle(app, "transfuse_hip", task="hip", overrides={"image_size": [64, 64]}, weights=weights,
+                       overwrite=True)
+    assert [p.name for p in served.iterdir()] == ["marker"]
+    assert [p.name for p in (app / "model").iterdir()] == ["transfuse_hip"]  # no staging folder left

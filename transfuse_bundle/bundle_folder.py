@@ -290,7 +290,7 @@ def check_weights_fit(bundle: str | os.PathLike, weights: str | os.PathLike) -> 
     if problems:
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise BundleFolderError(
-            f"{weights} does not fit the network of {Path(bundle) / 'configs' / 'inference.json'} "
+            f"{weights} does not fit the network of {Path(bundle).name}/configs/inference.json "
             f"(in_channels, out_channels, image_size or variant differ): {shown}"
         )
 

@@ -321,7 +321,10 @@ def package_bundle(
         if init_weights:
             write_initial_weights(bundle)
         else:
-            check_weights_fit(bundle, weights)
+            try:
+                check_weights_fit(bundle, weights)
+            except BundleFolderError as e:
+                raise PackagingError(str(e)) from None
         meta_path = bundle / "configs" / "metadata.json"
         meta = read_json_object(meta_path)
         version = version or meta.get("version")
