@@ -290,14 +290,14 @@ def package_bundle(
         init_weights: ship untrained (seeded) weights of the task's network instead of ``weights``, for
             tests and for users who will train the bundle from MONAI Label.
     """
+    src = source_root(source)
     try:
-        task_dir(task, source_root(source))
+        task_dir(task, src)
     except TaskError as e:
         raise PackagingError(str(e)) from None
     name = name or bundle_name(task)
     if not NAME_PATTERN.match(name):
         raise PackagingError(f"bad bundle name {name!r}: use letters, digits and underscores, starting with a letter")
-    src = source_root(source)
     if init_weights and weights is not None:
         raise PackagingError("pass either weights or init_weights, not both")
     if not init_weights:
@@ -318,13 +318,6 @@ def package_bundle(
         # exports are made from these weights below, never copied from the source's models/
         bundle = copy_bundle(Path(staging) / name, task=task, overrides=overrides, weights=weights,
                              include_models=False, source=src)
-        if init_weights:
-            write_initial_weights(bundle)
-        else:
-            try:
-                check_weights_fit(bundle, weights)
-            except BundleFolderError as e:
-                raise PackagingError(str(e)) from None
         meta_path = bundle / "configs" / "metadata.json"
         meta = read_json_object(meta_path)
         version = version or meta.get("version")
@@ -343,6 +336,14 @@ def package_bundle(
             raise PackagingError(f"the package of {src} would lack {missing}: add them to the repository")
         if schema is not None:
             _verify_metadata(meta_path, Path(schema))
+        # the network is built only after the cheap checks above
+        if init_weights:
+            write_initial_weights(bundle)
+        else:
+            try:
+                check_weights_fit(bundle, weights)
+            except BundleFolderError as e:
+                raise PackagingError(str(e)) from None
         if export:
             export_models(bundle)
 
