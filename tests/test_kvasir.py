@@ -50,7 +50,7 @@ def _constant_prediction_scores(masks: list[np.ndarray], polyp: bool) -> dict[st
 
 
 @pytest.mark.slow
-def test_kvasir_short_training_beats_trivial_baselines(tmp_path):
+def test_kvasir_short_training_beats_trivial_baselines(tmp_path, check_binary_report):
     assert (KVASIR / "images").is_dir(), f"the real-data check needs Kvasir-SEG at {KVASIR}"
     lists = write_datalist(KVASIR, tmp_path / "datalist.json", num_training=96, num_validation=16, num_test=24, seed=0)
     common = ["--dataset_dir", str(tmp_path / "datalist.json"), "--bundle_root", str(tmp_path / "bundle"),
@@ -71,3 +71,5 @@ def test_kvasir_short_training_beats_trivial_baselines(tmp_path):
     assert metrics["accuracy"] > all_polyp["accuracy"] + 0.3
     assert metrics["hd95"] is not None and metrics["hd95"] > 0
     assert len(list((out / "overlays").glob("*.png"))) == 8
+    check_binary_report(metrics, out, num_cases=24)
+

@@ -116,9 +116,10 @@ def test_polyp_preset_trains_at_three_sizes_on_kvasir(tmp_path):
 
 
 @pytest.mark.slow
-def test_isic2017_preset_on_ph2_prepare_train_evaluate(tmp_path):
+def test_isic2017_preset_on_ph2_prepare_train_evaluate(tmp_path, check_binary_report):
     """PH2 dermoscopy through the whole path: prepare (folder layout), one epoch with the isic2017
-    preset at 48x64, evaluation at the original resolution (about 765x570)."""
+    preset at 48x64, evaluation at the original resolution (about 765x570), with the ISIC 2017 challenge
+    metrics (sensitivity, specificity, thresholded Jaccard) and the toolbox metrics in the report."""
     datalist = tmp_path / "ph2" / "datalist.json"
     lists = prepare(DATA / "ph2", datalist, layout="folder", val_fraction=0.05, test_fraction=0.05)
     assert len(lists["test"]) == 5 and len(lists["training"]) + len(lists["validation"]) == 95
@@ -134,7 +135,8 @@ def test_isic2017_preset_on_ph2_prepare_train_evaluate(tmp_path):
     assert metrics["num_cases"] == 5
     for key in ("mean_dice", "mean_iou", "accuracy"):
         assert 0.0 <= metrics[key] <= 1.0
-    assert metrics["hd95"] is None or metrics["hd95"] >= 0
+    assert metrics["hd95"] > 0  # every case counted, empty predictions at the image diagonal
+    check_binary_report(metrics, out, num_cases=5)  # ISIC 2017 metrics, NSD, empty counts, toolbox metrics
     sizes = {Image.open(case["image"]).size for case in lists["test"]}
     overlays = sorted((out / "overlays").glob("*.png"))
     assert len(overlays) == 5 and {Image.open(p).size for p in overlays} <= sizes
