@@ -193,7 +193,7 @@ def test_hip_preset_with_sliding_window_on_synthetic_grey_xrays(tmp_path):
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     print(f"hip synthetic, sliding window: {metrics}")
     assert set(metrics["per_class"]) == {"pelvis", "left femur", "right femur"}
-    assert metrics["units"] == {"hd95": "mm", "asd": "mm"}
+    assert metrics["units"] == {"hd95": "mm", "asd": "mm", "nsd_tolerance": "mm"}
     assert all(0.0 <= c["mean_dice"] <= 1.0 for c in metrics["per_class"].values())
 
     # the same windows for inference: one label PNG per test image, at its size, with class ids
