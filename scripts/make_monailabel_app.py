@@ -1,58 +1,8 @@
 #!/usr/bin/env python
-"""Put the TransFuse bundle (a preset of it) into MONAI Label's monaibundle app, ready to serve.
-
-    python scripts/make_monailabel_app.py --app apps/monaibundle --name transfuse_polyp --preset polyp
-    python scripts/make_monailabel_app.py --app apps/monaibundle --name transfuse_prostate --preset prostate \\
-        --init-weights
-    TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 python -m monailabel.main start_server --app apps/monaibundle \\
-        --studies STUDIES --conf models transfuse_polyp --conf zoo_source github --conf sam2 false \\
-        --host 127.0.0.1
-
-The app is copied from the installed monailabel wheel when ``--app`` does not exist; the bundle folder
-(configs with the preset merged in, the transfuse_bundle package, models/, docs/, LICENSE) is written to
-``APP/model/NAME``. See docs/monailabel.md.
-"""
-
-from __future__ import annotations
-
-import argparse
+"""``transfuse-monailabel-app`` from a checkout (after ``pip install -e .``); options: ``--help``, code: transfuse_bundle/cli/make_monailabel_app.py."""
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # works from a checkout without pip install
-
-from transfuse_bundle.bundle_folder import PRESETS, BundleFolderError, parse_override  # noqa: E402
-from transfuse_bundle.monailabel_app import install_bundle, server_command  # noqa: E402
-
-
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--app", required=True, help="monaibundle app folder (made from the monailabel wheel if missing)")
-    parser.add_argument("--name", required=True, help="bundle folder / MONAI Label model name, e.g. transfuse_polyp")
-    parser.add_argument("--preset", default="polyp", choices=sorted(PRESETS),
-                        help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
-    parser.add_argument("--weights", help="a state dict to install as models/model.pt (default: the repository's models/)")
-    parser.add_argument("--init-weights", action="store_true",
-                        help="write untrained weights when there is no model.pt (to train from MONAI Label)")
-    parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="ID=JSON",
-                        help="set a config id in the copy, e.g. --set image_size=[256,256] (repeatable)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing APP/model/NAME")
-    args = parser.parse_args(argv)
-    try:
-        bundle = install_bundle(args.app, args.name, preset=args.preset, overrides=dict(args.overrides),
-                                weights=args.weights, init_weights=args.init_weights, overwrite=args.overwrite)
-    except (BundleFolderError, ModuleNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"bundle folder: {bundle}")
-    print("start the server with:")
-    # weights-only torch.load in the server whatever torch's default (docs/monailabel.md, Security)
-    print("  TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 " + " ".join(server_command(Path(args.app).resolve(), "STUDIES",
-                                                                           [args.name], port=8000)))
-    return 0
-
+from transfuse_bundle.cli.make_monailabel_app import main
 
 if __name__ == "__main__":
     sys.exit(main())

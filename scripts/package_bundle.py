@@ -1,66 +1,8 @@
 #!/usr/bin/env python
-"""Package the TransFuse bundle (a preset of it) for the MONAI model zoo: dist/<name>_v<version>.zip.
-
-    python scripts/package_bundle.py --preset polyp --weights models/model.pt --export
-    python scripts/package_bundle.py --preset polyp --weights models/model.pt --export \\
-        --large-files-url https://example.org/transfuse/          # weights next to the zip, for upload
-
-The zip's top folder is <name>/ (default transfuse_<preset>): configs with the preset merged in, the
-transfuse_bundle package (the bundle runs without pip install), models/ (or large_files.yml with URLs and
-sha256), docs/README.md (model card), docs/data_license.txt, LICENSE. Users then run
-
-    python -m monai.bundle download --name transfuse_polyp --version 0.1.0 --url URL/transfuse_polyp_v0.1.0.zip \\
-        --bundle_dir BUNDLES
-    python -m monai.bundle download_large_files --bundle_path BUNDLES/transfuse_polyp   # large-files mode only
-
-See docs/README.md ("Model zoo").
-"""
-
-from __future__ import annotations
-
-import argparse
-import logging
+"""``transfuse-package`` from a checkout (after ``pip install -e .``); options: ``--help``, code: transfuse_bundle/cli/package_bundle.py."""
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # works from a checkout without pip install
-
-from transfuse_bundle.bundle_folder import PRESETS, BundleFolderError, parse_override  # noqa: E402
-from transfuse_bundle.packaging import package_bundle  # noqa: E402
-
-
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="polyp", choices=sorted(PRESETS),
-                        help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
-    parser.add_argument("--weights", help="state dict to ship as models/model.pt (default: the preset's models/model.pt)")
-    parser.add_argument("--version", help="version to publish; must be in metadata.json's changelog (default: its version)")
-    parser.add_argument("--name", help="bundle name, the zip's top folder (default: transfuse_<preset>)")
-    parser.add_argument("--out", default="dist", help="output folder (default: dist)")
-    parser.add_argument("--large-files-url", metavar="BASE",
-                        help="ship the weights as large files: written next to the zip for upload to BASE, "
-                             "listed with sha256 in large_files.yml")
-    parser.add_argument("--export", action="store_true",
-                        help="also write models/model.ts (ckpt_export, TorchScript) and models/model.onnx (onnx_export)")
-    parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="ID=JSON",
-                        help="set a config id in the package, e.g. --set image_size=[256,256] (repeatable)")
-    parser.add_argument("--schema", help="local copy of the metadata schema: verify the package's metadata.json against it")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        package = package_bundle(args.preset, out=args.out, weights=args.weights, version=args.version, name=args.name,
-                                 large_files_url=args.large_files_url, export=args.export,
-                                 overrides=dict(args.overrides), schema=args.schema)
-    except (BundleFolderError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"package: {package.zip_path}")
-    for path, file in package.large_files.items():
-        print(f"upload {file} (bundle path {path}) so that it is served at the URL listed in large_files.yml")
-    return 0
-
+from transfuse_bundle.cli.package_bundle import main
 
 if __name__ == "__main__":
     sys.exit(main())

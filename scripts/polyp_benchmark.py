@@ -1,3 +1,8 @@
-"""Table 1 on PraNet's polyp test sets: see transfuse_bundle/metrics/polyp_benchmark.py (or transfuse-polyp-benchmark)."""
-from transfuse_bundle.metrics.polyp_benchmark import main
-raise SystemExit(main())
+#!/usr/bin/env python
+"""``transfuse-polyp-benchmark`` from a checkout (after ``pip install -e .``); options: ``--help``, code: transfuse_bundle/cli/polyp_benchmark.py."""
+import sys
+
+from transfuse_bundle.cli.polyp_benchmark import main
+
+if __name__ == "__main__":
+    sys.exit(main())

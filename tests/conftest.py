@@ -1,7 +1,18 @@
-"""Shared test setup. Tests never download: hubs are switched off before anything imports them."""
+"""Shared test setup and helpers. Tests never download: hubs are switched off before anything imports them.
+
+The helpers below are imported by the test modules (``from conftest import ...``): running the bundle CLI
+and workflows, the MONAI Label server subprocess, the synthetic hip X-rays, a malicious pickle, the checks
+of a binary evaluation report.
+"""
+
+from __future__ import annotations
 
 import csv
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +37,170 @@ def pytest_report_header(config):
     return f"free disk for temporary files: {free_gb:.1f} GB (the suite needs about {SUITE_DISK_GB} GB){warning}"
 
 
-@pytest.fixture
-def check_binary_report():
-    """The report checks shared by the real-data trainings (Kvasir-SEG, PH2): see :func:`_check_binary_report`."""
-    return _check_binary_report
+def _hip_case(rng, h: int = 96, w: int = 128):
+    """A grey (H, W) uint8 image and its (H, W) class-id mask: pelvis band at the top, left and
+    right femoral heads below it, each bone brighter than the soft tissue with its own texture."""
+    import numpy as np
+
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    mask = np.zeros((h, w), np.uint8)
+    top = rng.uniform(0.12, 0.22) * h
+    mask[(yy > top) & (yy < top + rng.uniform(0.18, 0.25) * h) & (np.abs(xx - w / 2) < rng.uniform(0.3, 0.42) * w)] = 1
+    for label, cx in ((2, rng.uniform(0.2, 0.32) * w), (3, rng.uniform(0.68, 0.8) * w)):
+        cy, radius = rng.uniform(0.58, 0.7) * h, rng.uniform(0.1, 0.15) * h
+        mask[np.hypot(yy - cy, xx - cx) < radius] = label
+    image = 60 + 25 * np.sin(xx / 7.0) * (mask == 0) + np.array([0, 170, 130, 200], np.float32)[mask]
+    return np.clip(image + rng.normal(0, 8, (h, w)), 0, 255).astype(np.uint8), mask
 
 
-def _check_binary_report(metrics: dict, out: Path, num_cases: int) -> None:
-    """Range and consistency of a binary 2D evaluation report whose images all hold the foreground: the
+def write_hip_dataset(root, count: int, seed: int = 7):
+    """Writes ``root/images/hip_NN.png`` (grey) and ``root/masks/hip_NN.png`` (class ids 0-3): no hip X-rays
+    are available, so the hip task is tested on these synthetic three-bone images. Returns ``root``."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        image, mask = _hip_case(rng)
+        Image.fromarray(image, mode="L").save(root / "images" / f"hip_{index:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"hip_{index:02d}.png")
+    return root
+
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+# One intra-op thread per subprocess: on a shared 2-core machine, 2 OpenMP threads per process made a
+# training step 3-50x slower whenever another process was busy (measured), 1 thread is ~0.4 s either way.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def run_command(cmd: list, cwd: Path = REPO, env: dict | None = None, timeout: float = 600,
+                check: bool = True) -> subprocess.CompletedProcess:
+    """Runs ``cmd`` (bounded time) and, unless ``check`` is false, fails with its output when it did not succeed."""
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, (f"{' '.join(map(str, cmd))}: exit {proc.returncode}\n"
+                                      f"STDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def bundle_cli(*args, cwd: Path = REPO, env: dict | None = None, timeout: float = 600,
+               check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle ARGS``, the user's command, through :func:`run_command`."""
+    return run_command([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, timeout=timeout, check=check)
+
+
+def run_workflow(config_file, workflow_type: str, meta_file=None, **overrides):
+    """The zoo's bundle test: ``ConfigWorkflow`` initialize, check the properties, run, finalize."""
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(config_file=config_file, meta_file=meta_file or str(REPO / "configs" / "metadata.json"),
+                              logging_file=str(REPO / "configs" / "logging.conf"), workflow_type=workflow_type,
+                              **overrides)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+class CreatesFile:
+    """Unpickling this calls ``open(path, "w")``: stands for any code a malicious ``model.pt`` would run."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def require_monailabel() -> str:
+    """The monailabel version; fails (never skips) with the install command when MONAI Label is missing."""
+    import pytest
+
+    from transfuse_bundle.monailabel_app import require_monailabel as installed_version
+
+    try:
+        version = installed_version()
+        import requests  # noqa: F401  (installed by requirements-monailabel.txt)
+    except ModuleNotFoundError as e:
+        pytest.fail(f"MONAI Label tests need monailabel: {e}", pytrace=False)
+    return version
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MonaiLabelServer:
+    """A MONAI Label server subprocess (stock ``monaibundle`` app, 127.0.0.1, a free port) serving ``models``
+    (bundle folders of ``APP/model/``, any number of tasks), with a bounded-timeout HTTP client."""
+
+    def __init__(self, app: Path, studies: Path, models: list[str], log: Path):
+        from transfuse_bundle.monailabel_app import server_command, server_env
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app, self.studies, self.log_path = app, studies, log
+        scratch = log.parent / f"{log.stem}_tmp"  # MONAI Label leaves a logging config per start in TMPDIR
+        scratch.mkdir(exist_ok=True)
+        env = server_env(dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TMPDIR=str(scratch), **ONE_THREAD))
+        self._log = open(log, "w")
+        self.proc = subprocess.Popen(
+            server_command(app, studies, models, port=self.port), stdout=self._log, stderr=subprocess.STDOUT,
+            env=env, cwd=str(app.parent), start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 240.0) -> dict:
+        import pytest
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"MONAI Label server exited with {self.proc.returncode} at start; log:\n{self.log()[-6000:]}")
+            try:
+                r = requests.get(f"{self.url}/info/", timeout=5)
+                if r.status_code == 200:
+                    return r.json()
+            except requests.RequestException:
+                pass
+            time.sleep(1.0)
+        pytest.fail(f"MONAI Label server did not answer /info within {timeout:.0f} s; log:\n{self.log()[-6000:]}")
+
+    def request(self, method: str, path: str, timeout: float, **kwargs):
+        import requests
+
+        r = requests.request(method, f"{self.url}{path}", timeout=timeout, **kwargs)
+        assert r.status_code == 200, f"{method} {path} -> HTTP {r.status_code}: {r.text[:2000]}\nlog:\n{self.log()[-4000:]}"
+        return r
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the server and the training processes it started
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        self._log.close()
+
+
+def check_binary_report(metrics: dict, out: Path, num_cases: int) -> None:
+    """Range and consistency of a binary 2D evaluation report whose images all hold the foreground (the
+    real-data trainings, Kvasir-SEG and PH2): the
     empty-mask counts, NSD, the ISIC 2017 metrics and the polyp toolbox metrics, in metrics.json and
     per_case.csv alike (no NaN or inf anywhere)."""
     rows = list(csv.DictReader(open(out / "per_case.csv")))

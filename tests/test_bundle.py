@@ -23,6 +23,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
+from conftest import run_command, run_workflow
 from transfuse_bundle.data import make_synthetic_case, synthetic_dataset
 from transfuse_bundle.networks import TransFuse
 
@@ -52,22 +53,9 @@ def _cli(*args: str, torchrun: bool = False, timeout: int = 300) -> subprocess.C
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun else [sys.executable]
     env = {**os.environ, "OMP_NUM_THREADS": "1" if torchrun else os.environ.get("OMP_NUM_THREADS", "2")}
     before = _repo_snapshot()
-    result = subprocess.run(
-        [*launcher, "-m", "monai.bundle", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert result.returncode == 0, f"exit {result.returncode}\nSTDOUT:\n{result.stdout[-4000:]}\nSTDERR:\n{result.stderr[-6000:]}"
+    result = run_command([*launcher, "-m", "monai.bundle", *args], env=env, timeout=timeout)
     assert _repo_snapshot() == before, "the bundle command wrote into the repository tree"
     return result
-
-
-def _run_workflow(config_file, workflow_type: str, **overrides) -> ConfigWorkflow:
-    """The zoo's bundle test: initialize, check the properties, run, finalize."""
-    workflow = ConfigWorkflow(config_file=config_file, meta_file=META, logging_file=LOGGING, workflow_type=workflow_type, **overrides)
-    workflow.initialize()
-    assert workflow.check_properties() == []
-    workflow.run()
-    workflow.finalize()
-    return workflow
 
 
 def _save_mask_png(path: Path, mask: np.ndarray) -> None:
@@ -94,7 +82,7 @@ def synthetic(tmp_path_factory) -> Path:
 def trained(tmp_path_factory, synthetic) -> dict:
     """A bundle root with weights from a 2-epoch ConfigWorkflow training, and the workflow."""
     root = tmp_path_factory.mktemp("bundle")
-    workflow = _run_workflow(
+    workflow = run_workflow(
         TRAIN, "train", bundle_root=str(root), dataset_dir=str(synthetic), **SMALL, **{"train#trainer#max_epochs": 2}
     )
     return {"root": root, "workflow": workflow}
@@ -124,7 +112,7 @@ def test_train_workflow_saves_plain_state_dict_and_logs(trained):
 def evaluation(trained, synthetic, tmp_path_factory) -> Path:
     """The output folder of train.json + evaluate.json run on the synthetic test list."""
     out = tmp_path_factory.mktemp("evaluation")
-    _run_workflow([TRAIN, EVALUATE], "train", bundle_root=str(trained["root"]), dataset_dir=str(synthetic), output_dir=str(out), **SMALL)
+    run_workflow([TRAIN, EVALUATE], "train", bundle_root=str(trained["root"]), dataset_dir=str(synthetic), output_dir=str(out), **SMALL)
     return out
 
 
@@ -154,7 +142,7 @@ def test_evaluate_workflow_writes_report_at_original_size(evaluation):
 
 def test_inference_workflow_writes_masks_at_original_size(trained, synthetic, evaluation, tmp_path):
     out = tmp_path / "pred"
-    _run_workflow(INFERENCE, "infer", bundle_root=str(trained["root"]), dataset_dir=str(synthetic), output_dir=str(out), **SMALL)
+    run_workflow(INFERENCE, "infer", bundle_root=str(trained["root"]), dataset_dir=str(synthetic), output_dir=str(out), **SMALL)
     masks = sorted(out.glob("*.png"))
     assert [p.name for p in masks] == ["case_007_seg.png", "case_008_seg.png", "case_009_seg.png"]
     evaluated_dice = {Path(r["filename"]).stem: float(r["dice"]) for r in csv.DictReader(open(evaluation / "per_case.csv"))}
@@ -312,9 +300,9 @@ def test_multiclass_training_and_evaluation(tmp_path):
         "bundle_root": str(tmp_path / "bundle"), "dataset_dir": str(data), "out_channels": 3,
         "class_names": ["background", "lesion_a", "lesion_b"], **SMALL,
     }
-    _run_workflow(TRAIN, "train", **overrides, **{"train#trainer#max_epochs": 1})
+    run_workflow(TRAIN, "train", **overrides, **{"train#trainer#max_epochs": 1})
     out = tmp_path / "eval"
-    _run_workflow([TRAIN, EVALUATE], "train", **overrides, output_dir=str(out))
+    run_workflow([TRAIN, EVALUATE], "train", **overrides, output_dir=str(out))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_cases"] == 6
     assert set(metrics["per_class"]) == {"lesion_a", "lesion_b"}

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from transfuse_bundle.bundle_folder import PRESETS, BundleFolderError, copy_bundle, write_initial_weights
+from transfuse_bundle.bundle_folder import BundleFolderError, copy_bundle, write_initial_weights
 from transfuse_bundle.monailabel_app import install_bundle, server_command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,17 +22,17 @@ def _json(path: Path) -> dict:
 
 
 def test_polyp_folder_is_self_contained(tmp_path):
-    dest = copy_bundle(tmp_path / "transfuse_polyp", preset="polyp", include_models=False)
+    dest = copy_bundle(tmp_path / "transfuse_polyp", task="polyp", include_models=False)
     for name in ("metadata.json", "inference.json", "train.json", "evaluate.json", "logging.conf"):
         assert (dest / "configs" / name).is_file(), name
     assert _json(dest / "configs" / "inference.json") == _json(REPO / "configs" / "inference.json")
     assert (dest / "LICENSE").is_file() and (dest / "transfuse_bundle" / "networks" / "__init__.py").is_file()
     assert not list(dest.rglob("__pycache__"))
-    assert not (dest / "configs" / "presets").exists()
+    assert not (dest / "configs" / "tasks").exists()
     # importable from the folder alone, without the installed package
     code = "import transfuse_bundle, sys; assert transfuse_bundle.__file__.startswith(sys.argv[1]), transfuse_bundle.__file__"
-    subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(dest)!r}); {code}", str(dest)],
-                   check=True, cwd=tmp_path)
+    subprocess.run([sys.executable, "-S", "-c", code, str(dest)], check=True, cwd=tmp_path,
+                   env={**os.environ, "PYTHONPATH": str(dest)})
 
 
 def test_overrides_reach_configs_and_metadata(tmp_path):
@@ -45,8 +47,8 @@ def test_overrides_reach_configs_and_metadata(tmp_path):
 
 
 @pytest.mark.slow  # builds a TransFuse-S to write its weights
-def test_prostate_preset_merges_overlays(tmp_path):
-    dest = copy_bundle(tmp_path / "p", preset="prostate", include_models=False)
+def test_prostate_task_merges_overlays(tmp_path):
+    dest = copy_bundle(tmp_path / "p", task="prostate", include_models=False)
     inference = _json(dest / "configs" / "inference.json")
     assert inference["in_channels"] == 1 and inference["out_channels"] == 3
     assert inference["inferer"]["_target_"] == "SliceInferer"
@@ -54,8 +56,6 @@ def test_prostate_preset_merges_overlays(tmp_path):
     meta = _json(dest / "configs" / "metadata.json")
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"]["2"] == "peripheral zone"
     assert meta["version"] == _json(REPO / "configs" / "metadata.json")["version"]
-    for excluded in PRESETS["prostate"].exclude:
-        assert not (dest / "configs" / excluded).exists()
     model = write_initial_weights(dest)
     import torch
 
@@ -66,8 +66,8 @@ def test_prostate_preset_merges_overlays(tmp_path):
 
 
 def test_errors_name_the_problem(tmp_path):
-    with pytest.raises(BundleFolderError, match="unknown preset"):
-        copy_bundle(tmp_path / "x", preset="liver")
+    with pytest.raises(BundleFolderError, match="unknown task 'liver'"):
+        copy_bundle(tmp_path / "x", task="liver")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "file").write_text("x")
     with pytest.raises(BundleFolderError, match="not empty"):
@@ -84,3 +84,56 @@ def test_server_command_is_offline():
     joined = " ".join(cmd)
     assert "--conf models a,b" in joined and "--conf zoo_source github" in joined and "--conf sam2 false" in joined
     assert "--host 127.0.0.1 --port 1234" in joined
+
+
+def test_registry_lists_task_folders_and_their_merge_order(tmp_path):
+    from transfuse_bundle.tasks import TaskError, config_files, task_names
+
+    assert task_names() == ["hip", "isic2017", "polyp", "prostate"]
+    rel = [p.relative_to(REPO / "configs").as_posix() for p in config_files("evaluate.json", "prostate")]
+    assert rel == ["train.json", "tasks/prostate/task.json", "tasks/prostate/train.json", "evaluate.json",
+                   "tasks/prostate/evaluate.json"]
+    assert [p.name for p in config_files("inference.json", None)] == ["inference.json"]
+    # a copy of the repository's configs with a fifth task, a folder without task.json and a stray file
+    source = tmp_path / "repo"
+    shutil.copytree(REPO / "configs", source / "configs")
+    (source / "configs" / "tasks" / "liver").mkdir()
+    (source / "configs" / "tasks" / "liver" / "task.json").write_text('{"out_channels": 2}')
+    (source / "configs" / "tasks" / "notes").mkdir()
+    assert task_names(source) == ["hip", "isic2017", "liver", "polyp", "prostate"]
+    assert [p.name for p in config_files("train.json", "liver", source)] == ["train.json", "task.json"]
+    (source / "configs" / "tasks" / "liver" / "inferance.json").write_text("{}")
+    with pytest.raises(TaskError, match=r"liver.*unexpected \['inferance.json'\]"):
+        config_files("inference.json", "liver", source)
+    with pytest.raises(TaskError, match="unknown task 'notes'"):
+        config_files("train.json", "notes", source)
+
+
+@pytest.mark.slow  # builds three TransFuse-S networks
+def test_weights_of_another_task_or_size_are_refused_before_shipping(tmp_path):
+    """Weights are checked against the task's network (keys, shapes) by packaging and the MONAI Label
+    installer; the message names the file and the first differences, nothing is written."""
+    from transfuse_bundle.bundle_folder import check_weights_fit
+    from transfuse_bundle.packaging import PackagingError, package_bundle
+
+    polyp = copy_bundle(tmp_path / "polyp", task="polyp", overrides={"image_size": [64, 64]}, include_models=False)
+    weights = write_initial_weights(polyp)
+    check_weights_fit(polyp, weights)  # its own weights fit
+    hip = copy_bundle(tmp_path / "hip", task="hip", overrides={"image_size": [64, 64]}, include_models=False)
+    with pytest.raises(BundleFolderError, match=r"model.pt does not fit .*has shape \[1[,\]].*the network \[4[,\]]"):
+        check_weights_fit(hip, weights)
+    with pytest.raises(PackagingError, match=r"does not fit .*pos_embed"):  # the 64x64 grid vs the task's 352x352
+        package_bundle("polyp", out=tmp_path / "dist", weights=weights)
+    assert not list((tmp_path / "dist").glob("*.zip")) and not list((tmp_path / "dist").iterdir())
+    # the MONAI Label installer refuses them too, and leaves the folder it was asked to replace as it was
+    from transfuse_bundle.monailabel_app import ensure_app
+
+    app = ensure_app(tmp_path / "apps" / "monaibundle")
+    served = app / "model" / "transfuse_hip"
+    served.mkdir()
+    (served / "marker").write_text("the user's bundle")
+    with pytest.raises(BundleFolderError, match=r"model.pt does not fit the network of transfuse_hip/configs/inference.json"):
+        install_bundle(app, "transfuse_hip", task="hip", overrides={"image_size": [64, 64]}, weights=weights,
+                       overwrite=True)
+    assert [p.name for p in served.iterdir()] == ["marker"]
+    assert [p.name for p in (app / "model").iterdir()] == ["transfuse_hip"]  # no staging folder left

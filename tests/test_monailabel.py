@@ -3,13 +3,15 @@
 One MONAI Label server (subprocess, 127.0.0.1, a free port) is started for the whole module with two
 bundle folders made by :func:`transfuse_bundle.monailabel_app.install_bundle`:
 
-* ``transfuse_polyp`` (preset polyp at 96x96 for speed), trained briefly before the server starts by the
+* ``transfuse_polyp`` (task polyp at 96x96 for speed), trained briefly before the server starts by the
   bundle's own CLI (``monai.bundle run training``) on 8 Kvasir-SEG images from ``../shared/data``, without
   augmentation and validated on the same images, so that a few CPU-seconds give a model whose masks
   overlap the ground truth of those images; the studies folder holds these and 2 more images, with
   their masks in ``labels/final``;
-* ``transfuse_prostate`` (preset prostate, untrained seeded weights: only geometry is checked) and a
+* ``transfuse_prostate`` (task prostate, untrained seeded weights: only geometry is checked) and a
   Prostate158 T2 volume in the same studies folder;
+* ``transfuse_isic2017`` and ``transfuse_hip`` (untrained, 64x64), with a PH2 image and a synthetic grey
+  hip X-ray in the studies folder, so that every task of the registry is served by the same server;
 * ``transfuse_untrusted``: a polyp bundle whose ``models/model.pt`` was replaced on disk by a pickle that
   creates a marker file when unpickled (issue #7, trusted loading): the server must refuse it unrun.
 
@@ -17,8 +19,9 @@ The checks follow issue #5: ``/info``; inference by id and by upload (PNG of the
 {0, 1}, Dice with the ground truth); ``/train`` for one epoch rewrites ``models/model.pt`` and the app
 reloads it; the prostate bundle returns a NIfTI label with the volume's shape and affine; the server log
 never has "Checkpoint keys don't match". Issue #7: the server listens on 127.0.0.1 only; a bounded load
-test (``scripts/load_test.py``: 40 uploads of real Kvasir-SEG images, 4 at a time) has zero errors and
-only valid masks, and its latency and the server's memory are reported. The time of each step and the
+test (``transfuse_bundle.monailabel_load``, the ``transfuse-load-test`` command: 40 uploads of real
+Kvasir-SEG images, 4 at a time) has zero errors and only valid masks, and its latency and the server's
+memory are reported. The time of each step and the
 load figures are printed at the end of the module (and written to ``timings.json`` and
 ``load_test.json`` in the module's tmp folder).
 
@@ -33,8 +36,6 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -44,10 +45,16 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import (ONE_THREAD, CreatesFile, MonaiLabelServer, require_monailabel,
+                      write_hip_dataset)
+from transfuse_bundle.packaging import bundle_name
+from transfuse_bundle.tasks import task_names
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
 KVASIR = DATA / "kvasir_seg"
 PROSTATE = DATA / "prostate158" / "020" / "t2.nii.gz"
+PH2_IMAGE = DATA / "ph2" / "images" / "IMD002.jpg"
 
 POLYP = "transfuse_polyp"
 PROSTATE_MODEL = "transfuse_prostate"
@@ -63,47 +70,17 @@ POLYP_OVERRIDES = {
     "num_workers": 0,  # no DataLoader workers (2-core CI machine; MONAI Label trains in its own process)
     "batch_size": 4,
     "learning_rate": 0.001,
+    "iteration_update": None,  # single-scale: the polyp task's multi-scale steps cost 3x, tested in test_tasks.py
 }
-AUGMENTATIONS = ("RandAffined", "RandFlipd", "RandTorchVisiond")  # off for the short training only
+NO_AUGMENTATION = ["--train#augment", "[]", "--train#color_augment", "[]"]  # for the short training only
 PROSTATE_OVERRIDES = {"image_size": [272, 272]}  # one window per 270x270 slice: fewer network calls
+SMALL_OVERRIDES = {"image_size": [64, 64], "num_workers": 0}  # the other tasks: untrained, served at 64x64
 LOAD_REQUESTS, LOAD_CONCURRENCY = 40, 4  # issue #7's bounded load test
 LOAD_IMAGES = 10  # distinct original-size Kvasir images (not in the studies folder), cycled over the requests
-
-# One intra-op thread per subprocess: on a shared 2-core machine, 2 OpenMP threads per process made a
-# training step 3-50x slower whenever another process was busy (measured), 1 thread is ~0.4 s either way.
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 pytestmark = pytest.mark.slow
 
 TIMINGS: dict[str, float] = {}
-
-
-def _require_monailabel():
-    """Fails (never skips) with the install command when MONAI Label is missing."""
-    from transfuse_bundle.monailabel_app import require_monailabel
-
-    try:
-        version = require_monailabel()
-        import requests  # noqa: F401  (installed by requirements-monailabel.txt)
-    except ModuleNotFoundError as e:
-        pytest.fail(f"MONAI Label tests need monailabel: {e}", pytrace=False)
-    return version
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _CreatesFile:
-    """Unpickling this calls ``open(path, "w")``: stands for any code a malicious ``model.pt`` would run."""
-
-    def __init__(self, path: Path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 def _listening_addresses(port: int) -> list[str]:
@@ -135,7 +112,7 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(2.0 * (pred & truth).sum() / denom) if denom else 1.0
 
 
-def _downscaled(image_src: Path, mask_src: Path, image_dst: Path, mask_dst: Path | None) -> None:
+def _downscaled(image_src: Path, mask_src: Path | None, image_dst: Path, mask_dst: Path | None) -> None:
     """Writes the image (and mask) with the longest side MAX_SIDE, keeping the aspect ratio."""
     from PIL import Image
 
@@ -147,92 +124,30 @@ def _downscaled(image_src: Path, mask_src: Path, image_dst: Path, mask_dst: Path
         Image.open(mask_src).convert("L").resize(size, Image.NEAREST).save(mask_dst)
 
 
-class Server:
-    """A MONAI Label server subprocess and a bounded-timeout HTTP client for it."""
-
-    def __init__(self, app: Path, studies: Path, models: list[str], log: Path):
-        from transfuse_bundle.monailabel_app import server_command, server_env
-
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.app, self.studies, self.log_path = app, studies, log
-        scratch = log.parent / f"{log.stem}_tmp"  # MONAI Label leaves a logging config per start in TMPDIR
-        scratch.mkdir(exist_ok=True)
-        env = server_env(dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TMPDIR=str(scratch), **ONE_THREAD))
-        self._log = open(log, "w")
-        self.proc = subprocess.Popen(
-            server_command(app, studies, models, port=self.port), stdout=self._log, stderr=subprocess.STDOUT,
-            env=env, cwd=str(app.parent), start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 240.0) -> dict:
-        import requests
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"MONAI Label server exited with {self.proc.returncode} at start; log:\n{self.log()[-6000:]}")
-            try:
-                r = requests.get(f"{self.url}/info/", timeout=5)
-                if r.status_code == 200:
-                    return r.json()
-            except requests.RequestException:
-                pass
-            time.sleep(1.0)
-        pytest.fail(f"MONAI Label server did not answer /info within {timeout:.0f} s; log:\n{self.log()[-6000:]}")
-
-    def request(self, method: str, path: str, timeout: float, **kwargs):
-        import requests
-
-        r = requests.request(method, f"{self.url}{path}", timeout=timeout, **kwargs)
-        assert r.status_code == 200, f"{method} {path} -> HTTP {r.status_code}: {r.text[:2000]}\nlog:\n{self.log()[-4000:]}"
-        return r
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # the server and the training processes it started
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
-        self._log.close()
-
-
 def _short_training(bundle: Path, names: list[str], studies: Path, root: Path) -> None:
     """Trains the polyp bundle folder with its own CLI on ``names`` (validated on the same images): the
     best-Dice checkpoint goes to ``bundle/models/model.pt`` as in any bundle training."""
     config = bundle / "configs" / "train.json"
-    cfg = json.loads(config.read_text())
-    for t in cfg["train"]["preprocessing"]["transforms"]:
-        if isinstance(t, dict) and t.get("_target_") in AUGMENTATIONS:
-            t["_disabled_"] = True
-    short = bundle / "configs" / "short_train.json"  # the served train.json keeps its augmentations
-    short.write_text(json.dumps(cfg, indent=4))
     items = [{"image": str(studies / f"{n}.jpg"), "label": str(studies / "labels" / "final" / f"{n}.png")} for n in names]
     datalist = root / "pretrain_datalist.json"
     datalist.write_text(json.dumps({"training": items, "validation": items}))
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(short),
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(config),
            "--meta_file", str(bundle / "configs" / "metadata.json"),
            "--logging_file", str(bundle / "configs" / "logging.conf"), "--bundle_root", str(bundle),
-           "--dataset_dir", str(datalist), "--max_epochs", str(PRETRAIN_EPOCHS)]
+           "--dataset_dir", str(datalist), "--max_epochs", str(PRETRAIN_EPOCHS), *NO_AUGMENTATION]
     env = dict(os.environ, PYTHONPATH=str(bundle), **ONE_THREAD)
     log = root / "short_training.log"
     with open(log, "w") as f:
         proc = subprocess.run(cmd, cwd=bundle, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=900)
     if proc.returncode != 0:
         pytest.fail(f"short training failed ({' '.join(cmd)}), exit {proc.returncode}:\n{log.read_text()[-5000:]}")
-    short.unlink()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, request):
     """Builds the app, both bundle folders and the studies folder, trains the polyp bundle briefly, starts
     the server, and stops it at the end."""
-    _require_monailabel()
+    require_monailabel()
     for needed in (KVASIR / "images", KVASIR / "masks", PROSTATE):
         if not needed.exists():
             pytest.fail(f"test data missing: {needed} (the tests read ../shared/data next to the repository)")
@@ -241,14 +156,18 @@ def server(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("monailabel")
     t0 = time.monotonic()
     app = root / "apps" / "monaibundle"
-    polyp = install_bundle(app, POLYP, preset="polyp", overrides=POLYP_OVERRIDES, include_models=False,
+    polyp = install_bundle(app, POLYP, task="polyp", overrides=POLYP_OVERRIDES, include_models=False,
                            init_weights=True)
-    install_bundle(app, PROSTATE_MODEL, preset="prostate", overrides=PROSTATE_OVERRIDES, include_models=False,
+    install_bundle(app, PROSTATE_MODEL, task="prostate", overrides=PROSTATE_OVERRIDES, include_models=False,
                    init_weights=True)
-    untrusted = install_bundle(app, UNTRUSTED, preset="polyp", overrides=POLYP_OVERRIDES,
+    others = [task for task in task_names() if bundle_name(task) not in (POLYP, PROSTATE_MODEL)]
+    for task in others:
+        install_bundle(app, bundle_name(task), task=task, overrides=SMALL_OVERRIDES, include_models=False,
+                       init_weights=True)
+    untrusted = install_bundle(app, UNTRUSTED, task="polyp", overrides=POLYP_OVERRIDES,
                                weights=polyp / "models" / "model.pt")
     # tampered on disk after installation (install_bundle itself refuses such weights)
-    torch.save({"weight": torch.zeros(2), "payload": _CreatesFile(root / "untrusted_marker")},
+    torch.save({"weight": torch.zeros(2), "payload": CreatesFile(root / "untrusted_marker")},
                untrusted / "models" / "model.pt")
     studies = root / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
@@ -257,6 +176,9 @@ def server(tmp_path_factory, request):
         _downscaled(KVASIR / "images" / f"{name}.jpg", KVASIR / "masks" / f"{name}.png",
                     studies / f"{name}.jpg", studies / "labels" / "final" / f"{name}.png")
     shutil.copyfile(PROSTATE, studies / "prostate020.nii.gz")
+    _downscaled(PH2_IMAGE, None, studies / PH2_IMAGE.name, None)
+    hip = write_hip_dataset(root / "hip", 1)
+    shutil.copyfile(hip / "images" / "hip_00.png", studies / "hip_00.png")
     TIMINGS["build app, bundles and studies"] = time.monotonic() - t0
 
     t0 = time.monotonic()
@@ -266,11 +188,13 @@ def server(tmp_path_factory, request):
     TIMINGS[f"short training (bundle CLI, {PRETRAIN_EPOCHS} epochs)"] = time.monotonic() - t0
 
     t0 = time.monotonic()
-    srv = Server(app, studies, [POLYP, PROSTATE_MODEL, UNTRUSTED], root / "server.log")
+    srv = MonaiLabelServer(app, studies, [POLYP, PROSTATE_MODEL, UNTRUSTED, *map(bundle_name, others)], root / "server.log")
     try:
         srv.wait_ready()
         TIMINGS["server start (until /info answers)"] = time.monotonic() - t0
         srv.names, srv.root, srv.model = names, root, polyp / "models" / "model.pt"
+        # one study of each task (image id -> file), for the test that every task is served
+        srv.task_studies = {"polyp": names[2], "isic2017": PH2_IMAGE.stem, "hip": "hip_00", "prostate": "prostate020"}
         yield srv
     finally:
         srv.stop()
@@ -285,7 +209,7 @@ def server(tmp_path_factory, request):
                     reporter.write_line(f"  {step:<45} {value:7.2f}")
 
 
-def _infer_png(server: Server, path: str, step: str, **kwargs) -> np.ndarray:
+def _infer_png(server: MonaiLabelServer, path: str, step: str, **kwargs) -> np.ndarray:
     from PIL import Image
 
     t0 = time.monotonic()
@@ -363,13 +287,10 @@ def test_server_listens_on_loopback_only(server):
 def test_load_40_uploads_4_concurrent_all_valid(server):
     """Issue #7: 40 inference uploads of real Kvasir-SEG images (original sizes), 4 in flight at once:
     zero errors, every mask a PNG of the input's size with values in {0} | the model's label ids."""
-    import importlib.util
+    from transfuse_bundle.monailabel_load import run_load_test
 
-    spec = importlib.util.spec_from_file_location("load_test", REPO / "scripts" / "load_test.py")
-    load_test = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(load_test)
     images = sorted((KVASIR / "images").glob("*.jpg"))[N_STUDIES:N_STUDIES + LOAD_IMAGES]
-    report = load_test.run_load_test(server.url, POLYP, images, LOAD_REQUESTS, LOAD_CONCURRENCY, pid=server.proc.pid)
+    report = run_load_test(server.url, POLYP, images, LOAD_REQUESTS, LOAD_CONCURRENCY, pid=server.proc.pid)
     (server.root / "load_test.json").write_text(json.dumps(report, indent=2))
     TIMINGS[f"load: {LOAD_REQUESTS} uploads, {LOAD_CONCURRENCY} at a time (wall)"] = report["wall_s"]
     TIMINGS["  load: latency p50"] = report["p50_s"]
@@ -415,6 +336,31 @@ def test_prostate_volume_served_slice_by_slice(server):
     data = np.asarray(label.dataobj)
     assert data.dtype == np.uint8, data.dtype
     assert set(np.unique(data).tolist()) <= {0, 1, 2}
+    assert "Checkpoint keys don't match" not in server.log()
+
+
+@pytest.mark.parametrize("task", task_names())
+def test_every_task_is_served_at_the_input_size(server, task):
+    """Each task of the registry, installed by ``install_bundle(task=...)``, answers /infer with a label map of
+    its study's own size (2D: PNG of the image's size; 3D: NIfTI of the volume's shape) holding only its class ids."""
+    import nibabel as nib
+    from PIL import Image
+
+    if task not in server.task_studies:
+        pytest.fail(f"task {task!r} has no study in the MONAI Label test: add one to the server fixture")
+    study = server.task_studies[task]
+    source = next(server.studies.glob(f"{study}.*"))
+    r = server.request("POST", f"/infer/{bundle_name(task)}?image={study}&output=image", timeout=300)
+    classes = json.loads((server.root / "apps" / "monaibundle" / "model" / bundle_name(task) / "configs"
+                          / "train.json").read_text())["class_names"]
+    if source.name.endswith(".nii.gz"):
+        out = server.root / f"{task}_label.nii.gz"
+        out.write_bytes(r.content)
+        label, shape = np.asarray(nib.load(out).dataobj), nib.load(source).shape
+    else:
+        label, shape = np.asarray(Image.open(io.BytesIO(r.content))), Image.open(source).size[::-1]
+    assert label.shape == shape, f"{task}: served label {label.shape} for input {shape}"
+    assert set(np.unique(label).tolist()) <= set(range(len(classes))), f"{task}: values {np.unique(label)}"
     assert "Checkpoint keys don't match" not in server.log()
 
 

@@ -6,8 +6,6 @@ linked in place under the set names), three missing; a TransFuse-S with fixed ra
 from __future__ import annotations
 
 import json
-import runpy
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,8 @@ import torch
 from monai.bundle import ConfigParser
 
 from transfuse_bundle.data.prepare import PRANET_TEST_SETS
-from transfuse_bundle.metrics.polyp_benchmark import main
+from transfuse_bundle.cli.polyp_benchmark import main
+from transfuse_bundle.metrics.polyp_benchmark import default_config_files
 
 REPO = Path(__file__).resolve().parents[1]
 KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
@@ -76,11 +75,7 @@ def test_benchmark_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("error: ") and "holds none of the PraNet test sets" in err and "\n" not in err
 
 
-def test_script_is_a_thin_wrapper_of_the_package(monkeypatch, capsys):
-    """scripts/ only parses arguments and calls the package (run here in-process: its imports are loaded)."""
-    script = REPO / "scripts" / "polyp_benchmark.py"
-    assert "sys.path" not in script.read_text() and len(script.read_text().splitlines()) <= 3
-    monkeypatch.setattr(sys, "argv", [str(script), "--help"])
-    with pytest.raises(SystemExit) as stopped:
-        runpy.run_path(str(script), run_name="__main__")
-    assert stopped.value.code == 0 and "TESTDATASET_DIR" in capsys.readouterr().out
+def test_default_configs_are_the_polyp_task_chain_else_the_bundle_configs(tmp_path):
+    assert [p.relative_to(REPO).as_posix() for p in default_config_files(REPO)] == [
+        "configs/train.json", "configs/tasks/polyp/task.json", "configs/tasks/polyp/train.json", "configs/evaluate.json"]
+    assert default_config_files(tmp_path) == [tmp_path / "configs" / "train.json", tmp_path / "configs" / "evaluate.json"]

@@ -18,3 +18,85 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert ci_lines[-1] == commands[1]
     assert "monai.bundle run training --config_file configs/train.json" in commands[0]
+
+
+def _config_texts():
+    """Every JSON config of configs/ (tasks, options, recipes, networks included) with its path."""
+    import json
+
+    for path in sorted((ROOT / "configs").rglob("*.json")):
+        yield path, json.loads(path.read_text())
+
+
+def test_no_config_addresses_a_list_element_by_index():
+    """Overlays and references target names (``train#augment``), never positions (``...#transforms#5``):
+    inserting a transform into a list must not silently retarget another file."""
+    import re
+
+    index = re.compile(r"#\d+(#|\b)")
+    found = []
+
+    def walk(node, path, where):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if index.search(key):
+                    found.append(f"{path}: key {where}{key}")
+                walk(value, path, f"{where}{key}#")
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, path, where)
+        elif isinstance(node, str) and node[:1] in "$@%" and index.search(node):
+            found.append(f"{path}: {where[:-1]} = {node[:80]}")
+
+    for path, config in _config_texts():
+        walk(config, path.relative_to(ROOT), "")
+    assert not found, "configs address list elements by index:\n" + "\n".join(found)
+
+
+def test_readme_task_table_lists_the_registry():
+    """README's table of tasks names exactly the folders of configs/tasks/ (the registry is the one list)."""
+    from transfuse_bundle.tasks import task_names
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Tasks", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1].strip(" `") for line in section.splitlines() if line.startswith("| `")]
+    assert rows == task_names()
+
+
+def test_readme_task_commands_are_the_registry_s():
+    """The commands README shows for each task are those ``python -m transfuse_bundle.tasks`` prints (the merge
+    order of transfuse_bundle.tasks.CHAINS), so the docs cannot drift from the task folders."""
+    import subprocess
+    import sys
+
+    from transfuse_bundle.tasks import commands, task_names
+
+    section = (ROOT / "README.md").read_text().split("## Tasks", 1)[1].split("\n## ", 1)[0]
+    shown = [line.removesuffix(" --dataset_dir DIR") for line in section.split("```bash\n", 1)[1].split("```")[0].splitlines()
+             if line.startswith("python -m monai.bundle")]
+    assert shown == [command for task in task_names() for command in commands(task).values()]
+    printed = subprocess.run([sys.executable, "-m", "transfuse_bundle.tasks"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout
+    assert all(command in printed for command in shown)
+
+
+def _repository_files() -> list[Path]:
+    """Tracked and untracked-but-not-ignored files (git), or, without git, the files of the top-level folders."""
+    import subprocess
+
+    try:
+        listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                                 capture_output=True, check=True).stdout.decode()
+        files = [ROOT / name for name in listing.split("\0") if name]
+    except (OSError, subprocess.CalledProcessError):  # an unpacked archive: no .git
+        files = [p for top in ROOT.iterdir() if not top.name.startswith(".") or top.name == ".ci"
+                 for p in ([top] if top.is_file() else top.rglob("*"))]
+    return [p for p in files if p.is_file() and "__pycache__" not in p.parts]
+
+
+def test_nothing_edits_sys_path():
+    """The package is imported because it is installed (pip install -e .) or is the bundle root MONAI puts on the
+    path, never because a file pushes a folder onto sys.path (issue 13)."""
+    needle = b"sys.path." + b"insert"  # spelt in two parts so that this file does not match itself
+    offenders = [str(p.relative_to(ROOT)) for p in _repository_files() if needle in p.read_bytes()]
+    assert not offenders, f"{needle.decode()} in {offenders}: import the installed package instead"

@@ -22,29 +22,25 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
+from conftest import run_workflow
 from transfuse_bundle.data.prepare import prepare
+from transfuse_bundle.tasks import config_files
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 PROSTATE = REPO.parent / "shared" / "data" / "prostate158"
-TRAIN = [str(CONFIGS / "train.json"), str(CONFIGS / "presets" / "prostate_train.json")]
-EVALUATE = TRAIN + [str(CONFIGS / "evaluate.json"), str(CONFIGS / "presets" / "prostate_evaluate.json")]
-INFERENCE = [str(CONFIGS / "inference.json"), str(CONFIGS / "presets" / "prostate_inference.json")]
+TRAIN, EVALUATE, INFERENCE = ([str(f) for f in config_files(name, "prostate")]
+                              for name in ("train.json", "evaluate.json", "inference.json"))
 SMALL = {"image_size": [64, 64], "num_workers": 0, "slices_per_volume": 4, "batch_size": 2}
 ZONES = ["central gland", "peripheral zone"]
 
 
 def _run(config_file: list[str], workflow_type: str, **overrides) -> None:
-    meta = [str(CONFIGS / "metadata.json"), str(CONFIGS / "presets" / "prostate_metadata.json")]
-    workflow = ConfigWorkflow(config_file=config_file, meta_file=meta, logging_file=str(CONFIGS / "logging.conf"),
-                              workflow_type=workflow_type, **overrides)
-    workflow.initialize()
-    assert workflow.check_properties() == []
-    workflow.run()
-    workflow.finalize()
+    run_workflow(config_file, workflow_type, meta_file=[str(f) for f in config_files("metadata.json", "prostate")],
+                 **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import CreatesFile
 from transfuse_bundle.utils import WeightsFileError, load_weights, require_weights
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,19 +32,9 @@ KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
 UNSAFE_MESSAGE = "contains pickled Python objects"
 
 
-class _CreatesFile:
-    """Unpickling this calls ``open(path, "w")``: stands for any code a malicious pickle would run."""
-
-    def __init__(self, path: Path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def _malicious_checkpoint(path: Path, marker: Path, raw_pickle: bool = False) -> Path:
     """A state dict with real tensors plus one entry that creates ``marker`` when unpickled."""
-    content = {"weight": torch.randn(4, 4), "bias": torch.zeros(4), "payload": _CreatesFile(marker)}
+    content = {"weight": torch.randn(4, 4), "bias": torch.zeros(4), "payload": CreatesFile(marker)}
     if raw_pickle:  # a plain pickle file (not torch's zip format), as an attacker could also ship
         with open(path, "wb") as f:
             pickle.dump(content, f, protocol=2)

@@ -313,7 +313,7 @@ def test_large_image_is_read_reduced_and_oversized_is_reported(tmp_path):
         assert to_rgb(opened).size == target
         assert opened.size == target  # the JPEG was decoded at half scale (Image.draft): never full size in memory
     parser = _train_parser()
-    load_image, load_mask = (parser.get_parsed_content(f"train#preprocessing#transforms#{i}") for i in (0, 1))
+    load_image, load_mask = parser.get_parsed_content("train#load")[:2]
     case = load_mask(load_image({"image": str(image), "label": str(mask)}))
     assert tuple(case["image"].shape) == (*target, 3) and tuple(case["label"].shape) == target  # same (W, H)
     # the reduced image and mask still agree: the blob is where it was

@@ -40,6 +40,7 @@ import torch
 import yaml
 from PIL import Image
 
+from conftest import MonaiLabelServer, require_monailabel, run_command
 from transfuse_bundle.bundle_folder import copy_bundle, write_initial_weights
 from transfuse_bundle.packaging import REQUIRED_FILES, PackagingError, make_torchscript_only, package_bundle, sha256
 
@@ -58,10 +59,8 @@ def _run(cmd: list[str], cwd: Path, env: dict | None = None, step: str | None = 
          timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
     """Runs a command (bounded time), records its duration, and fails with its output unless it succeeded."""
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    TIMINGS[step or " ".join(cmd[1:5])] = time.monotonic() - t0
-    if check:
-        assert proc.returncode == 0, f"{' '.join(map(str, cmd))}: exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
+    proc = run_command(cmd, cwd=cwd, env=env, timeout=timeout, check=check)
+    TIMINGS[step or " ".join(map(str, cmd[1:5]))] = time.monotonic() - t0
     return proc
 
 
@@ -119,7 +118,7 @@ def plain_python(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     """Untrained, seeded weights of the 64x64 network (the masks they give are mixed, not all one class)."""
-    folder = copy_bundle(tmp_path_factory.mktemp("init") / NAME, preset="polyp", overrides=SMALL, include_models=False)
+    folder = copy_bundle(tmp_path_factory.mktemp("init") / NAME, task="polyp", overrides=SMALL, include_models=False)
     return write_initial_weights(folder)
 
 
@@ -204,7 +203,7 @@ def cli_masks(downloaded, plain_python, kvasir_images, tmp_path_factory) -> Path
 def test_package_script_zips_weights_and_code_under_top_folder(weights, tmp_path):
     """The user's command (weights inside): one top folder, required files, the code, the exact weights."""
     dist = tmp_path / "dist"
-    _run([sys.executable, str(REPO / "scripts" / "package_bundle.py"), "--preset", "polyp", "--weights", str(weights),
+    _run([sys.executable, str(REPO / "scripts" / "package_bundle.py"), "--task", "polyp", "--weights", str(weights),
           "--out", str(dist), "--set", "image_size=[64,64]"], cwd=tmp_path, step="scripts/package_bundle.py (weights inside)")
     zips = sorted(dist.glob("*.zip"))
     assert [z.name for z in zips] == [f"{NAME}_v0.1.0.zip"]
@@ -217,7 +216,7 @@ def test_package_script_zips_weights_and_code_under_top_folder(weights, tmp_path
                          "transfuse_bundle/networks/transfuse.py", "transfuse_bundle/packaging.py"):
             assert f"{NAME}/{required}" in names, f"{required} missing from the zip"
         assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
-        assert not any(n.startswith(f"{NAME}/configs/presets") for n in names)
+        assert not any(n.startswith(f"{NAME}/configs/tasks") for n in names)
         assert hashlib.sha256(zf.read(f"{NAME}/models/model.pt")).hexdigest() == sha256(weights)
         inference = json.loads(zf.read(f"{NAME}/configs/inference.json"))
         assert inference["image_size"] == [64, 64]
@@ -421,28 +420,28 @@ def test_torchscript_and_onnx_give_the_pytorch_masks_on_kvasir(downloaded, kvasi
 
 
 @pytest.mark.slow
-def test_monailabel_serves_torchscript_without_network_def(downloaded, cli_masks, kvasir_images, tmp_path):
-    """A bundle folder with ``models/model.ts`` only and no ``network_def``: MONAI Label's monaibundle app
-    loads it with torch.jit.load; the served mask equals the PyTorch bundle's mask of the same image."""
-    from test_monailabel import Server, _require_monailabel
-
+def test_monailabel_serves_torchscript_only_bundle(downloaded, cli_masks, kvasir_images, tmp_path):
+    """A bundle folder with ``models/model.ts`` only, its ``network_def`` replaced by ``torch.jit.load`` (the
+    overlay configs/inference_torchscript.json): MONAI Label's monaibundle app loads it with torch.jit.load;
+    the served mask equals the PyTorch bundle's mask of the same image."""
     from transfuse_bundle.monailabel_app import ensure_app
 
-    _require_monailabel()
+    require_monailabel()
     app = ensure_app(tmp_path / "apps" / "monaibundle")
     name = "transfuse_polyp_ts"
     bundle = app / "model" / name
     shutil.copytree(downloaded, bundle, ignore=shutil.ignore_patterns("model.onnx", "large_files.yml"))
     make_torchscript_only(bundle)
     config = json.loads((bundle / "configs" / "inference.json").read_text())
-    assert "network_def" not in config and not (bundle / "models" / "model.pt").exists()
+    assert config["network_def"].startswith("$torch.jit.load(") and not (bundle / "models" / "model.pt").exists()
+    assert "CheckpointLoader" not in json.dumps(config["handlers"])
     studies = tmp_path / "studies"
     studies.mkdir()
     image = sorted(kvasir_images.glob("*.jpg"))[0]
     shutil.copyfile(image, studies / image.name)
 
     t0 = time.monotonic()
-    srv = Server(app, studies, [name], tmp_path / "server.log")
+    srv = MonaiLabelServer(app, studies, [name], tmp_path / "server.log")
     try:
         info = srv.wait_ready()
         TIMINGS["MONAI Label start (TorchScript bundle)"] = time.monotonic() - t0

@@ -1,16 +1,50 @@
-"""Timing and size measurements shared by ``scripts/benchmark.py`` and ``scripts/compare_models.py``."""
+"""Benchmarks of TransFuse S / L / L* against the official computation and MONAI's networks.
+
+The measurements (median latencies, interleaved ratios, GMACs, parameters) are shared with
+:mod:`transfuse_bundle.comparison`; :func:`run_benchmark` measures, for every model of :func:`build` and
+input size, parameters, GMACs, batch-1 latency (median after warm-up), batch throughput, a training step
+(forward + backward + Adam) and the process's peak memory; TransFuse also in its fast inference modes
+(BatchNorm folded, linears on oneDNN, channels-last; and bf16 autocast where the hardware has native
+bf16). Our S's speed-ups against official-S are also measured with the two models called in turn in
+every iteration (``speedup_interleaved_vs_official_*``), the ratio to trust on a shared machine.
+:func:`write_markdown` writes the table; the command is ``transfuse-benchmark``
+(:mod:`transfuse_bundle.cli.benchmark`).
+
+"official-S" is TransFuse-S computed exactly as the official code does it (explicit attention
+instead of fused attention, all three heads computed at inference too, BatchNorm unfolded,
+contiguous layout, and for training the official structure loss: 31x31 boundary pooling in
+float64): the official repository is not vendored here and cannot be downloaded, and this model
+reproduces its outputs to ~1e-6 (tests/test_networks.py). Its ratios are also given against the
+official latencies measured on the reference 2-core CPU (116 ms at 192x256, 282 ms at 352x352).
+
+Example::
+
+    from transfuse_bundle.benchmarking import run_benchmark
+    rows = run_benchmark(["official-S", "S"], [(192, 256)], "cpu")   # one dict per model and size
+"""
 
 from __future__ import annotations
 
+import json
+import platform
+import resource
 import statistics
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["median_ms", "interleaved_median_ms", "gmacs", "parameter_count", "forward_latency_ms"]
+from .losses import DEEP_SUPERVISION_WEIGHTS, official_structure_loss, transfuse_deep_supervision_loss
+from .networks import TransFuse
+from .networks.fast import fast_autocast_available, optimize_for_inference
+
+__all__ = [
+    "median_ms", "interleaved_median_ms", "gmacs", "parameter_count", "forward_latency_ms",
+    "MODELS", "build", "run_benchmark", "data_pipeline", "machine_description", "write_markdown",
+]
 
 
 def _sync(device: torch.device) -> None:
@@ -61,6 +95,7 @@ def gmacs(model: nn.Module, x: torch.Tensor) -> float:
 
 
 def parameter_count(model: nn.Module) -> int:
+    """Number of parameters of ``model``."""
     return sum(p.numel() for p in model.parameters())
 
 
@@ -74,3 +109,290 @@ def forward_latency_ms(model: nn.Module, x: torch.Tensor, iters: int = 20, warmu
             return model(x)
 
     return median_ms(step, iters, warmup, x.device)
+
+
+# Official TransFuse_S latencies measured on the reference 2-core CPU (transfuse-reference.md).
+OFFICIAL_REFERENCE_MS = {(192, 256): 116.0, (352, 352): 282.0}
+TRANSFUSE = ("S", "L", "L*")  # benchmark names that are TransFuse variants (fast inference modes apply)
+
+
+def _official_s(size: tuple[int, int]) -> nn.Module:
+    model = TransFuse("S", img_size=size)
+    for module in model.modules():  # timm 0.3.2, used by the official code, had no fused attention
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
+    return _OfficialForward(model)
+
+
+def _nets():
+    from monai.networks import nets  # imported when a MONAI model is built, not for --help
+
+    return nets
+
+
+# benchmark name -> factory(size): a model with 3 input channels and 1 output channel for inputs of ``size``
+MODELS: dict[str, Callable[[tuple[int, int]], nn.Module]] = {
+    "official-S": _official_s,
+    "S": lambda size: TransFuse("S", img_size=size),
+    "L": lambda size: TransFuse("L", img_size=size),
+    "L*": lambda size: TransFuse("L*", img_size=size),
+    "unet": lambda size: _nets().UNet(2, 3, 1, channels=(32, 64, 128, 256, 512), strides=(2, 2, 2, 2), num_res_units=2),
+    "attention_unet": lambda size: _nets().AttentionUnet(2, 3, 1, channels=(32, 64, 128, 256, 512), strides=(2, 2, 2, 2)),
+    "basic_unetplusplus": lambda size: _FirstOutput(_nets().BasicUNetPlusPlus(spatial_dims=2, in_channels=3, out_channels=1)),
+    "swin_unetr": lambda size: _nets().SwinUNETR(in_channels=3, out_channels=1, spatial_dims=2, feature_size=24),
+    "unetr": lambda size: _nets().UNETR(in_channels=3, out_channels=1, img_size=size, spatial_dims=2, feature_size=16),
+}
+
+
+def build(name: str, size: tuple[int, int]) -> nn.Module:
+    """A model of :data:`MODELS` by benchmark name, 3 input channels, 1 output channel, for inputs of ``size``."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {list(MODELS)}")
+    return MODELS[name](size)
+
+
+class _OfficialForward(nn.Module):
+    """The official forward: all three heads are computed and upsampled to full size in eval mode too
+    (the caller keeps ``map_2``); in training it returns them for deep supervision, as ours does.
+
+    Only the top module's ``training`` flag is raised for the call, so BatchNorm and dropout stay in eval.
+    """
+
+    def __init__(self, net: TransFuse):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor):
+        if self.training:
+            return self.net(x)
+        self.net.training = True
+        try:
+            return self.net(x)[0]
+        finally:
+            self.net.training = False
+
+
+class _FirstOutput(nn.Module):
+    """BasicUNetPlusPlus returns a list of deep-supervision maps; benchmark its final map."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[0]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory: allocated on a CUDA device, else the process's resident high-water mark."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process high-water mark
+
+
+def inference_modes(name: str, model: nn.Module, device: torch.device) -> dict[str, tuple[nn.Module, bool, bool]]:
+    """mode -> (model, channels_last input, bf16 autocast)."""
+    modes = {"fp32": (model, False, False)}
+    if name in TRANSFUSE:
+        fast = optimize_for_inference(model)
+        modes["fp32-fast"] = (fast, True, False)
+        if fast_autocast_available(device):
+            modes["bf16-fast"] = (fast, True, True)
+    return modes
+
+
+def training_loss(name: str):
+    """The loss each model trains with: the official one for official-S, the bundle's otherwise."""
+    if name == "official-S":
+        return lambda heads, y: sum(w * official_structure_loss(h, y) for w, h in zip(DEEP_SUPERVISION_WEIGHTS, heads))
+    return transfuse_deep_supervision_loss()
+
+
+def train_step_ms(model: nn.Module, name: str, size, batch: int, iters: int, device: torch.device, autocast: bool) -> float:
+    """Median forward + loss + backward + Adam step time for a batch of random images and masks."""
+    model = model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.999))
+    loss_fn = training_loss(name)
+    x = torch.rand(batch, 3, *size, device=device)
+    y = (torch.rand(batch, 1, *size, device=device) > 0.5).float()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model(x)
+        heads = [o.float() for o in (out if isinstance(out, (tuple, list)) else (out,))]
+        loss = loss_fn(heads, y)
+        loss.backward()
+        optimizer.step()
+
+    result = median_ms(step, iters, 1, device)
+    model.eval()
+    return result
+
+
+def run_benchmark(models: Sequence[str], sizes: Sequence[tuple[int, int]], device: str | torch.device = "cpu",
+                  iters: int = 20, warmup: int = 3, throughput_batch: int = 16, throughput_iters: int = 3,
+                  train_batch: int = 8, train_iters: int = 3) -> list[dict]:
+    """One row per size and model of :data:`MODELS`, printed as a JSON line when measured (see the module doc).
+
+    Args:
+        models: benchmark names; ``official-S`` before ``S`` adds the interleaved speed-ups to S's row.
+        sizes: ``(H, W)`` input sizes.
+        device: where to run.
+        iters, warmup: timed and untimed batch-1 forwards (the median is reported).
+        throughput_batch, throughput_iters: batch size and timed forwards for throughput (images/s).
+        train_batch, train_iters: batch size and timed steps for the training-step time.
+    """
+    device = torch.device(device)
+    rows = []
+    for size in sizes:
+        official = None
+        for name in models:
+            torch.manual_seed(0)
+            model = build(name, size).to(device).eval()
+            x = torch.rand(1, 3, *size, device=device)
+            row = {"model": name, "size": f"{size[0]}x{size[1]}", "params": parameter_count(model),
+                   "gmacs": round(gmacs(model, x), 2)}
+            modes = inference_modes(name, model, device)
+            if name == "official-S":
+                official = model
+            elif name == "S" and official is not None:
+                row.update(interleaved_speedups(official, modes, x, iters, warmup))
+            for mode, (net, channels_last, autocast) in modes.items():
+                xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+                row[f"latency_ms_{mode}"] = round(forward_latency_ms(net, xin, iters, warmup, autocast), 2)
+                xb = torch.rand(throughput_batch, 3, *size, device=device)
+                xb = xb.contiguous(memory_format=torch.channels_last) if channels_last else xb
+                ms = forward_latency_ms(net, xb, throughput_iters, 1, autocast)
+                row[f"throughput_img_s_{mode}"] = round(throughput_batch * 1000 / ms, 2)
+            row["train_step_ms_fp32"] = round(train_step_ms(model, name, size, train_batch, train_iters, device, False), 1)
+            if name in TRANSFUSE and fast_autocast_available(device):
+                row["train_step_ms_bf16"] = round(train_step_ms(model, name, size, train_batch, train_iters, device, True), 1)
+            row["peak_memory_mb"] = round(peak_memory_mb(device), 1)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    add_ratios(rows)
+    return rows
+
+
+def interleaved_speedups(official: nn.Module, modes: dict[str, tuple[nn.Module, bool, bool]], x: torch.Tensor,
+                         iters: int, warmup: int) -> dict[str, float]:
+    """official-S latency / ours for each inference mode, the models called in turn in every
+    iteration (batch 1), so that load from other processes cannot favour either side."""
+    def call(net, channels_last, autocast):
+        xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+        def step():
+            with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+                return net(xin)
+        return step
+
+    fns = {"official": call(official, False, False)}
+    fns.update({mode: call(*spec) for mode, spec in modes.items()})
+    ms = interleaved_median_ms(fns, iters, warmup, x.device)
+    return {f"speedup_interleaved_vs_official_{mode}": round(ms["official"] / ms[mode], 3) for mode in modes}
+
+
+def data_pipeline(dataset_dir: Path, size, batch: int, steps: int, num_workers: int) -> dict:
+    """Training images/s with the bundle's own data pipeline (real images from disk: train.json's
+    CacheDataset, augmentations and DataLoader) against the same training step on tensors already in
+    memory. The ratio says whether data loading holds training back."""
+    from monai.bundle import ConfigParser
+
+    from .bundle_folder import source_root
+
+    parser = ConfigParser()
+    parser.read_config(str(source_root() / "configs" / "train.json"))
+    parser.update({"dataset_dir": str(dataset_dir), "image_size": list(size), "batch_size": batch,
+                   "num_workers": num_workers, "device": "$torch.device('cpu')", "amp": False})
+    loader = parser.get_parsed_content("train#dataloader")
+    network, loss_fn = parser.get_parsed_content("network"), parser.get_parsed_content("loss")
+    optimizer = parser.get_parsed_content("optimizer")
+    network.train()
+
+    def step(images, labels):
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(network(images), labels).backward()
+        optimizer.step()
+
+    batches = iter(loader)
+    first = next(batches)
+    images, labels = first["image"], first["label"]
+    step(images, labels)  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(images, labels)
+    model_only = steps * batch / (time.perf_counter() - start)
+    start, seen = time.perf_counter(), 0
+    while seen < steps * batch:
+        try:
+            data = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            data = next(batches)
+        step(data["image"], data["label"])
+        seen += data["image"].shape[0]
+    with_data = seen / (time.perf_counter() - start)
+    return {"dataset_dir": str(dataset_dir), "size": f"{size[0]}x{size[1]}", "batch": batch, "num_workers": num_workers,
+            "train_img_s_model_only": round(model_only, 2), "train_img_s_with_data": round(with_data, 2),
+            "data_pipeline_ratio": round(with_data / model_only, 3)}
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Speed-ups of our S against the official computation in the same run and the reference numbers."""
+    by_key = {(r["model"], r["size"]): r for r in rows}
+    for row in rows:
+        if row["model"] != "S":
+            continue
+        official = by_key.get(("official-S", row["size"]))
+        for mode in ("fp32", "fp32-fast", "bf16-fast"):
+            ours = row.get(f"latency_ms_{mode}")
+            if ours is None:
+                continue
+            if official:
+                row[f"speedup_vs_official_{mode}"] = round(official["latency_ms_fp32"] / ours, 2)
+            reference = OFFICIAL_REFERENCE_MS.get(tuple(int(s) for s in row["size"].split("x")))
+            if reference:
+                row[f"speedup_vs_official_reference_{mode}"] = round(reference / ours, 2)
+        if official:
+            row["train_speedup_vs_official_fp32"] = round(official["train_step_ms_fp32"] / row["train_step_ms_fp32"], 2)
+
+
+def machine_description(device: str | torch.device) -> str:
+    """The hardware (GPU name, or CPU model and threads), torch version and native bf16 support, in one line."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        hardware = torch.cuda.get_device_name(device)
+    else:
+        hardware = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+        try:
+            model_name = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+            hardware = f"{model_name.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads"
+        except (OSError, StopIteration):
+            pass
+    return f"{hardware}; torch {torch.__version__}; native bf16: {fast_autocast_available(device)}"
+
+
+def write_markdown(rows: list[dict], machine: str, path: Path, pipeline: dict | None = None) -> None:
+    """The rows as a Markdown table under a line naming the machine (and the data-pipeline result, if any)."""
+    columns = sorted({k for r in rows for k in r} - {"model", "size"}, key=_column_order)
+    lines = [f"Measured on: {machine}", "", "| model | size | " + " | ".join(columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['size']} | " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+    if pipeline:
+        lines += ["", f"Data pipeline ({pipeline['dataset_dir']}, {pipeline['size']}, batch {pipeline['batch']}, "
+                  f"{pipeline['num_workers']} workers): {pipeline['train_img_s_with_data']} training images/s from disk "
+                  f"vs {pipeline['train_img_s_model_only']} on tensors in memory, ratio {pipeline['data_pipeline_ratio']}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _column_order(name: str) -> tuple[int, str]:
+    order = ["params", "gmacs", "latency", "throughput", "train", "peak", "speedup"]
+    return next((i for i, prefix in enumerate(order) if name.startswith(prefix)), len(order)), name
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,}" if isinstance(value, int) else str(value)

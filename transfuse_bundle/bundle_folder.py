@@ -1,52 +1,48 @@
-"""Self-contained bundle folders: the repository's bundle (or a preset of it) copied into one folder.
+"""Self-contained bundle folders: one task of the repository (``configs/tasks/<task>/``) in one folder.
 
 A bundle folder is what MONAI Label's ``monaibundle`` app loads from ``APP/model/NAME`` and what the
 model zoo packages as ``NAME/``: ``configs/``, ``models/``, ``docs/``, ``LICENSE`` and, so that the
 folder works without ``pip install``, a copy of the ``transfuse_bundle`` package (the configs point at
 it with ``_target_``; MONAI Label and ``monai.bundle run`` put the bundle root on ``sys.path``).
 
-A *preset* selects a dataset/task variant of the bundle. Its JSON configs are the repository's configs
-with overlay files merged on top, exactly as ``monai.bundle run --config_file "[base, overlay]"``
-merges them (top-level keys replace, ``a#b`` keys replace nested items), so the copy needs no
-overlay at run time:
-
-========  ==============================================================================
-polyp     the repository's configs unchanged (2D RGB, 1 sigmoid channel: background, polyp)
-prostate  T2 MRI volumes: trained on axial slices, served and evaluated slice by slice
-          (``SliceInferer``) by the 2D network, 1 input channel, 3 classes (background, central
-          gland/transition zone, peripheral zone): ``configs/presets/prostate_*.json``
-========  ==============================================================================
+Its ``train.json``, ``inference.json`` and ``metadata.json`` are the task's configs merged in the order of
+:data:`transfuse_bundle.tasks.CHAINS`, exactly as ``monai.bundle run --config_file "[base, overlay, ...]"``
+merges them, so the folder needs no overlay at run time; ``evaluate.json`` and ``multi_gpu_train.json``
+stay overlays of its ``train.json`` (with the task's own evaluation overlay added), as in any zoo bundle.
+``metadata.json``'s network description (shapes, channels, class names) is derived from the configs.
 
 Example::
 
     from transfuse_bundle.bundle_folder import copy_bundle, write_initial_weights
-    copy_bundle("apps/monaibundle/model/transfuse_polyp", preset="polyp")
-    copy_bundle("/tmp/prostate", preset="prostate", overrides={"image_size": [256, 256]})
+    copy_bundle("apps/monaibundle/model/transfuse_polyp", task="polyp")
+    copy_bundle("/tmp/prostate", task="prostate", overrides={"image_size": [256, 256]})
     write_initial_weights("/tmp/prostate")          # untrained weights, e.g. to train from MONAI Label
 """
 
 from __future__ import annotations
 
 import argparse
-
 import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from .tasks import CHAINS, TaskError, config_files, task_dir
 
 __all__ = [
     "parse_override",
     "read_json_object",
     "write_json",
-    "PRESETS",
-    "Preset",
     "BundleFolderError",
     "source_root",
     "merged_config",
     "copy_bundle",
+    "task_configs",
+    "describe_network",
+    "bundle_network",
+    "check_weights_fit",
     "write_initial_weights",
 ]
 
@@ -61,41 +57,6 @@ IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".DS_Store
 
 class BundleFolderError(RuntimeError):
     """A bundle folder cannot be made; the message names the file or folder and the problem."""
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A variant of the bundle.
-
-    Args:
-        description: one line for ``--help`` and logs.
-        overlays: ``{config file name: [overlay paths relative to configs/]}``, merged in order on top of
-            ``configs/<name>``; a name without a base file in configs/ is built from its overlays alone.
-        exclude: config files of the repository that the preset does not ship (e.g. a training config
-            that would train the wrong task).
-        models_dir: the folder (relative to the source root) whose weights the preset ships as
-            ``models/``; weights of another preset would not fit its network.
-    """
-
-    description: str
-    overlays: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    exclude: Sequence[str] = ()
-    models_dir: str = "models"
-
-
-PRESETS: dict[str, Preset] = {
-    "polyp": Preset("2D RGB polyp segmentation (the repository's configs unchanged)"),
-    "prostate": Preset(
-        "T2 MRI prostate zones: trained on axial slices, volumes served and evaluated slice by slice",
-        overlays={
-            "train.json": ["presets/prostate_train.json"],
-            "evaluate.json": ["presets/prostate_evaluate.json"],
-            "inference.json": ["presets/prostate_inference.json"],
-            "metadata.json": ["presets/prostate_metadata.json"],
-        },
-        models_dir="models/prostate",
-    ),
-}
 
 
 def source_root(root: str | os.PathLike | None = None) -> Path:
@@ -183,32 +144,31 @@ def write_json(path: Path, content: Mapping[str, Any]) -> None:
 
 def copy_bundle(
     dest: str | os.PathLike,
-    preset: str = "polyp",
+    task: str = "polyp",
     overrides: Mapping[str, Any] | None = None,
     weights: str | os.PathLike | None = None,
     include_models: bool = True,
     source: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Writes a self-contained bundle folder for ``preset`` at ``dest`` and returns its path.
+    """Writes a self-contained bundle folder for ``task`` at ``dest`` and returns its path.
 
     Args:
         dest: the bundle folder to create (its name is the bundle/MONAI Label model name).
-        preset: a key of :data:`PRESETS`.
+        task: a task of the registry (:func:`transfuse_bundle.tasks.task_names`), e.g. ``"polyp"``.
         overrides: ``{config id: value}`` set in every JSON config of the copy that already has that id
-            (``a#b`` ids reach nested items, e.g. ``{"image_size": [128, 128]}`` or
-            ``{"network_data_format#inputs#image#spatial_shape": [128, 128]}``); an id found in no
-            config is an error. ``metadata.json``'s spatial shapes follow ``image_size`` automatically.
+            (``a#b`` ids reach nested items, e.g. ``{"image_size": [128, 128]}``); an id found in no config is
+            an error. ``metadata.json``'s network description follows the configs automatically.
         weights: a state dict to install as ``models/model.pt`` (else the source's models/ are copied).
-        include_models: copy the preset's weights from the source (``Preset.models_dir``: model.pt/ts/onnx,
-            large_files.yml) when present.
+        include_models: copy the source's weights (``models/``: model.pt/ts/onnx, large_files.yml) when present.
         source: the repository (or bundle folder) to copy from; default :func:`source_root`.
         overwrite: replace an existing ``dest``; otherwise an existing non-empty ``dest`` is an error.
     """
-    if preset not in PRESETS:
-        raise BundleFolderError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-    spec = PRESETS[preset]
     src = source_root(source)
+    try:
+        task_dir(task, src)
+    except TaskError as e:
+        raise BundleFolderError(str(e)) from None
     dest = Path(dest).resolve()
     if dest == src or dest in src.parents:
         raise BundleFolderError(f"destination {dest} is the source {src} or contains it")
@@ -218,42 +178,19 @@ def copy_bundle(
         shutil.rmtree(dest)
     (dest / "configs").mkdir(parents=True, exist_ok=True)
 
-    # configs: every file of configs/ (not presets/), with the preset's overlays merged in
-    src_configs = src / "configs"
-    names = sorted({p.name for p in src_configs.iterdir() if p.is_file()} | set(spec.overlays))
-    names = [n for n in names if n not in spec.exclude]
-    written: dict[str, dict[str, Any]] = {}
-    for name in names:
-        base = src_configs / name
-        overlay_files = [src_configs / o for o in spec.overlays.get(name, ())]
-        if not name.endswith(".json"):
-            shutil.copy2(base, dest / "configs" / name)
-            continue
-        files = ([base] if base.is_file() else []) + overlay_files
-        if not files:
-            raise BundleFolderError(f"preset {preset!r}: {name} has neither a base config nor overlays")
-        # a config without overlays is copied as it is: overlays such as evaluate.json only make sense
-        # on top of train.json, at run time; an overlay of such an overlay adds or replaces its keys
-        if overlay_files and base.is_file() and any("#" in key for key in read_json_object(base)):
-            written[name] = {k: v for f in files for k, v in read_json_object(f).items()}
-        else:
-            written[name] = merged_config(files) if overlay_files else read_json_object(base)
-
-    # overrides, applied where the id exists
+    written = task_configs(task, src)
     overrides = dict(overrides or {})
     for id_, value in overrides.items():
         hit = [n for n, cfg in written.items() if _set_id(cfg, id_, value)]
         if not hit:
-            raise BundleFolderError(f"override {id_!r}: no config of preset {preset!r} has this id ({sorted(written)})")
+            raise BundleFolderError(f"override {id_!r}: no config of task {task!r} has this id ({sorted(written)})")
         logger.info("override %s=%r in %s", id_, value, hit)
-    if "image_size" in overrides and "metadata.json" in written:
-        fmt = written["metadata.json"].get("network_data_format", {})
-        for section in ("inputs", "outputs"):
-            for item in fmt.get(section, {}).values():
-                if isinstance(item, dict) and "spatial_shape" in item:
-                    item["spatial_shape"] = list(overrides["image_size"])
+    describe_network(written["metadata.json"], written["train.json"], written["inference.json"])
     for name, cfg in written.items():
         write_json(dest / "configs" / name, cfg)
+    for path in (src / "configs").iterdir():  # logging.conf
+        if path.is_file() and path.suffix != ".json":
+            shutil.copy2(path, dest / "configs" / path.name)
 
     # package code, docs, licence
     shutil.copytree(src / PACKAGE_NAME, dest / PACKAGE_NAME, ignore=IGNORE, dirs_exist_ok=True)
@@ -268,18 +205,94 @@ def copy_bundle(
 
     # weights
     (dest / "models").mkdir(exist_ok=True)
-    models_src = src / spec.models_dir
-    if include_models and models_src.is_dir():
+    if include_models and (src / "models").is_dir():
         for name in MODEL_FILES:
-            if (models_src / name).is_file():
-                shutil.copy2(models_src / name, dest / "models" / name)
+            if (src / "models" / name).is_file():
+                shutil.copy2(src / "models" / name, dest / "models" / name)
     if weights is not None:
         weights = Path(weights)
         if not weights.is_file():
             raise BundleFolderError(f"weights file {weights} does not exist")
         shutil.copy2(weights, dest / "models" / "model.pt")
-    logger.info("bundle folder %s written (preset %s)", dest, preset)
+    logger.info("bundle folder %s written (task %s)", dest, task)
     return dest
+
+
+def task_configs(task: str, source: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """``{file name: config}`` of the bundle folder of ``task``, every JSON file of ``configs/``:
+
+    * a config whose chain starts with itself (train, inference, metadata) is its chain merged
+      (:func:`transfuse_bundle.tasks.config_files`);
+    * an overlay of another config (evaluate, multi_gpu_train) stays an overlay: its keys, then those of
+      the task's file of the same name, applied in that order on the bundle's train.json at run time;
+    * any other JSON file (e.g. ``inference_torchscript.json``) is copied as it is.
+    """
+    src = source_root(source)
+    configs: dict[str, dict[str, Any]] = {}
+    for path in sorted((src / "configs").glob("*.json")):
+        chain = config_files(path.name, task, src) if path.name in CHAINS else [path]
+        if chain[0] == path:
+            configs[path.name] = merged_config(chain) if len(chain) > 1 else read_json_object(path)
+        else:
+            overlays = [f for f in chain if f.name == path.name]  # configs/evaluate.json, tasks/T/evaluate.json
+            configs[path.name] = {k: v for f in overlays for k, v in read_json_object(f).items()}
+    return configs
+
+
+def describe_network(metadata: dict[str, Any], train: Mapping[str, Any], inference: Mapping[str, Any]) -> None:
+    """Sets ``metadata``'s ``network_data_format`` from the configs' plain values, so that it cannot contradict
+    them: input/output spatial shapes (``image_size``), channel counts (``in_channels``/``out_channels``) and
+    the output channels' names (``class_names``)."""
+    fmt = metadata.get("network_data_format", {})
+    image, pred = fmt.get("inputs", {}).get("image"), fmt.get("outputs", {}).get("pred")
+    size, names = inference.get("image_size"), train.get("class_names")
+    for item, channels in ((image, inference.get("in_channels")), (pred, inference.get("out_channels"))):
+        if not isinstance(item, dict):
+            continue
+        if isinstance(size, list):
+            item["spatial_shape"] = list(size)
+        if isinstance(channels, int):
+            item["num_channels"] = channels
+    if isinstance(pred, dict) and isinstance(names, list):
+        pred["channel_def"] = {str(i): name for i, name in enumerate(names)}
+
+
+def bundle_network(bundle: str | os.PathLike, config: str = "inference.json") -> Any:
+    """The untrained ``network_def`` of a bundle folder's ``config`` (``pretrained`` off: nothing is downloaded).
+
+    It is built by this ``transfuse_bundle`` (already imported, so a bundle root on ``sys.path`` would not
+    change which copy ``_target_`` resolves to); the bundle's configs choose what is built."""
+    from monai.bundle import ConfigParser
+
+    bundle = Path(bundle).resolve()
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / config))
+    parser["bundle_root"] = str(bundle)
+    if "pretrained" in parser:
+        parser["pretrained"] = False  # never download ImageNet weights here
+    return parser.get_parsed_content("network_def", instantiate=True)
+
+
+def check_weights_fit(bundle: str | os.PathLike, weights: str | os.PathLike) -> None:
+    """Raises :class:`BundleFolderError` unless the state dict ``weights`` loads strictly into the network of
+    the bundle folder's ``inference.json``; the message names the file, the config and the first differences
+    (missing and unexpected keys, shapes), so that weights of another task, size or class count are refused
+    before they are shipped or served."""
+    from .utils import load_weights
+
+    network = bundle_network(bundle)
+    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in load_weights(weights, "weights").items()}
+    problems = [f"missing {k}" for k in expected if k not in found]
+    problems += [f"unexpected {k}" for k in found if k not in expected]
+    problems += [f"{k} has shape {list(found[k])}, the network {list(expected[k])}"
+                 for k in expected if k in found and found[k] != expected[k]]
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise BundleFolderError(
+            f"{weights} does not fit the network of {Path(bundle).name}/configs/inference.json "
+            f"(in_channels, out_channels, image_size or variant differ): {shown}"
+        )
 
 
 def write_initial_weights(bundle: str | os.PathLike, config: str = "inference.json", seed: int = 0) -> Path:
@@ -288,26 +301,14 @@ def write_initial_weights(bundle: str | os.PathLike, config: str = "inference.js
     MONAI Label ignores a bundle without weights; with these it serves an untrained model that
     annotators then train through ``/train``. An existing ``model.pt`` is an error: it is never replaced.
     """
-    import sys
-
     import torch
-    from monai.bundle import ConfigParser
 
     bundle = Path(bundle).resolve()
     target = bundle / "models" / "model.pt"
     if target.exists():
         raise BundleFolderError(f"{target} exists: refusing to replace trained weights with untrained ones")
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / config))
-    parser["bundle_root"] = str(bundle)
-    if "pretrained" in parser:
-        parser["pretrained"] = False  # never download ImageNet weights here
     torch.manual_seed(seed)
-    sys.path.insert(0, str(bundle))
-    try:
-        network = parser.get_parsed_content("network_def", instantiate=True)
-    finally:
-        sys.path.remove(str(bundle))
+    network = bundle_network(bundle, config)
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), target)
     return target

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .bundle_folder import BundleFolderError, copy_bundle, write_initial_weights
+from .bundle_folder import BundleFolderError, check_weights_fit, copy_bundle, write_initial_weights
 from .utils import WeightsFileError, load_weights
 
 __all__ = [
@@ -81,22 +81,25 @@ def ensure_app(app_dir: str | os.PathLike, python: str | None = None) -> Path:
 def install_bundle(
     app_dir: str | os.PathLike,
     name: str,
-    preset: str = "polyp",
+    task: str = "polyp",
     overrides: Mapping[str, Any] | None = None,
     weights: str | os.PathLike | None = None,
     init_weights: bool = False,
     include_models: bool = True,
     overwrite: bool = False,
 ) -> Path:
-    """Writes the bundle folder for ``preset`` as ``APP/model/NAME`` (making the app if needed); returns it.
+    """Writes the bundle folder of ``task`` as ``APP/model/NAME`` (making the app if needed); returns it.
+
+    The folder is assembled and its weights checked against its network next to the target first, so a
+    refusal leaves an existing ``APP/model/NAME`` as it was.
 
     Args:
         app_dir: the monaibundle app folder (created from the wheel if it does not exist).
         name: the folder and REST model name; it must not contain one of :data:`RESERVED_WORDS`.
-        preset, overrides, weights, include_models, overwrite: as for
+        task, overrides, weights, include_models, overwrite: as for
             :func:`~transfuse_bundle.bundle_folder.copy_bundle`.
-        init_weights: when the bundle ends up without ``models/model.pt``, write untrained weights
-            (MONAI Label skips a bundle without weights; train it through ``/train``).
+        init_weights: when the bundle ends up without ``models/model.pt``, write untrained weights of the
+            task's network (MONAI Label skips a bundle without weights; train it through ``/train``).
     """
     lowered = name.lower()
     if not name or os.sep in name or name.startswith("."):
@@ -112,16 +115,25 @@ def install_bundle(
         except WeightsFileError as e:
             raise BundleFolderError(str(e)) from None
     app = ensure_app(app_dir)
-    bundle = copy_bundle(app / "model" / name, preset=preset, overrides=overrides, weights=weights,
-                         include_models=include_models, overwrite=overwrite)
-    if not (bundle / "models" / "model.pt").is_file() and not (bundle / "models" / "model.ts").is_file():
-        if not init_weights:
-            raise BundleFolderError(
-                f"{bundle / 'models'} has no model.pt: train the bundle first, pass weights, "
-                f"or ask for untrained weights (init_weights=True / --init-weights)"
-            )
-        write_initial_weights(bundle)
-    return bundle
+    target = app / "model" / name
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise BundleFolderError(f"{target} exists and is not empty (pass overwrite=True / --overwrite)")
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=app / "model") as staging:
+        bundle = copy_bundle(Path(staging) / name, task=task, overrides=overrides, weights=weights,
+                             include_models=include_models)
+        if (bundle / "models" / "model.pt").is_file():
+            check_weights_fit(bundle, bundle / "models" / "model.pt")
+        elif not (bundle / "models" / "model.ts").is_file():
+            if not init_weights:
+                raise BundleFolderError(
+                    f"{bundle.parent.parent / name / 'models'} would have no model.pt: train the bundle first, "
+                    f"pass weights, or ask for untrained weights (init_weights=True / --init-weights)"
+                )
+            write_initial_weights(bundle)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(bundle, target)
+    return target
 
 
 def server_command(

@@ -1,7 +1,7 @@
 """Model-zoo distribution: the bundle as ``dist/<name>_v<version>.zip``, TorchScript/ONNX exports.
 
 A package is the self-contained bundle folder of :func:`transfuse_bundle.bundle_folder.copy_bundle` (configs
-with the preset merged in, the ``transfuse_bundle`` package, ``docs/``, ``LICENSE``) zipped with its top
+with the task merged in, the ``transfuse_bundle`` package, ``docs/``, ``LICENSE``) zipped with its top
 folder ``<name>/``, the layout ``python -m monai.bundle download --name NAME --url URL`` extracts. Weights
 travel either inside (``models/model.pt``) or, with ``large_files_url``, next to the zip: the files are
 written to ``dist/`` as ``<name>_v<version>_<file>`` for upload, and the zip holds ``large_files.yml``
@@ -21,6 +21,7 @@ Example::
 
     from transfuse_bundle.packaging import package_bundle
     package = package_bundle("polyp", out="dist", weights="models/model.pt", export=True)
+    package_bundle("hip", out="dist", init_weights=True)   # untrained weights of the hip network
     print(package.zip_path)      # dist/transfuse_polyp_v0.1.0.zip
 """
 
@@ -40,7 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .bundle_folder import PRESETS, BundleFolderError, copy_bundle, read_json_object, source_root, write_json
+from .bundle_folder import (BundleFolderError, check_weights_fit, copy_bundle, merged_config, read_json_object,
+                            source_root, write_initial_weights, write_json)
+from .tasks import TaskError, task_dir
 from .utils import WeightsFileError, load_weights
 
 __all__ = [
@@ -51,6 +54,7 @@ __all__ = [
     "bundle_name",
     "sha256",
     "bundle_env",
+    "cli_arguments",
     "export_commands",
     "export_models",
     "write_large_files",
@@ -98,9 +102,9 @@ class Package:
     large_files_entries: list[dict[str, str]] = field(default_factory=list)
 
 
-def bundle_name(preset: str) -> str:
-    """The default bundle name of a preset: ``transfuse_<preset>`` (e.g. ``transfuse_polyp``)."""
-    return f"transfuse_{preset}"
+def bundle_name(task: str) -> str:
+    """The default bundle name of a task: ``transfuse_<task>`` (e.g. ``transfuse_polyp``)."""
+    return f"transfuse_{task}"
 
 
 def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -123,8 +127,12 @@ def bundle_env(bundle: str | os.PathLike, base: Mapping[str, str] | None = None)
     return env
 
 
-def _cli_value(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+def cli_arguments(overrides: Mapping[str, Any]) -> list[str]:
+    """``{ID: value}`` -> ``["--ID", "text", ...]`` for ``python -m monai.bundle``, the inverse of
+    :func:`~transfuse_bundle.bundle_folder.parse_override`: strings as they are, other values as JSON
+    (which MONAI's CLI reads back as Python literals)."""
+    return [text for key, value in overrides.items()
+            for text in (f"--{key}", value if isinstance(value, str) else json.dumps(value))]
 
 
 def export_commands(
@@ -138,9 +146,7 @@ def export_commands(
     if unknown:
         raise PackagingError(f"unknown export format(s) {unknown}; expected some of {sorted(EXPORT_FILES)}")
     common = ["--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json",
-              "--config_file", "configs/inference.json"]
-    for key, value in (overrides or {}).items():
-        common += [f"--{key}", _cli_value(value)]
+              "--config_file", "configs/inference.json", *cli_arguments(overrides or {})]
     exe = python or sys.executable
     commands = []
     for fmt in formats:
@@ -249,7 +255,7 @@ def zip_bundle(bundle: str | os.PathLike, zip_path: str | os.PathLike) -> Path:
 
 
 def package_bundle(
-    preset: str = "polyp",
+    task: str = "polyp",
     out: str | os.PathLike = "dist",
     weights: str | os.PathLike | None = None,
     version: str | None = None,
@@ -259,17 +265,18 @@ def package_bundle(
     overrides: Mapping[str, Any] | None = None,
     source: str | os.PathLike | None = None,
     schema: str | os.PathLike | None = None,
+    init_weights: bool = False,
 ) -> Package:
     """Writes ``out/<name>_v<version>.zip`` (top folder ``<name>/``) and returns what was written.
 
     Args:
-        preset: a key of :data:`~transfuse_bundle.bundle_folder.PRESETS`.
+        task: a task of the registry (:func:`transfuse_bundle.tasks.task_names`).
         out: the output folder (created).
-        weights: the state dict to ship as ``models/model.pt``; default: the preset's ``models/model.pt`` in
-            the source (the repository's ``models/`` after training). One of them must exist.
+        weights: the state dict to ship as ``models/model.pt``; default: ``models/model.pt`` of the source
+            (what training writes there). It must fit the task's network (checked before anything is written).
         version: the version to publish; it must be a key of ``changelog`` in ``metadata.json`` (the zoo
             requires it) and is written to the package's metadata. Default: the metadata's version.
-        name: the bundle name; default ``transfuse_<preset>``.
+        name: the bundle name; default ``transfuse_<task>``.
         large_files_url: if given, the weights are not zipped: they are written next to the zip as
             ``<name>_v<version>_<file>`` to be uploaded to this URL (a folder), and ``large_files.yml``
             lists their URLs and sha256.
@@ -280,29 +287,44 @@ def package_bundle(
         source: the repository to package (default: the one this package lives in).
         schema: a local copy of the metadata schema: if given, the package's metadata is verified against
             it with ``monai.bundle.verify_metadata`` before zipping.
+        init_weights: ship untrained (seeded) weights of the task's network instead of ``weights``, for
+            tests and for users who will train the bundle from MONAI Label.
     """
-    if preset not in PRESETS:
-        raise PackagingError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-    name = name or bundle_name(preset)
+    try:
+        task_dir(task, source_root(source))
+    except TaskError as e:
+        raise PackagingError(str(e)) from None
+    name = name or bundle_name(task)
     if not NAME_PATTERN.match(name):
         raise PackagingError(f"bad bundle name {name!r}: use letters, digits and underscores, starting with a letter")
     src = source_root(source)
-    weights = Path(weights) if weights is not None else src / PRESETS[preset].models_dir / "model.pt"
-    if not weights.is_file():
-        raise PackagingError(
-            f"weights file {weights} does not exist: train the bundle first (models/model.pt) or pass --weights FILE"
-        )
-    try:  # never ship a file that users' torch.load would refuse (pickled code) or could not read
-        load_weights(weights, "weights to package")
-    except WeightsFileError as e:
-        raise PackagingError(str(e)) from None
+    if init_weights and weights is not None:
+        raise PackagingError("pass either weights or init_weights, not both")
+    if not init_weights:
+        weights = Path(weights) if weights is not None else src / "models" / "model.pt"
+        if not weights.is_file():
+            raise PackagingError(
+                f"weights file {weights} does not exist: train the bundle first (models/model.pt), pass --weights FILE "
+                f"or --init-weights"
+            )
+        try:  # never ship a file that users' torch.load would refuse (pickled code) or could not read
+            load_weights(weights, "weights to package")
+        except WeightsFileError as e:
+            raise PackagingError(str(e)) from None
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
     with tempfile.TemporaryDirectory(prefix=".staging_", dir=out) as staging:
         # exports are made from these weights below, never copied from the source's models/
-        bundle = copy_bundle(Path(staging) / name, preset=preset, overrides=overrides, weights=weights,
+        bundle = copy_bundle(Path(staging) / name, task=task, overrides=overrides, weights=weights,
                              include_models=False, source=src)
+        if init_weights:
+            write_initial_weights(bundle)
+        else:
+            try:
+                check_weights_fit(bundle, weights)
+            except BundleFolderError as e:
+                raise PackagingError(str(e)) from None
         meta_path = bundle / "configs" / "metadata.json"
         meta = read_json_object(meta_path)
         version = version or meta.get("version")
@@ -348,31 +370,19 @@ def _verify_metadata(meta_path: Path, schema: Path) -> None:
 def make_torchscript_only(bundle: str | os.PathLike) -> Path:
     """Turns a bundle folder with ``models/model.ts`` into one that is served from the TorchScript file alone.
 
-    ``inference.json`` loses ``network_def`` and builds ``network`` with ``torch.jit.load`` of
-    ``models/model.ts`` (so ``monai.bundle run`` works too; the bundle's inferer runs a TorchScript module as
-    exported, in fp32); the ``CheckpointLoader`` handler and
-    ``models/model.pt`` are removed, ``ckpt_path`` points to the TorchScript file, and the training configs
-    (which need ``network_def``) are dropped. MONAI Label's bundle app loads ``models/model.ts`` with
-    ``torch.jit.load`` when there is no ``models/model.pt``. Returns ``bundle``.
+    Its ``inference.json`` gets the overlay ``configs/inference_torchscript.json`` merged in (``network_def``
+    becomes ``torch.jit.load`` of ``models/model.ts``, without the ``CheckpointLoader``), like the model zoo's
+    ``inference_trt.json``; ``models/model.pt`` and the training configs (which need the Python network)
+    are removed. Returns ``bundle``.
     """
     bundle = Path(bundle)
-    model_ts = bundle / "models" / "model.ts"
-    config_path = bundle / "configs" / "inference.json"
-    for needed in (model_ts, config_path):
-        if not needed.is_file():
-            raise PackagingError(f"cannot make a TorchScript-only bundle: {needed} does not exist")
-    config = read_json_object(config_path)
-    config.pop("network_def", None)
-    config["ckpt_path"] = "$@ckpt_dir + '/model.ts'"
-    config["network"] = "$torch.jit.load(@ckpt_path, map_location=@device)"
-    # a TorchScript archive is not a state dict (weights_only refuses it): the run list only checks that it
-    # exists; torch.jit.load reads it with TorchScript's own unpickler, which creates no Python objects
-    config["run"] = [step.replace("utils.require_weights(", "utils.require_file(") if isinstance(step, str) else step
-                     for step in config.get("run", [])]
-    handlers = config.get("handlers", [])
-    config["handlers"] = [h for h in handlers if not (isinstance(h, dict) and h.get("_target_") == "CheckpointLoader")]
-    write_json(config_path, config)
+    configs = bundle / "configs"
+    needed = (bundle / "models" / "model.ts", configs / "inference.json", configs / "inference_torchscript.json")
+    for path in needed:
+        if not path.is_file():
+            raise PackagingError(f"cannot make a TorchScript-only bundle: {path} does not exist")
+    write_json(configs / "inference.json", merged_config([configs / "inference.json", configs / "inference_torchscript.json"]))
     (bundle / "models" / "model.pt").unlink(missing_ok=True)
     for name in ("train.json", "evaluate.json", "multi_gpu_train.json"):
-        (bundle / "configs" / name).unlink(missing_ok=True)
+        (configs / name).unlink(missing_ok=True)
     return bundle

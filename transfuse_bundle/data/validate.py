@@ -138,8 +138,8 @@ def _read(path: str, spatial_dims: int, is_mask: bool) -> _File:
     if kind == "picture" and spatial_dims == 3:
         raise _Unusable(f"a 2D {what}, but this config segments 3D volumes (spatial_dims=3): give .nii/.nii.gz volumes")
     if kind == "volume" and spatial_dims == 2:
-        raise _Unusable(f"a 3D volume, but this config segments 2D images (spatial_dims=2): use a 3D preset "
-                        f"(e.g. configs/presets/prostate_inference.json) or 2D files")
+        raise _Unusable("a 3D volume, but this config segments 2D images (spatial_dims=2): use a 3D task "
+                        "(e.g. configs/tasks/prostate/) or 2D files")
     found = _read_picture(path, is_mask) if kind == "picture" else _read_volume(path, is_mask)
     if kind == "volume" and len(found.shape) < 3:
         raise _Unusable(f"a {len(found.shape)}D volume, but this config segments 3D volumes (spatial_dims=3)")

@@ -1,14 +1,12 @@
 """The paper's Table 1 on PraNet's five polyp test sets, with the polyp toolbox metrics.
 
-    transfuse-polyp-benchmark TESTDATASET_DIR --bundle_root B --output_dir OUT [--image_size H W]
-    python scripts/polyp_benchmark.py TESTDATASET_DIR --bundle_root B --output_dir OUT
-
-``TESTDATASET_DIR`` is PraNet's ``TestDataset`` folder: ``{Kvasir,CVC-ClinicDB,CVC-ColonDB,CVC-300,
+The command is ``transfuse-polyp-benchmark`` (:mod:`transfuse_bundle.cli.polyp_benchmark`).
+``test_dir`` is PraNet's ``TestDataset`` folder: ``{Kvasir,CVC-ClinicDB,CVC-ColonDB,CVC-300,
 ETIS-LaribPolypDB}/{images,masks}``. Sets that are not there are reported as missing. The bundle's own
-evaluation (``configs/train.json`` + ``configs/evaluate.json`` of the bundle root, the weights
-``B/models/model.pt``) runs once over every image found, at the original resolution, with each case
-tagged with its set; its report goes to ``OUT/eval`` (metrics.json, per_case.csv, summary.md, overlays)
-and this command writes from it:
+evaluation (the polyp task's evaluate config of the bundle root, see :func:`default_config_files`, with
+the weights ``B/models/model.pt``) runs once over every image found, at the original resolution, with
+each case tagged with its set; its report goes to ``OUT/eval`` (metrics.json, per_case.csv, summary.md,
+overlays) and :func:`run_benchmark` writes from it:
 
 * ``OUT/polyp_benchmark.md``: Table 1's layout (mDice and mIoU per test set, seen and unseen sets) and
   the toolbox metrics per set (mDice, mIoU, wFm, Sm, mean Em, max Em, MAE; Dice and IoU of the mask
@@ -21,19 +19,21 @@ mDice and mIoU are the PraNet toolbox's (mean over 256 thresholds of the probabi
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..data.datalist import DatasetError
 from ..data.prepare import PRANET_SEEN_SETS, PRANET_TEST_SETS, pranet_test_cases
+from ..tasks import config_files as task_config_files
+from ..tasks import task_names
 from .polyp import TOOLBOX_METRICS
 
-__all__ = ["benchmark_table", "benchmark_markdown", "run_benchmark", "main"]
+__all__ = ["benchmark_table", "benchmark_markdown", "default_config_files", "run_benchmark"]
+
+#: the task whose evaluation the benchmark runs by default (352x352, as the paper).
+POLYP_TASK = "polyp"
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,14 @@ def benchmark_markdown(table: dict[str, Any], model: str = "TransFuse (this bund
     return "\n".join(lines) + "\n"
 
 
+def default_config_files(bundle_root: str | os.PathLike, task: str = POLYP_TASK) -> list[Path]:
+    """The evaluate config chain of ``task`` in ``bundle_root`` (a checkout or a bundle folder with
+    ``configs/tasks/``), else the bundle's own ``configs/train.json`` + ``configs/evaluate.json``."""
+    if task in task_names(bundle_root):
+        return task_config_files("evaluate.json", task, source=bundle_root)
+    return [Path(bundle_root) / "configs" / "train.json", Path(bundle_root) / "configs" / "evaluate.json"]
+
+
 def run_benchmark(test_dir: str | os.PathLike, bundle_root: str | os.PathLike, output_dir: str | os.PathLike,
                   config_files: Sequence[str | os.PathLike] | None = None, **overrides: Any) -> dict[str, Any]:
     """Evaluates the bundle's model on every PraNet test set found in ``test_dir`` and writes
@@ -110,7 +118,7 @@ def run_benchmark(test_dir: str | os.PathLike, bundle_root: str | os.PathLike, o
         test_dir: PraNet's ``TestDataset`` folder.
         bundle_root: the bundle folder (``configs/``, ``models/model.pt``).
         output_dir: where to write.
-        config_files: the evaluation configs; default ``B/configs/train.json`` + ``B/configs/evaluate.json``.
+        config_files: the evaluation configs; default :func:`default_config_files`.
         overrides: config overrides by id, e.g. ``image_size=[352, 352]``, ``ckpt_path=...``.
     Returns:
         the JSON written (see :func:`benchmark_table`).
@@ -119,9 +127,7 @@ def run_benchmark(test_dir: str | os.PathLike, bundle_root: str | os.PathLike, o
 
     bundle_root, output_dir = Path(bundle_root), Path(output_dir)
     cases, missing = pranet_test_cases(test_dir)
-    if config_files is None:
-        config_files = [bundle_root / "configs" / "train.json", bundle_root / "configs" / "evaluate.json"]
-    config_files = [str(f) for f in config_files]
+    config_files = [str(f) for f in (config_files or default_config_files(bundle_root))]
     for file in config_files:
         if not Path(file).is_file():
             raise FileNotFoundError(f"config file {file!r} does not exist (pass --config_file)")
@@ -140,39 +146,3 @@ def run_benchmark(test_dir: str | os.PathLike, bundle_root: str | os.PathLike, o
     (output_dir / "polyp_benchmark.md").write_text(benchmark_markdown(table))
     return table
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line: parses arguments and calls :func:`run_benchmark`; errors are one line on stderr."""
-    parser = argparse.ArgumentParser(prog="polyp_benchmark", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("test_dir", help="PraNet's TestDataset folder: <set>/{images,masks}")
-    parser.add_argument("--bundle_root", default=".", help="bundle folder with configs/ and models/model.pt")
-    parser.add_argument("--output_dir", required=True, help="where to write polyp_benchmark.{md,json} and eval/")
-    parser.add_argument("--config_file", nargs="+", help="evaluation configs (default: the bundle's train.json "
-                        "and evaluate.json)")
-    parser.add_argument("--image_size", type=int, nargs=2, metavar=("H", "W"), help="network input size")
-    parser.add_argument("--ckpt_path", help="weights (default: BUNDLE_ROOT/models/model.pt)")
-    parser.add_argument("--num_workers", type=int, help="data loader workers")
-    parser.add_argument("--set", action="append", default=[], metavar="ID=VALUE",
-                        help="any other config override, value as JSON (repeatable), e.g. --set variant='\"L\"'")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set needs ID=VALUE, got {item!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    for key in ("image_size", "ckpt_path", "num_workers"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
-    try:
-        table = run_benchmark(args.test_dir, args.bundle_root, args.output_dir, args.config_file, **overrides)
-    except (DatasetError, FileNotFoundError, ValueError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(benchmark_markdown(table))
-    return 0

@@ -9,6 +9,7 @@ from typing import Mapping, Sequence
 import torch
 
 from .backbones import resize_token_grid
+from .sizes import SIZE_MULTIPLE, check_image_size
 
 __all__ = ["convert_official_state_dict"]
 
@@ -76,7 +77,8 @@ def convert_official_state_dict(
             new_key = pattern.sub(replacement, new_key)
         converted[new_key] = value
     if img_size is not None and "vit.pos_embed" in converted:
-        grid = (int(img_size[0]) // 16, int(img_size[1]) // 16)
+        h, w = check_image_size(img_size, "convert_official_state_dict")
+        grid = (h // SIZE_MULTIPLE, w // SIZE_MULTIPLE)
         pos = converted["vit.pos_embed"]
         if pos.shape[1] != grid[0] * grid[1]:
             converted["vit.pos_embed"] = resize_token_grid(pos.float(), *OFFICIAL_GRID, *grid).to(pos.dtype)

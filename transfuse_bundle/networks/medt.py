@@ -16,8 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import ConvBN
+from .sizes import check_image_size
 
 __all__ = ["MedT", "AxialAttention"]
+
+MEDT_SIZE_MULTIPLE = 128  # the local branch down-samples each of its 4x4 patches 32x
 
 
 class AxialAttention(nn.Module):
@@ -143,9 +146,7 @@ class MedT(nn.Module):
     def __init__(self, in_channels: int = 3, out_channels: int = 1, img_size: int | Sequence[int] = (128, 128),
                  groups: int = 8, layers: Sequence[int] = (1, 2, 4, 1), dropout: float = 0.0):
         super().__init__()
-        h, w = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
-        if h % 128 or w % 128:
-            raise ValueError(f"MedT needs img_size multiples of 128 (4x4 patches down-sampled 32x), got {img_size!r}")
+        h, w = check_image_size(img_size, "MedT", MEDT_SIZE_MULTIPLE, "4x4 patches down-sampled 32x")
         self.img_size = (h, w)
         s = 8  # width scale 1/8 of the ResNet widths 64..1024
         base = 64 // s

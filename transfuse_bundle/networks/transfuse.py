@@ -11,28 +11,12 @@ from torch import nn
 
 from .backbones import ViTEncoder, create_cnn_encoder
 from .blocks import BiFusion, SegmentationHead, Up, init_decoder_weights
+from .sizes import SIZE_MULTIPLE, check_image_size, check_input_shape
 from .variants import VARIANTS
 
-__all__ = ["TransFuse", "padded_size"]
+__all__ = ["TransFuse"]
 
 logger = logging.getLogger(__name__)
-
-SIZE_MULTIPLE = 16  # the ViT patch size and the CNN's deepest stride used
-
-
-def padded_size(size: Sequence[int]) -> tuple[int, ...]:
-    """The nearest size at or above ``size`` that TransFuse accepts (each side a multiple of 16)."""
-    return tuple(-(-int(s) // SIZE_MULTIPLE) * SIZE_MULTIPLE for s in size)
-
-
-def _as_hw(img_size: int | Sequence[int]) -> tuple[int, int]:
-    size = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
-    if len(size) != 2 or min(size) < SIZE_MULTIPLE:
-        raise ValueError(f"img_size must be (H, W) with each side >= {SIZE_MULTIPLE}, got {img_size!r}")
-    if any(s % SIZE_MULTIPLE for s in size):
-        raise ValueError(f"img_size {size} is not a multiple of {SIZE_MULTIPLE}; pad or resize to {padded_size(size)}")
-    return size  # type: ignore[return-value]
-
 
 class TransFuse(nn.Module):
     """TransFuse segmentation network.
@@ -112,7 +96,7 @@ class TransFuse(nn.Module):
         cnn_name = cnn_name or spec.cnn
         vit_name = vit_name or spec.vit
         vit_depth = int(vit_depth or spec.vit_depth)
-        self.img_size = _as_hw(img_size)
+        self.img_size = check_image_size(img_size, "TransFuse")
         self.out_channels = int(out_channels)
         self.deep_supervision = bool(deep_supervision)
 
@@ -155,11 +139,7 @@ class TransFuse(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         h, w = x.shape[-2], x.shape[-1]
-        if h % 16 != 0 or w % 16 != 0:
-            raise ValueError(
-                f"TransFuse needs H and W that are multiples of 16, got {h}x{w}; "
-                f"pad or resize to {(h + 15) // 16 * 16}x{(w + 15) // 16 * 16}"
-            )
+        check_input_shape(h, w, "TransFuse")
         features = self.cnn(x)
         t16 = self.drop(self.vit(features[2] if self.sequential else x))
         t8 = self.drop(self.vit_up1(t16))

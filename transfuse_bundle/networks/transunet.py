@@ -16,6 +16,7 @@ from torch import nn
 
 from .backbones import resize_token_grid
 from .blocks import ConvBN, init_decoder_weights
+from .sizes import SIZE_MULTIPLE, check_image_size, check_input_shape
 
 __all__ = ["TransUNet"]
 
@@ -56,9 +57,7 @@ class TransUNet(nn.Module):
                  vit_name: str = "vit_base_r50_s16_224", vit_depth: int = 12,
                  decoder_channels: Sequence[int] = (256, 128, 64, 16), pretrained: bool = False, dropout: float = 0.0):
         super().__init__()
-        size = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
-        if len(size) != 2 or any(s % 16 for s in size):
-            raise ValueError(f"img_size must be (H, W) with multiples of 16, got {img_size!r}")
+        size = check_image_size(img_size, "TransUNet")
         vit = timm.create_model(vit_name, pretrained=pretrained, img_size=size, in_chans=in_channels, depth=vit_depth,
                                 num_classes=0, global_pool="", class_token=False)
         backbone = getattr(vit.patch_embed, "backbone", None)
@@ -70,7 +69,7 @@ class TransUNet(nn.Module):
         self.pos_embed = vit.pos_embed
         self.blocks = vit.blocks
         self.norm = vit.norm
-        self.grid = (size[0] // 16, size[1] // 16)
+        self.grid = (size[0] // SIZE_MULTIPLE, size[1] // SIZE_MULTIPLE)
         self.drop = nn.Dropout2d(dropout)
 
         skip_channels = [info["num_chs"] for info in backbone.feature_info][:3][::-1]  # strides 8, 4, 2
@@ -86,8 +85,7 @@ class TransUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
-        if h % 16 != 0 or w % 16 != 0:
-            raise ValueError(f"TransUNet needs H and W that are multiples of 16, got {h}x{w}")
+        check_input_shape(h, w, "TransUNet")
         root = self.stem.norm(self.stem.conv(x))  # stride 2
         skips = [root]
         y = self.stem.pool(root)

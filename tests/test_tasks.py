@@ -1,7 +1,7 @@
-"""The task presets (configs/presets/{polyp,isic2017,hip}.json) and the sliding-window overlay, on real data.
+"""The tasks of the registry (configs/tasks/<task>/) and the sliding-window option, on real data.
 
 Kvasir-SEG and PH2 are read in place from ``../shared/data`` (datalists go to tmp_path). No hip X-rays
-are available, so the hip preset runs on a small synthetic grey three-bone dataset written to tmp_path.
+are available, so the hip task runs on a small synthetic grey three-bone dataset written to tmp_path.
 Sizes are tiny (48-80 px) so that everything runs on a 2-core CPU; the learning itself is checked
 by tests/test_kvasir.py.
 """
@@ -24,20 +24,23 @@ from transfuse_bundle.data import write_datalist
 from transfuse_bundle.data.prepare import prepare
 from transfuse_bundle.engines import MultiScaleIteration, scaled_size
 from transfuse_bundle.metrics.distances import case_spacing, engine_cases
+from conftest import check_binary_report, write_hip_dataset
+from transfuse_bundle.tasks import config_files
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 CONFIGS = REPO / "configs"
 
 
-def _configs(*names: str) -> list[str]:
-    return [str(CONFIGS / name) for name in names]
+def _configs(config: str, task: str, *options: str) -> list[str]:
+    """The registry's files for ``config`` of ``task``, then ``configs/<option>`` overlays."""
+    return [str(f) for f in config_files(config, task)] + [str(CONFIGS / name) for name in options]
 
 
-def _parser(names: list[str], **overrides) -> ConfigParser:
+def _parser(files: list[str], **overrides) -> ConfigParser:
     """The configs merged as ``monai.bundle run --config_file "[...]" --id value`` merges them."""
     parser = ConfigParser()
-    parser.read_config(_configs(*names))
+    parser.read_config(files)
     parser.update(overrides)
     return parser
 
@@ -50,35 +53,35 @@ def test_official_multi_scale_sizes():
         MultiScaleIteration(rates=[])
 
 
-@pytest.mark.parametrize("preset, size, classes, lr", [
-    ("polyp.json", [352, 352], 1, 1e-4), ("isic2017.json", [192, 256], 1, 7e-5), ("hip.json", [352, 352], 4, 1e-4)])
-def test_presets_compose_with_evaluate_and_inference(preset, size, classes, lr):
-    """Overlay order ``[train, preset, evaluate]`` keeps the preset's network and sizes, and the
-    preset also applies on top of inference.json (it only sets top-level ids)."""
-    for names in (["train.json", f"presets/{preset}"], ["train.json", f"presets/{preset}", "evaluate.json"]):
-        parser = _parser(names)
+@pytest.mark.parametrize("task, size, classes, lr", [
+    ("polyp", [352, 352], 1, 1e-4), ("isic2017", [192, 256], 1, 7e-5), ("hip", [352, 352], 4, 1e-4)])
+def test_tasks_compose_with_evaluate_and_inference(task, size, classes, lr):
+    """The registry's merge order ``[train, task, evaluate]`` keeps the task's network and sizes, and the
+    task's shared settings (task.json) also apply on top of inference.json."""
+    for config in ("train.json", "evaluate.json"):
+        parser = _parser(_configs(config, task))
         assert parser.get_parsed_content("network_def#img_size") == size
         assert parser.get_parsed_content("network_def#out_channels") == classes
-        assert parser.get_parsed_content("train#preprocessing#transforms#5#spatial_size") == size
+        assert parser.get_parsed_content("resize_image#spatial_size") == size
         assert len(parser.get_parsed_content("class_names")) == max(classes, 2)
         assert parser.get_parsed_content("optimizer#lr") == pytest.approx(lr)
-    parser = _parser(["inference.json", f"presets/{preset}"])
-    assert parser.get_parsed_content("preprocessing#transforms#3#spatial_size") == size
+    parser = _parser(_configs("inference.json", task))
+    assert list(parser.get_parsed_content("resize")[0].resizer.spatial_size) == size
     assert parser.get_parsed_content("network_def#out_channels") == classes
-    evaluate = _parser(["train.json", f"presets/{preset}", "evaluate.json"])
+    evaluate = _parser(_configs("evaluate.json", task))
     assert evaluate.get_parsed_content("label_at_original_size") is True
 
 
 @pytest.mark.slow
-def test_polyp_preset_trains_at_three_sizes_on_kvasir(tmp_path):
-    """The polyp preset's multi-scale iteration on the real network: three sizes per batch, one
+def test_polyp_task_trains_at_three_sizes_on_kvasir(tmp_path):
+    """The polyp task's multi-scale iteration on the real network: three sizes per batch, one
     clipped backward and one optimizer step per size, the loss reported at the base size, and the
-    training loss going down; then the preset evaluates at the original resolution."""
+    training loss going down; then the task evaluates at the original resolution."""
     datalist = tmp_path / "datalist.json"
     write_datalist(DATA / "kvasir_seg", datalist, num_training=8, num_validation=2, num_test=3, seed=3)
     common = {"dataset_dir": str(datalist), "bundle_root": str(tmp_path), "image_size": [64, 64],
               "num_workers": 0, "num_overlays": 3, "output_dir": str(tmp_path / "eval")}
-    parser = _parser(["train.json", "presets/polyp.json"], **common, multi_scale_multiple=16, batch_size=4,
+    parser = _parser(_configs("train.json", "polyp"), **common, multi_scale_multiple=16, batch_size=4,
                      max_epochs=4, val_interval=4)
     set_determinism(seed=123)
     trainer = parser.get_parsed_content("train#trainer")
@@ -108,7 +111,7 @@ def test_polyp_preset_trains_at_three_sizes_on_kvasir(tmp_path):
     assert last < first - 0.05
     assert (tmp_path / "models" / "model.pt").is_file()
 
-    bundle_run("evaluating", config_file=_configs("train.json", "presets/polyp.json", "evaluate.json"), **common)
+    bundle_run("evaluating", config_file=_configs("evaluate.json", "polyp"), **common)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["num_cases"] == 3 and 0.0 <= metrics["mean_dice"] <= 1.0
     # overlays are only drawn when the prediction has the original image's size
@@ -116,22 +119,22 @@ def test_polyp_preset_trains_at_three_sizes_on_kvasir(tmp_path):
 
 
 @pytest.mark.slow
-def test_isic2017_preset_on_ph2_prepare_train_evaluate(tmp_path, check_binary_report):
+def test_isic2017_task_on_ph2_prepare_train_evaluate(tmp_path):
     """PH2 dermoscopy through the whole path: prepare (folder layout), one epoch with the isic2017
-    preset at 48x64, evaluation at the original resolution (about 765x570), with the ISIC 2017 challenge
+    task at 48x64, evaluation at the original resolution (about 765x570), with the ISIC 2017 challenge
     metrics (sensitivity, specificity, thresholded Jaccard) and the toolbox metrics in the report."""
     datalist = tmp_path / "ph2" / "datalist.json"
     lists = prepare(DATA / "ph2", datalist, layout="folder", val_fraction=0.05, test_fraction=0.05)
     assert len(lists["test"]) == 5 and len(lists["training"]) + len(lists["validation"]) == 95
     common = {"dataset_dir": str(datalist), "bundle_root": str(tmp_path), "image_size": [48, 64], "num_workers": 0}
-    bundle_run("training", config_file=_configs("train.json", "presets/isic2017.json"), **common,
+    bundle_run("training", config_file=_configs("train.json", "isic2017"), **common,
                max_epochs=1, cache_rate=0.0)
     assert (tmp_path / "models" / "model.pt").is_file()
     out = tmp_path / "eval"
-    bundle_run("evaluating", config_file=_configs("train.json", "presets/isic2017.json", "evaluate.json"), **common,
+    bundle_run("evaluating", config_file=_configs("evaluate.json", "isic2017"), **common,
                output_dir=str(out), num_overlays=5)
     metrics = json.loads((out / "metrics.json").read_text())
-    print(f"PH2, isic2017 preset, 1 epoch at 48x64: {metrics}")
+    print(f"PH2, isic2017 task, 1 epoch at 48x64: {metrics}")
     assert metrics["num_cases"] == 5
     for key in ("mean_dice", "mean_iou", "accuracy"):
         assert 0.0 <= metrics[key] <= 1.0
@@ -142,40 +145,19 @@ def test_isic2017_preset_on_ph2_prepare_train_evaluate(tmp_path, check_binary_re
     assert len(overlays) == 5 and {Image.open(p).size for p in overlays} <= sizes
 
 
-def _hip_case(rng: np.random.Generator, h: int = 96, w: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """A grey (H, W) uint8 image and its (H, W) class-id mask: pelvis band at the top, left and
-    right femoral heads below it, each bone brighter than the soft tissue with its own texture."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    mask = np.zeros((h, w), np.uint8)
-    top = rng.uniform(0.12, 0.22) * h
-    mask[(yy > top) & (yy < top + rng.uniform(0.18, 0.25) * h) & (np.abs(xx - w / 2) < rng.uniform(0.3, 0.42) * w)] = 1
-    for label, cx in ((2, rng.uniform(0.2, 0.32) * w), (3, rng.uniform(0.68, 0.8) * w)):
-        cy, radius = rng.uniform(0.58, 0.7) * h, rng.uniform(0.1, 0.15) * h
-        mask[np.hypot(yy - cy, xx - cx) < radius] = label
-    image = 60 + 25 * np.sin(xx / 7.0) * (mask == 0) + np.array([0, 170, 130, 200], np.float32)[mask]
-    return np.clip(image + rng.normal(0, 8, (h, w)), 0, 255).astype(np.uint8), mask
-
-
 @pytest.mark.slow
-def test_hip_preset_with_sliding_window_on_synthetic_grey_xrays(tmp_path):
-    """The hip preset (3 bones + background, grey PNGs, a pixel spacing) trained on patches and
+def test_hip_task_with_sliding_window_on_synthetic_grey_xrays(tmp_path):
+    """The hip task (3 bones + background, grey PNGs, a pixel spacing) trained on patches and
     evaluated with a sliding window at the original resolution; the spacing reaches every case."""
-    rng = np.random.default_rng(7)
-    root = tmp_path / "hip"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for index in range(12):
-        image, mask = _hip_case(rng)
-        Image.fromarray(image, mode="L").save(root / "images" / f"hip_{index:02d}.png")
-        Image.fromarray(mask).save(root / "masks" / f"hip_{index:02d}.png")
+    root = write_hip_dataset(tmp_path / "hip", 12)
     datalist = tmp_path / "datalist.json"
     lists = prepare(root, datalist, layout="hip", spacing=[0.4, 0.5])
     common = {"dataset_dir": str(datalist), "bundle_root": str(tmp_path), "image_size": [48, 64], "num_workers": 0,
               "output_dir": str(tmp_path / "eval")}
-    bundle_run("training", config_file=_configs("train.json", "presets/hip.json", "presets/sliding_window.json"),
+    bundle_run("training", config_file=_configs("train.json", "hip", "options/sliding_window.json"),
                **common, max_epochs=2, batch_size=4)
 
-    parser = _parser(["train.json", "presets/hip.json", "evaluate.json", "presets/sliding_window.json"], **common)
+    parser = _parser(_configs("evaluate.json", "hip", "options/sliding_window.json"), **common)
     evaluator = parser.get_parsed_content("validate#evaluator")
     windows, spacings = [], []
     evaluator.network.register_forward_pre_hook(lambda m, args: windows.append(tuple(args[0].shape[2:])))
@@ -198,7 +180,7 @@ def test_hip_preset_with_sliding_window_on_synthetic_grey_xrays(tmp_path):
 
     # the same windows for inference: one label PNG per test image, at its size, with class ids
     out = tmp_path / "predictions"
-    bundle_run("run", config_file=_configs("inference.json", "presets/hip.json", "presets/sliding_window_inference.json"),
+    bundle_run("run", config_file=_configs("inference.json", "hip", "options/sliding_window_inference.json"),
                dataset_dir=str(datalist), bundle_root=str(tmp_path), image_size=[48, 64], num_workers=0, output_dir=str(out))
     masks = [np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))]
     assert len(masks) == 2 and all(m.shape == (96, 128) and m.max() <= 3 for m in masks)

@@ -1,0 +1,70 @@
+"""Benchmark TransFuse S / L / L* against the official computation ("official-S") and MONAI's networks.
+
+One process, one thread setting: parameters, GMACs, batch-1 latency, throughput, a training step and peak
+memory per model and size, TransFuse also in its fast inference modes, and our S's speed-ups against
+official-S (what each figure means: transfuse_bundle.benchmarking). Writes OUT.json and OUT.md.
+
+    transfuse-benchmark --threads 2 --out docs/benchmark
+    transfuse-benchmark --tiny --out /tmp/bench      # seconds; what the test suite runs
+    python scripts/benchmark.py --tiny --out /tmp/bench   # the same from a checkout
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from ..benchmarking import MODELS, data_pipeline, machine_description, run_benchmark, write_markdown
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"192x256"`` -> ``(192, 256)``; ``"352"`` -> ``(352, 352)``."""
+    h, _, w = text.lower().partition("x")
+    try:
+        return int(h), int(w or h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW or a single size, e.g. 192x256 or 352, got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), metavar="MODEL",
+                        help=f"benchmark names (default: all of {', '.join(MODELS)})")
+    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(192, 256), (352, 352)])
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--iters", type=int, default=20, help="timed batch-1 forwards (median)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--throughput-batch", type=int, default=16)
+    parser.add_argument("--throughput-iters", type=int, default=3)
+    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--train-iters", type=int, default=3)
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="also measure the training data pipeline on this dataset (folder or datalist.json)")
+    parser.add_argument("--data-steps", type=int, default=6)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true", help="one small size, few iterations, three models")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmark"), help="writes OUT.json and OUT.md")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.models = ["official-S", "S", "unet"]
+        args.sizes, args.iters, args.warmup = [(32, 32)], 2, 1
+        args.throughput_batch, args.throughput_iters, args.train_batch, args.train_iters = 2, 1, 2, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = run_benchmark(args.models, args.sizes, args.device, args.iters, args.warmup, args.throughput_batch,
+                         args.throughput_iters, args.train_batch, args.train_iters)
+    machine = machine_description(args.device)
+    report = {"machine": machine, "results": rows}
+    if args.data_dir is not None:
+        report["data_pipeline"] = data_pipeline(args.data_dir, args.sizes[-1], args.train_batch, args.data_steps,
+                                                args.num_workers)
+        print(json.dumps(report["data_pipeline"]), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(rows, machine, args.out.with_suffix(".md"), report.get("data_pipeline"))
+    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
+    return 0

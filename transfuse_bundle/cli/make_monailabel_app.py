@@ -1,0 +1,52 @@
+"""Put the TransFuse bundle (one task of it) into MONAI Label's monaibundle app, ready to serve.
+
+    transfuse-monailabel-app --app apps/monaibundle --task polyp
+    transfuse-monailabel-app --app apps/monaibundle --task prostate --init-weights
+    python scripts/make_monailabel_app.py ...      # the same from a checkout
+    TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 python -m monailabel.main start_server --app apps/monaibundle \\
+        --studies STUDIES --conf models transfuse_polyp --conf zoo_source github --conf sam2 false \\
+        --host 127.0.0.1
+
+The app is copied from the installed monailabel wheel when ``--app`` does not exist; the bundle folder
+(configs with the task merged in, the transfuse_bundle package, models/, docs/, LICENSE) is written to
+``APP/model/NAME``. See docs/monailabel.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..bundle_folder import BundleFolderError, parse_override
+from ..monailabel_app import install_bundle, server_command
+from ..packaging import bundle_name
+from ..tasks import task_names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--app", required=True, help="monaibundle app folder (made from the monailabel wheel if missing)")
+    parser.add_argument("--name", help="bundle folder / MONAI Label model name (default: transfuse_<task>)")
+    parser.add_argument("--task", "--preset", dest="task", default="polyp", choices=task_names(),
+                        help="a task of configs/tasks/ (--preset is the former name)")
+    parser.add_argument("--weights", help="a state dict to install as models/model.pt (default: the repository's models/)")
+    parser.add_argument("--init-weights", action="store_true",
+                        help="write untrained weights when there is no model.pt (to train from MONAI Label)")
+    parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="ID=JSON",
+                        help="set a config id in the copy, e.g. --set image_size=[256,256] (repeatable)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing APP/model/NAME")
+    args = parser.parse_args(argv)
+    try:
+        name = args.name or bundle_name(args.task)
+        bundle = install_bundle(args.app, name, task=args.task, overrides=dict(args.overrides),
+                                weights=args.weights, init_weights=args.init_weights, overwrite=args.overwrite)
+    except (BundleFolderError, ModuleNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"bundle folder: {bundle}")
+    print("start the server with:")
+    # weights-only torch.load in the server whatever torch's default (docs/monailabel.md, Security)
+    print("  TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 " + " ".join(server_command(Path(args.app).resolve(), "STUDIES",
+                                                                           [name], port=8000)))
+    return 0
