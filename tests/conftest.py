@@ -1,17 +1,22 @@
 """Shared test setup and helpers. Tests never download: hubs are switched off before anything imports them.
 
 The helpers below are imported by the test modules (``from conftest import ...``): running the bundle CLI
-and workflows, the MONAI Label server subprocess, the synthetic hip X-rays, a malicious pickle.
+and workflows, the MONAI Label server subprocess, the synthetic hip X-rays, a malicious pickle, the checks
+of a binary evaluation report.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -191,3 +196,29 @@ class MonaiLabelServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=30)
         self._log.close()
+
+
+def check_binary_report(metrics: dict, out: Path, num_cases: int) -> None:
+    """Range and consistency of a binary 2D evaluation report whose images all hold the foreground (the
+    real-data trainings, Kvasir-SEG and PH2): the
+    empty-mask counts, NSD, the ISIC 2017 metrics and the polyp toolbox metrics, in metrics.json and
+    per_case.csv alike (no NaN or inf anywhere)."""
+    rows = list(csv.DictReader(open(out / "per_case.csv")))
+    assert len(rows) == num_cases and all(cell not in ("", "nan", "inf") for row in rows for cell in row.values())
+    empty = metrics["empty_cases"]
+    assert empty["truth_empty"] == empty["both_empty"] == 0  # every image holds the foreground
+    assert empty["prediction_empty"] == sum(r["empty"] == "prediction_empty" for r in rows)
+    for key in ("sensitivity", "specificity", "thresholded_jaccard", "nsd"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+        assert np.mean([float(r[key]) for r in rows]) == pytest.approx(metrics[key], abs=1e-5), key
+    assert metrics["thresholded_jaccard"] <= metrics["mean_iou"]
+    assert np.mean([float(r["hd95"]) for r in rows]) == pytest.approx(metrics["hd95"], rel=1e-5)  # every case counted
+    toolbox = metrics["polyp_toolbox"]
+    assert toolbox["num_cases"] == num_cases
+    for key in ("mdice", "miou", "wfm", "sm", "mean_em", "max_em", "mae"):
+        assert 0.0 <= toolbox[key] <= 1.0, key
+    assert toolbox["miou"] <= toolbox["mdice"] and toolbox["mean_em"] <= toolbox["max_em"]
+    for key in ("mdice", "miou", "wfm", "sm", "mae"):
+        assert np.mean([float(r[key]) for r in rows]) == pytest.approx(toolbox[key], abs=1e-5), key
+    print(f"new metrics: {({k: metrics[k] for k in ('sensitivity', 'specificity', 'thresholded_jaccard', 'nsd', 'empty_cases')})} "
+          f"toolbox {toolbox}")

@@ -125,7 +125,11 @@ def test_evaluate_workflow_writes_report_at_original_size(evaluation):
     for key in ("hd95", "asd"):
         assert metrics[key] is None or metrics[key] >= 0
     assert set(metrics["per_class"]) == {"polyp"}
-    assert set(metrics["per_class"]["polyp"]) == {"mean_dice", "mean_iou", "accuracy", "hd95", "asd"}
+    assert set(metrics["per_class"]["polyp"]) == {"mean_dice", "mean_iou", "accuracy", "sensitivity", "specificity",
+                                                  "thresholded_jaccard", "hd95", "asd", "nsd", "empty_cases"}
+    assert sum(metrics["empty_cases"].values()) <= 3 and 0.0 <= metrics["nsd"] <= 1.0
+    toolbox = metrics["polyp_toolbox"]  # binary 2D: the probability maps reach the report
+    assert toolbox["num_cases"] == 3 and all(0.0 <= toolbox[k] <= 1.0 for k in ("mdice", "miou", "sm", "mae", "max_em"))
     rows = list(csv.DictReader(open(out / "per_case.csv")))
     assert [Path(r["filename"]).name for r in rows] == ["case_007.png", "case_008.png", "case_009.png"]
     assert all(0.0 <= float(r["dice"]) <= 1.0 and 0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)

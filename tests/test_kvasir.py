@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import bundle_cli
+from conftest import bundle_cli, check_binary_report
 from transfuse_bundle.data import write_datalist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,3 +61,5 @@ def test_kvasir_short_training_beats_trivial_baselines(tmp_path):
     assert metrics["accuracy"] > all_polyp["accuracy"] + 0.3
     assert metrics["hd95"] is not None and metrics["hd95"] > 0
     assert len(list((out / "overlays").glob("*.png"))) == 8
+    check_binary_report(metrics, out, num_cases=24)
+

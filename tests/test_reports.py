@@ -26,7 +26,7 @@ from monai.handlers import MeanDice, MeanIoUHandler, from_engine
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 from PIL import Image
 
-from transfuse_bundle.metrics import HausdorffDistanceMM, SegmentationReport, SurfaceDistanceMM
+from transfuse_bundle.metrics import HausdorffDistanceMM, SegmentationReport, SurfaceDiceMM, SurfaceDistanceMM
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PROSTATE_CASE = DATA / "prostate158" / "020"
@@ -46,6 +46,7 @@ def _run_report(cases: list[dict], out: Path, class_names: list[str]) -> Segment
     MeanIoUHandler(include_background=False, save_details=True, output_transform=pair).attach(engine, "val_mean_iou")
     HausdorffDistanceMM().attach(engine, "val_hd95")
     SurfaceDistanceMM().attach(engine, "val_asd")
+    SurfaceDiceMM().attach(engine, "val_nsd")
     report = SegmentationReport(out, class_names=class_names, num_overlays=8)
     report.attach(engine)
     engine.run([[case] for case in cases], max_epochs=1)

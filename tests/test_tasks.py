@@ -24,7 +24,7 @@ from transfuse_bundle.data import write_datalist
 from transfuse_bundle.data.prepare import prepare
 from transfuse_bundle.engines import MultiScaleIteration, scaled_size
 from transfuse_bundle.metrics.distances import case_spacing, engine_cases
-from conftest import write_hip_dataset
+from conftest import check_binary_report, write_hip_dataset
 from transfuse_bundle.tasks import config_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +121,8 @@ def test_polyp_task_trains_at_three_sizes_on_kvasir(tmp_path):
 @pytest.mark.slow
 def test_isic2017_task_on_ph2_prepare_train_evaluate(tmp_path):
     """PH2 dermoscopy through the whole path: prepare (folder layout), one epoch with the isic2017
-    task at 48x64, evaluation at the original resolution (about 765x570)."""
+    task at 48x64, evaluation at the original resolution (about 765x570), with the ISIC 2017 challenge
+    metrics (sensitivity, specificity, thresholded Jaccard) and the toolbox metrics in the report."""
     datalist = tmp_path / "ph2" / "datalist.json"
     lists = prepare(DATA / "ph2", datalist, layout="folder", val_fraction=0.05, test_fraction=0.05)
     assert len(lists["test"]) == 5 and len(lists["training"]) + len(lists["validation"]) == 95
@@ -137,7 +138,8 @@ def test_isic2017_task_on_ph2_prepare_train_evaluate(tmp_path):
     assert metrics["num_cases"] == 5
     for key in ("mean_dice", "mean_iou", "accuracy"):
         assert 0.0 <= metrics[key] <= 1.0
-    assert metrics["hd95"] is None or metrics["hd95"] >= 0
+    assert metrics["hd95"] > 0  # every case counted, empty predictions at the image diagonal
+    check_binary_report(metrics, out, num_cases=5)  # ISIC 2017 metrics, NSD, empty counts, toolbox metrics
     sizes = {Image.open(case["image"]).size for case in lists["test"]}
     overlays = sorted((out / "overlays").glob("*.png"))
     assert len(overlays) == 5 and {Image.open(p).size for p in overlays} <= sizes
@@ -173,7 +175,7 @@ def test_hip_task_with_sliding_window_on_synthetic_grey_xrays(tmp_path):
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     print(f"hip synthetic, sliding window: {metrics}")
     assert set(metrics["per_class"]) == {"pelvis", "left femur", "right femur"}
-    assert metrics["units"] == {"hd95": "mm", "asd": "mm"}
+    assert metrics["units"] == {"hd95": "mm", "asd": "mm", "nsd_tolerance": "mm"}
     assert all(0.0 <= c["mean_dice"] <= 1.0 for c in metrics["per_class"].values())
 
     # the same windows for inference: one label PNG per test image, at its size, with class ids

@@ -16,14 +16,16 @@ from typing import Any, Callable, Sequence
 
 from .datalist import IMAGE_EXTENSIONS, DatasetError, pair_images_and_masks, split_training
 
-__all__ = ["LAYOUTS", "detect_layout", "prepare", "polyp_pranet", "folder_pairs", "isic2017", "msd_prostate",
-           "prostate158", "hip"]
+__all__ = ["LAYOUTS", "detect_layout", "prepare", "polyp_pranet", "pranet_test_cases", "folder_pairs", "isic2017",
+           "msd_prostate", "prostate158", "hip", "PRANET_TEST_SETS", "PRANET_SEEN_SETS"]
 
 logger = logging.getLogger(__name__)
 
 Datalist = dict[str, list[dict[str, Any]]]
 
 PRANET_TEST_SETS = ("Kvasir", "CVC-ClinicDB", "CVC-ColonDB", "CVC-300", "ETIS-LaribPolypDB")
+#: the test sets drawn from the same collections as PraNet's TrainDataset; the others are unseen.
+PRANET_SEEN_SETS = ("Kvasir", "CVC-ClinicDB")
 
 
 def _pair(images_dir: Path, masks_dir: Path, dataset: str, mask_suffix: str = "",
@@ -49,14 +51,22 @@ def polyp_pranet(root: Path, val_fraction: float = 0.1, seed: int = 0) -> Datali
     validation) and each of ``TestDataset/<set>/{images,masks}`` as test cases tagged with the set."""
     training = _pair(root / "TrainDataset" / "image", root / "TrainDataset" / "mask", "TrainDataset")
     training, validation = split_training(training, val_fraction, seed)
-    test: list[dict[str, Any]] = []
-    test_root = root / "TestDataset"
+    test, _ = pranet_test_cases(root / "TestDataset")
+    return {"training": training, "validation": validation, "test": test}
+
+
+def pranet_test_cases(test_root: str | os.PathLike) -> tuple[list[dict[str, Any]], list[str]]:
+    """``(cases, missing)``: the pairs of every ``<set>/{images,masks}`` of :data:`PRANET_TEST_SETS` found
+    in ``test_root`` (PraNet's ``TestDataset``), tagged with the set's name, and the names of the sets
+    that are not there. Raises :class:`DatasetError` when none is there."""
+    test_root = Path(test_root)
     sets = [name for name in PRANET_TEST_SETS if (test_root / name).is_dir()]
     if not sets:
         raise DatasetError(f"{test_root} holds none of the PraNet test sets {list(PRANET_TEST_SETS)}")
+    cases: list[dict[str, Any]] = []
     for name in sets:
-        test += _pair(test_root / name / "images", test_root / name / "masks", name)
-    return {"training": training, "validation": validation, "test": test}
+        cases += _pair(test_root / name / "images", test_root / name / "masks", name)
+    return cases, [name for name in PRANET_TEST_SETS if name not in sets]
 
 
 def folder_pairs(root: Path, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> Datalist:

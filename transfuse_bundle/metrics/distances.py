@@ -1,4 +1,4 @@
-"""Boundary distances (HD95, ASD) in millimetres when the pixel or voxel spacing is known.
+"""Boundary distances (HD95, ASD) and normalised surface Dice (NSD) in millimetres when the spacing is known.
 
 MONAI's ``HausdorffDistance`` and ``SurfaceDistance`` handlers call their metric without ``spacing``, so
 their distances are in pixels of whatever grid the evaluator compares. The two handlers here pass each
@@ -12,10 +12,15 @@ case's spacing (see :func:`case_spacing`) to the same MONAI metrics, one case at
 
 The label's affine also accounts for resizing: a label resized to the network size (validation during
 training) gets its affine scaled by MONAI, so its distances are still in original pixels or in mm.
+
+Empty masks follow :mod:`~transfuse_bundle.metrics.empty`: where MONAI gives NaN or inf (a class empty in
+the prediction or in the ground truth), these handlers store the policy's value (0 / the image diagonal
+for distances, 1 / 0 for NSD), so their means count every case.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -23,11 +28,17 @@ import torch
 from monai.data import MetaTensor
 from monai.handlers import from_engine
 from monai.handlers.ignite_metric import IgniteMetricHandler
-from monai.metrics import HausdorffDistanceMetric, SurfaceDistanceMetric
+from monai.metrics import HausdorffDistanceMetric, SurfaceDiceMetric, SurfaceDistanceMetric
+from monai.metrics.utils import prepare_spacing
 from monai.utils import MetricReduction
 
+from .empty import DISTANCE, OVERLAP, apply_empty_policy, empty_masks, max_distance
+
 __all__ = ["GEOMETRY_EXTENSIONS", "case_spacing", "engine_cases", "HausdorffDistanceMM",
-           "SurfaceDistanceMM"]
+           "SurfaceDistanceMM", "SurfaceDiceMM", "DEFAULT_NSD_TOLERANCE"]
+
+#: NSD tolerance in the report's unit (mm when the spacing is known, else pixels of the original image).
+DEFAULT_NSD_TOLERANCE = 2.0
 
 #: files whose header gives the voxel size in mm.
 GEOMETRY_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
@@ -88,6 +99,57 @@ def engine_cases(engine: Any) -> list[dict[str, Any]]:
     return [{**(b if isinstance(b, Mapping) else {}), **o} for b, o in zip(batch, outputs)]
 
 
+class _EmptyPolicy:
+    """Mixin for a MONAI surface metric: MONAI's values, then :func:`~.empty.apply_empty_policy`.
+
+    ``_compute_tensor(y_pred, y, spacing=...)`` takes one-hot ``(B, C, *spatial)`` tensors and returns
+    ``(B, C')`` values, ``C' = C - 1`` without the background. MONAI's warnings about empty masks are
+    silenced: the policy, not a NaN, answers them. ``spacing`` as MONAI takes it (None, a number, one
+    value per axis, or one of those per case).
+    """
+
+    family = DISTANCE
+    empty_distance: str | float = "diagonal"
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"the (ground truth|prediction) of class .* is all 0")
+            # MONAI 1.6's own compute_surface_dice still passes this deprecated argument, once per case
+            warnings.filterwarnings("ignore", message=r".*always_return_as_numpy", category=FutureWarning)
+            values = super()._compute_tensor(y_pred, y, **kwargs)  # type: ignore[misc]
+        first = 0 if self.include_background else 1  # type: ignore[attr-defined]
+        pred_empty, truth_empty = empty_masks(y_pred[:, first:], y[:, first:])
+        spatial = tuple(y.shape[2:])
+        spacings = prepare_spacing(spacing=kwargs.get("spacing"), batch_size=y.shape[0], img_dim=len(spatial))
+        maximum = [max_distance(spatial, s, self.empty_distance) for s in spacings]
+        return apply_empty_policy(values, pred_empty, truth_empty, self.family, maximum)
+
+
+class _HausdorffDistanceMetric(_EmptyPolicy, HausdorffDistanceMetric):
+    """MONAI's ``HausdorffDistanceMetric`` with the empty-mask policy."""
+
+
+class _SurfaceDistanceMetric(_EmptyPolicy, SurfaceDistanceMetric):
+    """MONAI's ``SurfaceDistanceMetric`` with the empty-mask policy."""
+
+
+class _SurfaceDiceMetric(_EmptyPolicy, SurfaceDiceMetric):
+    """MONAI's ``SurfaceDiceMetric`` with one tolerance for every class and the empty-mask policy."""
+
+    family = OVERLAP
+
+    def __init__(self, tolerance: float, include_background: bool = False,
+                 reduction: MetricReduction | str = MetricReduction.MEAN) -> None:
+        if not np.isfinite(tolerance) or tolerance < 0:
+            raise ValueError(f"NSD tolerance must be a finite number >= 0, got {tolerance!r}")
+        super().__init__(class_thresholds=[], include_background=include_background, reduction=reduction)
+        self.tolerance = float(tolerance)
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        self.class_thresholds = [self.tolerance] * (y.shape[1] - (0 if self.include_background else 1))
+        return super()._compute_tensor(y_pred, y, **kwargs)
+
+
 class _SpacedDistance(IgniteMetricHandler):
     """A MONAI distance metric handler that measures each case with its own spacing (:func:`case_spacing`).
 
@@ -110,22 +172,46 @@ class _SpacedDistance(IgniteMetricHandler):
 
 
 class HausdorffDistanceMM(_SpacedDistance):
-    """MONAI's ``HausdorffDistance`` handler (95th percentile by default) with each case's spacing."""
+    """MONAI's ``HausdorffDistance`` handler (95th percentile by default) with each case's spacing and the
+    empty-mask policy (``empty_distance``: ``"diagonal"`` or a number in the report's unit)."""
 
     def __init__(self, include_background: bool = False, percentile: float | None = 95,
                  reduction: MetricReduction | str = MetricReduction.MEAN,
-                 output_transform: Callable = from_engine(["pred", "label"]), save_details: bool = True) -> None:
-        metric_fn = HausdorffDistanceMetric(include_background=include_background, percentile=percentile,
-                                           reduction=reduction)
+                 output_transform: Callable = from_engine(["pred", "label"]), save_details: bool = True,
+                 empty_distance: str | float = "diagonal") -> None:
+        metric_fn = _HausdorffDistanceMetric(include_background=include_background, percentile=percentile,
+                                             reduction=reduction)
+        metric_fn.empty_distance = empty_distance
+        max_distance((1,), None, empty_distance)  # a bad value fails here, not at the first case
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
 
 
 class SurfaceDistanceMM(_SpacedDistance):
-    """MONAI's ``SurfaceDistance`` handler (symmetric by default: the ASD) with each case's spacing."""
+    """MONAI's ``SurfaceDistance`` handler (symmetric by default: the ASD) with each case's spacing and the
+    empty-mask policy (``empty_distance``: ``"diagonal"`` or a number in the report's unit)."""
 
     def __init__(self, include_background: bool = False, symmetric: bool = True,
                  reduction: MetricReduction | str = MetricReduction.MEAN,
+                 output_transform: Callable = from_engine(["pred", "label"]), save_details: bool = True,
+                 empty_distance: str | float = "diagonal") -> None:
+        metric_fn = _SurfaceDistanceMetric(include_background=include_background, symmetric=symmetric,
+                                           reduction=reduction)
+        metric_fn.empty_distance = empty_distance
+        max_distance((1,), None, empty_distance)
+        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+
+
+class SurfaceDiceMM(_SpacedDistance):
+    """Normalised surface Dice (NSD) through MONAI's ``SurfaceDiceMetric`` (``compute_surface_dice``), with
+    each case's spacing and the empty-mask policy (1 when both masks are empty, 0 when one is).
+
+    NSD is the fraction of both boundaries that lies within ``tolerance`` of the other boundary, in the
+    report's unit: mm when the spacing is known (see :func:`case_spacing`), else pixels of the original
+    image. One tolerance applies to every class.
+    """
+
+    def __init__(self, tolerance: float = DEFAULT_NSD_TOLERANCE, include_background: bool = False,
+                 reduction: MetricReduction | str = MetricReduction.MEAN,
                  output_transform: Callable = from_engine(["pred", "label"]), save_details: bool = True) -> None:
-        metric_fn = SurfaceDistanceMetric(include_background=include_background, symmetric=symmetric,
-                                          reduction=reduction)
+        metric_fn = _SurfaceDiceMetric(tolerance, include_background=include_background, reduction=reduction)
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)

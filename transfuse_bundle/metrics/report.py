@@ -1,23 +1,32 @@
 """Evaluation report: ``metrics.json``, ``per_case.csv``, ``summary.md`` and overlay pictures.
 
-The Dice, IoU, HD95 and ASD values are not recomputed here: the evaluator's MONAI metric handlers
+The Dice, IoU, HD95, ASD and NSD values are not recomputed here: the evaluator's MONAI metric handlers
 (``MeanDice``, ``MeanIoUHandler``, and for distances :class:`~transfuse_bundle.metrics.HausdorffDistanceMM`
-/ :class:`~transfuse_bundle.metrics.SurfaceDistanceMM`, or MONAI's own ``HausdorffDistance`` /
-``SurfaceDistance``) are created with ``save_details=True`` and leave a
-``(num_cases, num_foreground_classes)`` table per metric in ``engine.state.metric_details``. This
-handler adds pixel accuracy (MONAI has no pixel-accuracy metric), collects file names, datasets and
-distance units, and writes:
+/ :class:`~transfuse_bundle.metrics.SurfaceDistanceMM` / :class:`~transfuse_bundle.metrics.SurfaceDiceMM`,
+or MONAI's own ``HausdorffDistance`` / ``SurfaceDistance``) are created with ``save_details=True`` and
+leave a ``(num_cases, num_foreground_classes)`` table per metric in ``engine.state.metric_details``. This
+handler adds what MONAI's handlers do not give per case: pixel accuracy, sensitivity and specificity
+(MONAI's ``get_confusion_matrix`` / ``compute_confusion_matrix_metric``), the ISIC 2017 thresholded
+Jaccard (an image's IoU, or 0 when it is below 0.65), and for binary 2D tasks the polyp toolbox metrics
+of :mod:`~transfuse_bundle.metrics.polyp` (PySODMetrics) from the probability map ``prob``. It applies
+the empty-mask policy of :mod:`~transfuse_bundle.metrics.empty` to every table (so MONAI's NaN for an
+empty mask never reaches a mean, whatever handlers the config uses), collects file names, datasets
+and distance units, and writes:
 
-* ``metrics.json``: ``mean_dice, mean_iou, accuracy, hd95, asd`` overall, the same per class under
-  ``per_class``, per dataset under ``per_dataset`` (datalist entries' ``"dataset"`` key), the number
-  of cases, the distance unit (``hd95_unit``, ``asd_unit``, ``units``: ``"mm"`` when every case's
-  spacing is known, ``"px"`` of the original image otherwise, ``"mixed"`` when cases differ; see
-  :func:`~transfuse_bundle.metrics.distances.case_spacing`), and for HD95/ASD how many cases had no
-  value (empty prediction or ground truth give NaN in MONAI);
+* ``metrics.json``: ``mean_dice, mean_iou, accuracy, sensitivity, specificity, thresholded_jaccard,
+  hd95, asd, nsd`` overall, the same per class under ``per_class``, per dataset under ``per_dataset``
+  (datalist entries' ``"dataset"`` key), the number of cases, ``empty_cases`` (how many case-class pairs
+  had both masks empty, only the prediction, only the ground truth; per class too), the policy
+  (``empty_policy``), the NSD tolerance, the distance unit (``hd95_unit``, ``asd_unit``, ``units``:
+  ``"mm"`` when every case's spacing is known, ``"px"`` of the original image otherwise, ``"mixed"``
+  when cases differ; see :func:`~transfuse_bundle.metrics.distances.case_spacing`), and
+  ``polyp_toolbox`` (mDice, mIoU, wFm, Sm, mean/max Em, MAE) for binary 2D tasks;
 * ``per_case.csv``: one row per case with the file name, every metric (per class when > 1 class),
-  the dataset and the distance unit;
-* ``summary.md``: a short table per dataset and class (median and mean Dice, IoU, HD95, ASD with
-  units, number of cases) and one plain sentence per class;
+  the kind of empty mask (``empty``: ``none``, ``both_empty``, ``prediction_empty``, ``truth_empty``),
+  the toolbox metrics, the dataset and the distance unit; no cell is NaN or inf;
+* ``summary.md``: a short table per dataset and class (median and mean Dice, IoU, sensitivity,
+  specificity, thresholded Jaccard, HD95, ASD with units, NSD, empty cases, number of cases), the
+  toolbox table, the empty-mask policy and one plain sentence per class;
 * ``overlays/``: for the first ``num_overlays`` cases, the original image with the ground truth
   contour in green and the prediction contour in red: ``<stem>.png`` for a 2D image, and for a
   volume ``<stem>_slice<k>.png`` for up to three axial slices (the one with the largest ground-truth
@@ -26,7 +35,9 @@ distance units, and writes:
 Expected engine output per case (after postprocessing): ``pred`` and ``label`` one-hot
 ``(num_classes, H, W)`` or ``(num_classes, H, W, D)`` at the original image resolution and orientation
 (rows = image rows, or the volume's voxel grid), and an ``image`` MetaTensor whose
-``meta["filename_or_obj"]`` names the source file.
+``meta["filename_or_obj"]`` names the source file; for the toolbox metrics also ``prob``, the
+``(1, H, W)`` sigmoid or ``(2, H, W)`` softmax probabilities on the same grid (``keep_probability`` in
+``configs/evaluate.json``).
 """
 
 from __future__ import annotations
@@ -42,20 +53,31 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.metrics import compute_confusion_matrix_metric, get_confusion_matrix
 from monai.transforms import LoadImage
 from PIL import Image
 from skimage.morphology import dilation, disk
 from skimage.segmentation import find_boundaries
 
 from ..data.datalist import file_stem
-from .distances import GEOMETRY_EXTENSIONS, case_spacing, engine_cases
+from .distances import DEFAULT_NSD_TOLERANCE, GEOMETRY_EXTENSIONS, case_spacing, engine_cases
+from .empty import DISTANCE, EMPTY_KINDS, EMPTY_POLICY, OVERLAP, apply_empty_policy, empty_kind, empty_masks, max_distance
+from .polyp import TOOLBOX_METRICS, require_pysodmetrics, toolbox_case, toolbox_summary
 
 __all__ = ["SegmentationReport", "overlay_contours", "DEFAULT_METRIC_NAMES", "volume_slices_to_show"]
 
 logger = logging.getLogger(__name__)
 
 #: report key -> the metric name the bundle configs give the MONAI handler.
-DEFAULT_METRIC_NAMES = {"dice": "val_mean_dice", "iou": "val_mean_iou", "hd95": "val_hd95", "asd": "val_asd"}
+DEFAULT_METRIC_NAMES = {"dice": "val_mean_dice", "iou": "val_mean_iou", "hd95": "val_hd95", "asd": "val_asd",
+                        "nsd": "val_nsd"}
+#: the policy's family of each metric table (see :mod:`.empty`).
+METRIC_FAMILIES = {"dice": OVERLAP, "iou": OVERLAP, "nsd": OVERLAP, "sensitivity": OVERLAP,
+                   "hd95": DISTANCE, "asd": DISTANCE}
+#: ISIC 2017 challenge: an image's Jaccard below this counts as 0 in the thresholded Jaccard.
+ISIC_JACCARD_THRESHOLD = 0.65
+#: per-class metrics of metrics.json / per_case.csv, in order (the summary key is ``mean_<k>`` for dice, iou).
+CLASS_METRICS = ("dice", "iou", "accuracy", "sensitivity", "specificity", "thresholded_jaccard", "hd95", "asd", "nsd")
 
 GT_COLOUR = (0, 255, 0)
 PRED_COLOUR = (255, 0, 0)
@@ -134,8 +156,14 @@ class SegmentationReport:
         output_dir: where to write (created if needed).
         class_names: names of all classes including background, e.g. ``["background", "polyp"]``;
             the report uses the foreground ones.
-        metric_names: report key -> name of the MONAI metric handler with ``save_details=True``.
+        metric_names: report key -> name of the MONAI metric handler with ``save_details=True``
+            (keys ``dice, iou, hd95, asd, nsd``).
         num_overlays: how many cases (the first ones) get overlay pictures.
+        polyp_metrics: compute the polyp toolbox metrics (PySODMetrics) for binary 2D tasks whose engine
+            output has a ``prob`` map; ``False`` turns them off.
+        empty_distance: the distance given when only one mask is empty: ``"diagonal"`` (the image's, in the
+            report's unit) or a number in the report's unit (:mod:`.empty`).
+        nsd_tolerance: the tolerance of the NSD handler, written into the report (mm or pixels, as distances).
     """
 
     def __init__(
@@ -144,11 +172,20 @@ class SegmentationReport:
         class_names: Sequence[str] = ("background", "foreground"),
         metric_names: Mapping[str, str] | None = None,
         num_overlays: int = 8,
+        polyp_metrics: bool = True,
+        empty_distance: str | float = "diagonal",
+        nsd_tolerance: float = DEFAULT_NSD_TOLERANCE,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
         self.metric_names = dict(metric_names or DEFAULT_METRIC_NAMES)
         self.num_overlays = int(num_overlays)
+        self.polyp_metrics = bool(polyp_metrics)
+        max_distance((1,), None, empty_distance)  # a bad value fails when the config is parsed
+        self.empty_distance = empty_distance
+        self.nsd_tolerance = float(nsd_tolerance)
+        if self.polyp_metrics and len(self.class_names) == 2:
+            require_pysodmetrics()  # fails before the evaluation runs, not after it
         self._reset(None)
 
     def attach(self, engine: Engine) -> None:
@@ -161,6 +198,13 @@ class SegmentationReport:
         self._datasets: list[str] = []
         self._units: list[str] = []
         self._accuracy: list[list[float]] = []  # per case: [overall, class 1, class 2, ...]
+        self._sensitivity: list[np.ndarray] = []  # per case: (num_foreground,)
+        self._specificity: list[np.ndarray] = []
+        self._prediction_empty: list[np.ndarray] = []  # per case: (num_foreground,) bool
+        self._truth_empty: list[np.ndarray] = []
+        self._max_distance: list[float] = []
+        self._toolbox: list[dict | None] = []
+        self._warned_no_prob = False
         self._volumes = False
         self._overlay_names: set[str] = set()
 
@@ -176,12 +220,38 @@ class SegmentationReport:
             pred_ids, label_ids = pred.argmax(0).numpy(), label.argmax(0).numpy()
             per_class = [float(((pred[c] > 0.5) == (label[c] > 0.5)).float().mean()) for c in range(1, pred.shape[0])]
             self._accuracy.append([float((pred_ids == label_ids).mean()), *per_class])
+            pred_empty, truth_empty = empty_masks(pred[None, 1:], label[None, 1:])
+            self._prediction_empty.append(pred_empty[0])
+            self._truth_empty.append(truth_empty[0])
+            confusion = get_confusion_matrix(pred[None], label[None], include_background=False)  # (1, C-1, 4)
+            sensitivity = compute_confusion_matrix_metric("sensitivity", confusion).numpy()  # NaN when truth empty
+            specificity = compute_confusion_matrix_metric("specificity", confusion).numpy()  # NaN without background
+            self._sensitivity.append(apply_empty_policy(sensitivity, pred_empty, truth_empty, OVERLAP)[0])
+            self._specificity.append(np.nan_to_num(specificity, nan=1.0)[0])
             source = str(case["image"].meta.get("filename_or_obj", f"case_{len(self._files)}"))
             self._files.append(source)
             self._datasets.append(str(case.get("dataset") or "all"))
-            self._units.append(case_spacing(case)[1])
+            spacing, unit = case_spacing(case)
+            self._units.append(unit)
+            self._max_distance.append(max_distance(label.shape[1:], spacing, self.empty_distance))
+            self._toolbox.append(self._toolbox_case(case, label))
             if len(self._files) <= self.num_overlays:
                 self._save_overlays(source, label_ids, pred_ids)
+
+    def _toolbox_case(self, case: Mapping, label: torch.Tensor) -> dict | None:
+        """The polyp toolbox metrics of one case (None when off, not binary 2D, or without ``prob``)."""
+        if not self.polyp_metrics or label.shape[0] != 2 or label.ndim != 3:
+            return None
+        if case.get("prob") is None:
+            if not self._warned_no_prob:
+                logger.warning("no polyp toolbox metrics: the engine output has no 'prob' map (see keep_probability "
+                               "in configs/evaluate.json)")
+                self._warned_no_prob = True
+            return None
+        prob = torch.as_tensor(case["prob"]).detach().float().cpu()
+        if prob.ndim != 3 or prob.shape[0] not in (1, 2) or prob.shape[1:] != label.shape[1:]:
+            raise ValueError(f"'prob' must be (1 or 2, H, W) like the label {tuple(label.shape)}, got {tuple(prob.shape)}")
+        return toolbox_case(prob[-1].numpy(), label[1].numpy())
 
     def _overlay_stem(self, source: str) -> str:
         """The file stem, prefixed with its folder when another case already used it (``020/t2.nii.gz``)."""
@@ -229,33 +299,55 @@ class SegmentationReport:
             if table.shape[0] != len(self._files):
                 raise ValueError(f"metric {name!r} has {table.shape[0]} cases but {len(self._files)} were seen")
             tables[key] = table
-        tables["accuracy"] = np.asarray(self._accuracy, dtype=np.float64).reshape(len(self._files), -1)
+        n = len(self._files)
+        pred_empty = np.asarray(self._prediction_empty, dtype=bool).reshape(n, -1)
+        truth_empty = np.asarray(self._truth_empty, dtype=bool).reshape(n, -1)
+        tables["sensitivity"] = np.asarray(self._sensitivity, dtype=np.float64).reshape(n, -1)
+        tables["specificity"] = np.asarray(self._specificity, dtype=np.float64).reshape(n, -1)
+        for key, family in METRIC_FAMILIES.items():
+            if tables[key].shape != pred_empty.shape:
+                raise ValueError(f"metric {key!r} has {tables[key].shape[1]} classes per case, expected "
+                                 f"{pred_empty.shape[1]} (create its handler with include_background=False)")
+            tables[key] = apply_empty_policy(tables[key], pred_empty, truth_empty, family, self._max_distance)
+        tables["thresholded_jaccard"] = np.where(tables["iou"] >= ISIC_JACCARD_THRESHOLD, tables["iou"], 0.0)
+        tables["accuracy"] = np.asarray(self._accuracy, dtype=np.float64).reshape(n, -1)
+        tables["empty"] = np.vectorize(empty_kind, otypes=[object])(pred_empty, truth_empty)
         return tables
 
     @staticmethod
-    def _summarise(tables: dict[str, np.ndarray], rows: np.ndarray, names: list[str], units: list[str]) -> dict:
-        """Means over the cases ``rows`` (a boolean mask), overall and per class."""
+    def _class_means(part: dict[str, np.ndarray], c: int | None) -> dict:
+        """Means of every :data:`CLASS_METRICS` over the rows of ``part``: of class column ``c``, or of
+        all classes when ``c`` is None (pixel accuracy is then the overall one)."""
+        columns = slice(None) if c is None else c
+        means = {}
+        for key in CLASS_METRICS:
+            name = f"mean_{key}" if key in ("dice", "iou") else key
+            if key == "accuracy":
+                means[name] = _nan_mean(part["accuracy"][:, 0 if c is None else c + 1])
+            else:
+                means[name] = _nan_mean(part[key][:, columns])
+        return means
+
+    @staticmethod
+    def _empty_counts(kinds: np.ndarray) -> dict[str, int]:
+        return {kind: int((kinds == kind).sum()) for kind in EMPTY_KINDS}
+
+    def _summarise(self, tables: dict[str, np.ndarray], rows: np.ndarray, names: list[str], units: list[str]) -> dict:
+        """Means over the cases ``rows`` (a boolean mask), overall and per class, and the empty-mask counts."""
         unit = _common_unit(units)
         part = {key: table[rows] for key, table in tables.items()}
-        summary: dict = {"num_cases": int(rows.sum())}
-        summary["mean_dice"] = _nan_mean(part["dice"])
-        summary["mean_iou"] = _nan_mean(part["iou"])
-        summary["accuracy"] = _nan_mean(part["accuracy"][:, 0])
-        for key in ("hd95", "asd"):
-            summary[key] = _nan_mean(part[key])
-            summary[f"{key}_undefined_cases"] = int((~np.isfinite(part[key])).any(axis=1).sum())
+        summary: dict = {"num_cases": int(rows.sum()), **self._class_means(part, None)}
+        summary["empty_cases"] = self._empty_counts(part["empty"])
         summary["per_class"] = {
-            name: {
-                "mean_dice": _nan_mean(part["dice"][:, c]),
-                "mean_iou": _nan_mean(part["iou"][:, c]),
-                "accuracy": _nan_mean(part["accuracy"][:, c + 1]),
-                "hd95": _nan_mean(part["hd95"][:, c]),
-                "asd": _nan_mean(part["asd"][:, c]),
-            }
+            name: {**self._class_means(part, c), "empty_cases": self._empty_counts(part["empty"][:, c])}
             for c, name in enumerate(names)
         }
         summary["hd95_unit"] = summary["asd_unit"] = unit
-        summary["units"] = {"hd95": unit, "asd": unit}
+        summary["nsd_tolerance"] = self.nsd_tolerance
+        summary["units"] = {"hd95": unit, "asd": unit, "nsd_tolerance": unit}
+        toolbox = [t for t, keep in zip(self._toolbox, rows) if keep and t is not None]
+        if toolbox:
+            summary["polyp_toolbox"] = toolbox_summary(toolbox)
         return summary
 
     def _write(self, engine: Engine) -> None:
@@ -263,6 +355,7 @@ class SegmentationReport:
         names = self._class_names(tables["accuracy"].shape[1] - 1)
         everything = np.ones(len(self._files), dtype=bool)
         summary = self._summarise(tables, everything, names, self._units)
+        summary["empty_policy"] = {**EMPTY_POLICY, "empty_distance": self.empty_distance}
         datasets = np.asarray(self._datasets)
         summary["per_dataset"] = {
             name: self._summarise(tables, datasets == name, names, [u for u, d in zip(self._units, self._datasets) if d == name])
@@ -276,32 +369,53 @@ class SegmentationReport:
         logger.info("evaluation report for %d cases written to %s: mean_dice %s", len(self._files), self.output_dir, summary["mean_dice"])
 
     def _write_csv(self, tables: dict[str, np.ndarray], names: list[str]) -> None:
-        metrics = ["dice", "iou", "accuracy", "hd95", "asd"]
+        metrics = [*CLASS_METRICS, "empty"]
         columns = metrics if len(names) == 1 else [f"{m}_{n}" for n in names for m in metrics]
+        toolbox = list(TOOLBOX_METRICS) if any(t is not None for t in self._toolbox) else []
         accuracy = tables["accuracy"]
+
+        def cell(value) -> str:
+            if isinstance(value, str):
+                return value or "none"
+            return "" if value is None or not math.isfinite(value) else f"{value:.6g}"
+
         with open(self.output_dir / "per_case.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["filename", "pixel_accuracy", *columns, "dataset", "distance_unit"])
+            writer.writerow(["filename", "pixel_accuracy", *columns, *toolbox, "dataset", "distance_unit"])
             for row in range(len(self._files)):
                 values = []
                 for c in range(len(names)):
-                    per_metric = {key: tables[key][row, c] for key in ("dice", "iou", "hd95", "asd")}
+                    per_metric = {key: tables[key][row, c] for key in CLASS_METRICS if key != "accuracy"}
                     per_metric["accuracy"] = accuracy[row, c + 1]
+                    per_metric["empty"] = tables["empty"][row, c]
                     values += [per_metric[m] for m in metrics]
-                cells = ["" if not math.isfinite(v) else f"{v:.6g}" for v in [accuracy[row, 0], *values]]
-                writer.writerow([self._files[row], *cells, self._datasets[row], self._units[row]])
+                case_toolbox = self._toolbox[row] or {}
+                values += [case_toolbox.get(key) for key in toolbox]
+                writer.writerow([self._files[row], *[cell(v) for v in [accuracy[row, 0], *values]],
+                                 self._datasets[row], self._units[row]])
 
     def _summary_markdown(self, tables: dict[str, np.ndarray], names: list[str], summary: dict) -> str:
-        """A table per dataset and class, and one sentence per class, for readers who skip the numbers."""
+        """A table per dataset and class, the toolbox table, and one sentence per class, for readers who
+        skip the numbers."""
         noun = "volume" if self._volumes else "image"
         unit_words = {"mm": "millimetres", "px": "pixels of the original image", "mixed": "mm or pixels (see per_case.csv)"}
+        maximum = ("the image diagonal" if self.empty_distance == "diagonal"
+                   else f"{float(self.empty_distance):g} (empty_distance)")
         lines = [
             "# Evaluation summary",
             "",
             f"{_count(len(self._files), noun)}, measured at each case's original resolution. Dice and IoU: 1 = the "
             "prediction covers exactly the expert's outline, 0 = no overlap. HD95: 95% of the boundary points of "
             "one outline lie within this distance of the other's; ASD: the average distance between the two "
-            "outlines. Lower distances are better.",
+            "outlines. Lower distances are better. NSD (normalised surface Dice): the share of both outlines "
+            f"within {self.nsd_tolerance:g} (mm or pixels, as the distances) of the other. Sensitivity and "
+            f"specificity: shares of foreground and background pixels found; thresholded Jaccard (ISIC 2017): "
+            f"an {noun}'s IoU, counted as 0 below {ISIC_JACCARD_THRESHOLD}.",
+            "",
+            f"Empty masks are counted, never skipped: when both the prediction and the ground truth of a class are "
+            f"empty (\"both empty\") Dice, IoU, NSD and sensitivity are 1 and distances 0; when only one is "
+            f"(\"prediction empty\", \"truth empty\") they are 0 and distances are {maximum}, in the "
+            "distances' unit. The empty columns count such cases (both / prediction / truth).",
         ]
         datasets = np.asarray(self._datasets)
         for dataset, part in summary["per_dataset"].items():
@@ -311,20 +425,26 @@ class SegmentationReport:
                 "",
                 f"## {dataset} ({_count(part['num_cases'], noun)}, distances in {unit_words.get(unit, unit)})",
                 "",
-                f"| class | median Dice | mean Dice | mean IoU | mean HD95 ({unit}) | mean ASD ({unit}) | {noun}s |",
-                "|---|---|---|---|---|---|---|",
+                f"| class | median Dice | mean Dice | mean IoU | sensitivity | specificity | thresholded Jaccard "
+                f"| mean HD95 ({unit}) | mean ASD ({unit}) | NSD ({self.nsd_tolerance:g} {unit}) "
+                f"| empty: both / prediction / truth | {noun}s |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             sentences = []
             for c, name in enumerate(names):
                 dice = tables["dice"][rows, c]
                 values = part["per_class"][name]
+                empty = values["empty_cases"]
                 lines.append(
                     f"| {name} | {_fmt(_nan_median(dice))} | {_fmt(values['mean_dice'])} | {_fmt(values['mean_iou'])} "
-                    f"| {_fmt(values['hd95'], 2)} | {_fmt(values['asd'], 2)} | {part['num_cases']} |"
+                    f"| {_fmt(values['sensitivity'])} | {_fmt(values['specificity'])} "
+                    f"| {_fmt(values['thresholded_jaccard'])} "
+                    f"| {_fmt(values['hd95'], 2)} | {_fmt(values['asd'], 2)} | {_fmt(values['nsd'])} "
+                    f"| {' / '.join(str(empty[k]) for k in EMPTY_KINDS)} | {part['num_cases']} |"
                 )
                 finite = dice[np.isfinite(dice)]
                 if finite.size == 0:
-                    sentences.append(f"- **{name}**: no {noun} with this class in the ground truth.")
+                    sentences.append(f"- **{name}**: no {noun} to measure.")
                     continue
                 sentence = f"- **{name}**: median Dice {np.median(finite):.2f} over {_count(finite.size, noun)}"
                 if finite.size > 1:
@@ -334,6 +454,20 @@ class SegmentationReport:
                 if asd is not None and hd95 is not None:
                     sentence += (f"; the predicted outline is on average {asd:.1f} {unit} from the expert's, "
                                  f"and 95% of it within {hd95:.1f} {unit} (medians)")
+                missed = empty["prediction_empty"]
+                if missed:
+                    sentence += f"; nothing predicted on {_count(missed, noun)} that hold this class"
                 sentences.append(sentence + ".")
+            if "polyp_toolbox" in part:
+                toolbox = part["polyp_toolbox"]
+                lines += [
+                    "",
+                    f"Polyp toolbox metrics (PraNet evaluation toolbox, via PySODMetrics, from the probability maps; "
+                    f"{_count(toolbox['num_cases'], noun)}):",
+                    "",
+                    "| mDice | mIoU | wFm | Sm | mean Em | max Em | MAE |",
+                    "|---|---|---|---|---|---|---|",
+                    "| " + " | ".join(_fmt(toolbox[key]) for key in TOOLBOX_METRICS) + " |",
+                ]
             lines += ["", *sentences]
         return "\n".join(lines) + "\n"
