@@ -154,8 +154,16 @@ class _SpacedDistance(IgniteMetricHandler):
     """A MONAI distance metric handler that measures each case with its own spacing (:func:`case_spacing`).
 
     ``output_transform`` gives ``(preds, labels)`` as for MONAI's handlers: lists of one-hot
-    ``(C, *spatial)`` tensors, one per case of the iteration.
+    ``(C, *spatial)`` tensors, one per case of the iteration. ``empty_distance`` (distance metrics only) is
+    the empty-mask policy's maximum, checked here so that a bad value fails before the first case.
     """
+
+    def __init__(self, metric_fn: Any, output_transform: Callable, save_details: bool,
+                 empty_distance: str | float | None = None) -> None:
+        if empty_distance is not None:
+            max_distance((1,), None, empty_distance)
+            metric_fn.empty_distance = empty_distance
+        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
 
     def iteration_completed(self, engine: Any) -> None:
         self._spacings = [case_spacing(case)[0] for case in engine_cases(engine)]
@@ -171,34 +179,37 @@ class _SpacedDistance(IgniteMetricHandler):
             self.metric_fn([pred], [label], spacing=spacing)
 
 
-class HausdorffDistanceMM(_SpacedDistance):
+class _BoundaryDistance(_SpacedDistance):
+    """A boundary-distance handler of ``metric_class`` with each case's spacing and the empty-mask policy
+    (``empty_distance``: ``"diagonal"`` or a number in the report's unit); ``metric_kwargs`` go to the metric."""
+
+    metric_class: type
+
+    def __init__(self, include_background: bool = False, reduction: MetricReduction | str = MetricReduction.MEAN,
+                 output_transform: Callable = from_engine(["pred", "label"]), save_details: bool = True,
+                 empty_distance: str | float = "diagonal", **metric_kwargs: Any) -> None:
+        metric_fn = self.metric_class(include_background=include_background, reduction=reduction, **metric_kwargs)
+        super().__init__(metric_fn, output_transform, save_details, empty_distance)
+
+
+class HausdorffDistanceMM(_BoundaryDistance):
     """MONAI's ``HausdorffDistance`` handler (95th percentile by default) with each case's spacing and the
-    empty-mask policy (``empty_distance``: ``"diagonal"`` or a number in the report's unit)."""
+    empty-mask policy; the other arguments as for :class:`_BoundaryDistance`."""
 
-    def __init__(self, include_background: bool = False, percentile: float | None = 95,
-                 reduction: MetricReduction | str = MetricReduction.MEAN,
-                 output_transform: Callable = from_engine(["pred", "label"]), save_details: bool = True,
-                 empty_distance: str | float = "diagonal") -> None:
-        metric_fn = _HausdorffDistanceMetric(include_background=include_background, percentile=percentile,
-                                             reduction=reduction)
-        metric_fn.empty_distance = empty_distance
-        max_distance((1,), None, empty_distance)  # a bad value fails here, not at the first case
-        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+    metric_class = _HausdorffDistanceMetric
+
+    def __init__(self, percentile: float | None = 95, **kwargs: Any) -> None:
+        super().__init__(percentile=percentile, **kwargs)
 
 
-class SurfaceDistanceMM(_SpacedDistance):
+class SurfaceDistanceMM(_BoundaryDistance):
     """MONAI's ``SurfaceDistance`` handler (symmetric by default: the ASD) with each case's spacing and the
-    empty-mask policy (``empty_distance``: ``"diagonal"`` or a number in the report's unit)."""
+    empty-mask policy; the other arguments as for :class:`_BoundaryDistance`."""
 
-    def __init__(self, include_background: bool = False, symmetric: bool = True,
-                 reduction: MetricReduction | str = MetricReduction.MEAN,
-                 output_transform: Callable = from_engine(["pred", "label"]), save_details: bool = True,
-                 empty_distance: str | float = "diagonal") -> None:
-        metric_fn = _SurfaceDistanceMetric(include_background=include_background, symmetric=symmetric,
-                                           reduction=reduction)
-        metric_fn.empty_distance = empty_distance
-        max_distance((1,), None, empty_distance)
-        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+    metric_class = _SurfaceDistanceMetric
+
+    def __init__(self, symmetric: bool = True, **kwargs: Any) -> None:
+        super().__init__(symmetric=symmetric, **kwargs)
 
 
 class SurfaceDiceMM(_SpacedDistance):
@@ -214,4 +225,4 @@ class SurfaceDiceMM(_SpacedDistance):
                  reduction: MetricReduction | str = MetricReduction.MEAN,
                  output_transform: Callable = from_engine(["pred", "label"]), save_details: bool = True) -> None:
         metric_fn = _SurfaceDiceMetric(tolerance, include_background=include_background, reduction=reduction)
-        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+        super().__init__(metric_fn, output_transform, save_details)
