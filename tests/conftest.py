@@ -143,7 +143,9 @@ class MonaiLabelServer:
     """A MONAI Label server subprocess (stock ``monaibundle`` app, 127.0.0.1, a free port) serving ``models``
     (bundle folders of ``APP/model/``, any number of tasks), with a bounded-timeout HTTP client."""
 
-    def __init__(self, app: Path, studies: Path, models: list[str], log: Path):
+    def __init__(self, app: Path, studies: Path, models: list[str], log: Path, conf: dict | None = None,
+                 env: dict | None = None):
+        """``conf``: more ``--conf KEY VALUE`` pairs (e.g. ``epistemic_model``); ``env``: more environment variables."""
         from transfuse_bundle.monailabel_app import server_command, server_env
 
         self.port = free_port()
@@ -151,10 +153,11 @@ class MonaiLabelServer:
         self.app, self.studies, self.log_path = app, studies, log
         scratch = log.parent / f"{log.stem}_tmp"  # MONAI Label leaves a logging config per start in TMPDIR
         scratch.mkdir(exist_ok=True)
-        env = server_env(dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TMPDIR=str(scratch), **ONE_THREAD))
+        env = server_env(dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TMPDIR=str(scratch), **ONE_THREAD,
+                              **(env or {})))
         self._log = open(log, "w")
         self.proc = subprocess.Popen(
-            server_command(app, studies, models, port=self.port), stdout=self._log, stderr=subprocess.STDOUT,
+            server_command(app, studies, models, port=self.port, extra_conf=conf), stdout=self._log, stderr=subprocess.STDOUT,
             env=env, cwd=str(app.parent), start_new_session=True,
         )
 

@@ -137,3 +137,34 @@ def test_weights_of_another_task_or_size_are_refused_before_shipping(tmp_path):
                        overwrite=True)
     assert [p.name for p in served.iterdir()] == ["marker"]
     assert [p.name for p in (app / "model").iterdir()] == ["transfuse_hip"]  # no staging folder left
+
+
+def test_mc_dropout_samples_differ_through_the_bundle_inferer():
+    """Scoring's MC dropout (issue #16): with only the dropout layers in training mode, TransFuse returns its one
+    eval head and two passes of the bundle's FastInferer over the same image differ (the inferer's optimised copy
+    is an eval-mode copy, so it must not be used then); in eval mode they are equal. The scores follow."""
+    import torch
+    from conftest import require_monailabel
+
+    from transfuse_bundle.inferers import FastInferer
+    from transfuse_bundle.networks import TransFuse
+
+    require_monailabel()
+    from transfuse_bundle.monailabel_active_learning import enable_mc_dropout, uncertainty
+
+    torch.manual_seed(0)
+    net = TransFuse("S", img_size=(32, 32), drop_rate=0.2)
+    x, inferer = torch.rand(1, 3, 32, 32), FastInferer(bf16=False)
+    with torch.no_grad():
+        assert enable_mc_dropout(net) > 0 and not net.training
+        a, b = inferer(x, net), inferer(x, net)
+        assert isinstance(a, torch.Tensor) and a.shape == (1, 1, 32, 32), type(a)
+        assert (a - b).abs().max() > 1e-4, "MC-dropout samples are identical: dropout is not active"
+        scores = uncertainty([a[0], b[0]])
+        net.eval()
+        c, d = inferer(x, net), inferer(x, net)
+    torch.testing.assert_close(c, d)
+    assert scores["epistemic_sample_std"] > 1e-4 and scores["epistemic_mutual_information"] > 0, scores
+    same = uncertainty([c[0], c[0]])
+    assert same["epistemic_sample_std"] == 0 and same["epistemic_mutual_information"] < 1e-6, same
+    assert 0 < same["epistemic_entropy"] <= float(torch.log(torch.tensor(2.0))) + 1e-6, same

@@ -13,7 +13,12 @@ bundle folders made by :func:`transfuse_bundle.monailabel_app.install_bundle`:
 * ``transfuse_isic2017`` and ``transfuse_hip`` (untrained, 64x64), with a PH2 image and a synthetic grey
   hip X-ray in the studies folder, so that every task of the registry is served by the same server;
 * ``transfuse_untrusted``: a polyp bundle whose ``models/model.pt`` was replaced on disk by a pickle that
-  creates a marker file when unpickled (issue #7, trusted loading): the server must refuse it unrun.
+  creates a marker file when unpickled (issue #7, trusted loading): the server must refuse it unrun;
+* ``transfuse_loop`` (task polyp at 64x64, untrained): issue #16's labelling loop. The app is the
+  active-learning app :func:`~transfuse_bundle.monailabel_app.ensure_app` makes; the server scores with this
+  model (``--conf epistemic_model transfuse_loop``, background rescoring off); 5 more Kvasir-SEG images
+  (downscaled to 128 px) are unlabelled in the studies folder, their masks stand for the annotator, and 4
+  more are held back outside the datastore.
 
 The checks follow issue #5: ``/info``; inference by id and by upload (PNG of the input's size, values in
 {0, 1}, Dice with the ground truth); ``/train`` for one epoch rewrites ``models/model.pt`` and the app
@@ -21,7 +26,12 @@ reloads it; the prostate bundle returns a NIfTI label with the volume's shape an
 never has "Checkpoint keys don't match". Issue #7: the server listens on 127.0.0.1 only; a bounded load
 test (``transfuse_bundle.monailabel_load``, the ``transfuse-load-test`` command: 40 uploads of real
 Kvasir-SEG images, 4 at a time) has zero errors and only valid masks, and its latency and the server's
-memory are reported. The time of each step and the
+memory are reported. Issue #16 (last, since it saves final labels): batch inference labels every
+unlabelled image at its size (2D) or on its grid (3D) and reports what a model cannot read; the loop
+scores every unlabelled image by MC dropout (the samples differ), takes the most uncertain image from
+``/activelearning/epistemic``, infers it, saves the annotator's mask (``PUT /datastore/label``), three times,
+trains, scores again, infers the next image, and the trained model beats the untrained one on the held-back
+images. The time of each step and the
 load figures are printed at the end of the module (and written to ``timings.json`` and
 ``load_test.json`` in the module's tmp folder).
 
@@ -78,6 +88,16 @@ SMALL_OVERRIDES = {"image_size": [64, 64], "num_workers": 0}  # the other tasks:
 LOAD_REQUESTS, LOAD_CONCURRENCY = 40, 4  # issue #7's bounded load test
 LOAD_IMAGES = 10  # distinct original-size Kvasir images (not in the studies folder), cycled over the requests
 
+# issue #16, the labelling loop: an untrained polyp bundle that the loop labels for, trains and scores
+LOOP = "transfuse_loop"
+LOOP_OVERRIDES = {**POLYP_OVERRIDES, "image_size": [64, 64]}
+LOOP_POOL = 5  # unlabelled Kvasir images in the studies folder (their masks stand for the annotator)
+LOOP_HELD_BACK = 4  # labelled Kvasir images kept out of the datastore, to compare the untrained and trained model
+LOOP_SIDE = 128  # the loop's images are downscaled to this longest side
+LOOP_LABELS = 3  # images labelled through active learning before training
+LOOP_EPOCHS = 12  # /train epochs of the loop (13 labelled images, batches of 4, 64x64)
+MC_SAMPLES = 4  # MC-dropout samples per image when scoring
+
 pytestmark = pytest.mark.slow
 
 TIMINGS: dict[str, float] = {}
@@ -112,12 +132,13 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(2.0 * (pred & truth).sum() / denom) if denom else 1.0
 
 
-def _downscaled(image_src: Path, mask_src: Path | None, image_dst: Path, mask_dst: Path | None) -> None:
-    """Writes the image (and mask) with the longest side MAX_SIDE, keeping the aspect ratio."""
+def _downscaled(image_src: Path, mask_src: Path | None, image_dst: Path, mask_dst: Path | None,
+                max_side: int = MAX_SIDE) -> None:
+    """Writes the image (and mask) with the longest side ``max_side``, keeping the aspect ratio."""
     from PIL import Image
 
     image = Image.open(image_src).convert("RGB")
-    scale = MAX_SIDE / max(image.size)
+    scale = max_side / max(image.size)
     size = (round(image.width * scale), round(image.height * scale))
     image.resize(size, Image.BILINEAR).save(image_dst, quality=95)
     if mask_dst is not None:
@@ -164,6 +185,7 @@ def server(tmp_path_factory, request):
     for task in others:
         install_bundle(app, bundle_name(task), task=task, overrides=SMALL_OVERRIDES, include_models=False,
                        init_weights=True)
+    install_bundle(app, LOOP, task="polyp", overrides=LOOP_OVERRIDES, include_models=False, init_weights=True)
     untrusted = install_bundle(app, UNTRUSTED, task="polyp", overrides=POLYP_OVERRIDES,
                                weights=polyp / "models" / "model.pt")
     # tampered on disk after installation (install_bundle itself refuses such weights)
@@ -179,6 +201,18 @@ def server(tmp_path_factory, request):
     _downscaled(PH2_IMAGE, None, studies / PH2_IMAGE.name, None)
     hip = write_hip_dataset(root / "hip", 1)
     shutil.copyfile(hip / "images" / "hip_00.png", studies / "hip_00.png")
+    # the labelling loop: unlabelled images in the studies, their masks (the annotator's) and held-back cases outside
+    loop_names = sorted(p.stem for p in (KVASIR / "images").glob("*.jpg"))[
+        N_STUDIES + LOAD_IMAGES:N_STUDIES + LOAD_IMAGES + LOOP_POOL + LOOP_HELD_BACK]
+    for folder in ("loop_masks", "held_back/images", "held_back/masks"):
+        (root / folder).mkdir(parents=True)
+    for name in loop_names[:LOOP_POOL]:
+        _downscaled(KVASIR / "images" / f"{name}.jpg", KVASIR / "masks" / f"{name}.png", studies / f"{name}.jpg",
+                    root / "loop_masks" / f"{name}.png", max_side=LOOP_SIDE)
+    for name in loop_names[LOOP_POOL:]:
+        _downscaled(KVASIR / "images" / f"{name}.jpg", KVASIR / "masks" / f"{name}.png",
+                    root / "held_back" / "images" / f"{name}.jpg", root / "held_back" / "masks" / f"{name}.png",
+                    max_side=LOOP_SIDE)
     TIMINGS["build app, bundles and studies"] = time.monotonic() - t0
 
     t0 = time.monotonic()
@@ -188,11 +222,16 @@ def server(tmp_path_factory, request):
     TIMINGS[f"short training (bundle CLI, {PRETRAIN_EPOCHS} epochs)"] = time.monotonic() - t0
 
     t0 = time.monotonic()
-    srv = MonaiLabelServer(app, studies, [POLYP, PROSTATE_MODEL, UNTRUSTED, *map(bundle_name, others)], root / "server.log")
+    # MC-dropout scoring with the loop's model; scoring only when asked (not in the background at start,
+    # after /train and after each /activelearning call, MONAI Label's default), so that the tests control it
+    srv = MonaiLabelServer(app, studies, [POLYP, PROSTATE_MODEL, UNTRUSTED, LOOP, *map(bundle_name, others)],
+                           root / "server.log", conf={"epistemic_model": LOOP, "epistemic_simulation_size": MC_SAMPLES},
+                           env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
     try:
         srv.wait_ready()
         TIMINGS["server start (until /info answers)"] = time.monotonic() - t0
         srv.names, srv.root, srv.model = names, root, polyp / "models" / "model.pt"
+        srv.loop_pool, srv.held_back = loop_names[:LOOP_POOL], loop_names[LOOP_POOL:]
         # one study of each task (image id -> file), for the test that every task is served
         srv.task_studies = {"polyp": names[2], "isic2017": PH2_IMAGE.stem, "hip": "hip_00", "prostate": "prostate020"}
         yield srv
@@ -379,3 +418,178 @@ def test_malicious_model_pt_is_refused_unrun(server):
     assert not (server.root / "untrusted_marker").exists(), "the server ran the code pickled in model.pt"
     pred = _infer_png(server, f"/infer/{POLYP}?image={server.names[0]}&output=image", "infer after the refused model")
     _check_label_map(pred, server.studies / f"{server.names[0]}.jpg", {1})
+
+
+# ---- issue #16: batch inference, MC-dropout scoring, active learning and the labelling loop ----------------------
+# These run last: the loop saves final labels, which every later /train of any model would train on.
+
+
+def _datastore(server: MonaiLabelServer) -> dict:
+    return server.request("GET", "/datastore/?output=all", timeout=30).json()["objects"]
+
+
+def _unlabelled(objects: dict) -> list[str]:
+    return sorted(i for i, o in objects.items() if "final" not in o.get("labels", {}))
+
+
+def _upload_dice(server: MonaiLabelServer, model: str) -> list[float]:
+    """Dice of ``model``'s masks of the held-back images (uploaded, never in the datastore) with their masks."""
+    from PIL import Image
+
+    dice = []
+    for name in server.held_back:
+        image = server.root / "held_back" / "images" / f"{name}.jpg"
+        with open(image, "rb") as f:
+            r = server.request("POST", f"/infer/{model}?output=image", timeout=180,
+                               files={"file": ("upload.jpg", f, "image/jpeg")}, data={"params": "{}"})
+        pred = np.asarray(Image.open(io.BytesIO(r.content)))
+        _check_label_map(pred, image, {1})
+        dice.append(_dice(pred, np.asarray(Image.open(server.root / "held_back" / "masks" / f"{name}.png"))))
+    return dice
+
+
+def _score(server: MonaiLabelServer, step: str) -> dict:
+    t0 = time.monotonic()
+    summary = server.request("POST", f"/scoring/{LOOP}?run_sync=true", timeout=600).json()
+    TIMINGS[step] = time.monotonic() - t0
+    if summary.get("executed"):
+        TIMINGS[f"  {step}: per image ({MC_SAMPLES} samples)"] = summary["latency"] / summary["executed"]
+    return summary
+
+
+def _check_scores(objects: dict, scored: list[str]) -> None:
+    """Every image in ``scored`` has the three scores, and its MC-dropout samples differed (dropout active)."""
+    for image_id in scored:
+        info = objects[image_id]["image"]["info"]
+        missing = [k for k in ("epistemic_entropy", "epistemic_mutual_information", "epistemic_sample_std",
+                               "epistemic_ts") if k not in info]
+        assert not missing, f"{image_id}: no {missing} in the datastore after scoring: {info}"
+        assert info["epistemic_samples"] == MC_SAMPLES, info
+        assert info["epistemic_sample_std"] > 1e-3, (
+            f"{image_id}: the MC-dropout samples hardly differ (mean std {info['epistemic_sample_std']:.2e}): "
+            f"is dropout active during scoring?")
+        assert info["epistemic_mutual_information"] > 0, info
+        assert 0 < info["epistemic_entropy"] <= np.log(2) + 1e-6, info  # binary: at most ln 2 nats per pixel
+
+
+def _next_epistemic(server: MonaiLabelServer) -> str:
+    """``POST /activelearning/epistemic``; checks it is the unlabelled image with the highest epistemic_entropy."""
+    objects = _datastore(server)
+    scores = {i: objects[i]["image"]["info"].get("epistemic_entropy", 0.0) for i in _unlabelled(objects)}
+    picked = server.request("POST", "/activelearning/epistemic", timeout=60, json={}).json()
+    assert picked.get("id") == max(scores, key=scores.get), (
+        f"/activelearning/epistemic gave {picked.get('id')}, the highest epistemic_entropy is "
+        f"{max(scores, key=scores.get)}: {scores}")
+    return picked["id"]
+
+
+def _annotate(server: MonaiLabelServer, image_id: str) -> Path:
+    """The annotator's corrected mask: Kvasir's ground truth for a loop image, an empty mask for an image of
+    another task (no polyp in a skin or hip image)."""
+    from PIL import Image
+
+    mask = server.root / "loop_masks" / f"{image_id}.png"
+    if not mask.exists():
+        source = next(server.studies.glob(f"{image_id}.*"))
+        Image.fromarray(np.zeros(Image.open(source).size[::-1], np.uint8)).save(mask)
+    return mask
+
+
+def test_batch_infer_labels_every_unlabelled_image_at_its_size(server):
+    """``POST /batch/infer/MODEL?images=unlabeled``: the 2D model saves an ``original`` label of each unlabelled 2D
+    image's own size; the volume it cannot read is reported, not fatal. The 3D model labels the volume on its
+    grid and reports the RGB images."""
+    import nibabel as nib
+    from PIL import Image
+
+    params = {"device": "cpu", "multi_gpu": False, "max_workers": 1, "label_tag": "original", "logging": "WARNING"}
+    unlabelled = _unlabelled(_datastore(server))
+    two_d = [i for i in unlabelled if i != "prostate020"]
+    assert set(server.loop_pool) <= set(two_d) and "prostate020" in unlabelled, unlabelled
+    t0 = time.monotonic()
+    result = server.request("POST", f"/batch/infer/{LOOP}?images=unlabeled&run_sync=true", timeout=600,
+                            json=params).json()
+    TIMINGS[f"batch infer {LOOP} ({len(unlabelled)} images)"] = time.monotonic() - t0
+    TIMINGS["  batch infer: per 2D image"] = (time.monotonic() - t0) / len(two_d)
+    assert set(result) == set(unlabelled), f"batch inference answered for {sorted(result)}, not {unlabelled}"
+    assert "error" in result["prostate020"] and "\n" not in result["prostate020"]["error"], result["prostate020"]
+    objects = _datastore(server)
+    for image_id in two_d:
+        assert result[image_id].get("label") == image_id, f"{image_id}: {result[image_id]}"
+        assert "original" in objects[image_id]["labels"], f"{image_id} has no original label: {objects[image_id]}"
+        r = server.request("GET", f"/datastore/label?label={image_id}&tag=original", timeout=30)
+        label = np.asarray(Image.open(io.BytesIO(r.content)))
+        _check_label_map(label, next(server.studies.glob(f"{image_id}.*")), {1})
+    assert _unlabelled(objects) == unlabelled, "batch inference must not mark images as labelled (final)"
+
+    t0 = time.monotonic()
+    result = server.request("POST", f"/batch/infer/{PROSTATE_MODEL}?images=unlabeled&run_sync=true", timeout=600,
+                            json=params).json()
+    TIMINGS[f"batch infer {PROSTATE_MODEL} ({len(unlabelled)} images)"] = time.monotonic() - t0
+    assert result["prostate020"].get("label") == "prostate020", result["prostate020"]
+    rgb = [*server.loop_pool, PH2_IMAGE.stem]  # 3-channel images for a 1-channel network (a grey image would pass)
+    assert all("error" in result[i] for i in rgb), {i: result[i] for i in rgb}
+    r = server.request("GET", "/datastore/label?label=prostate020&tag=original", timeout=60)
+    out = server.root / "prostate020_batch.nii.gz"
+    out.write_bytes(r.content)
+    label, volume = nib.load(out), nib.load(PROSTATE)
+    assert label.shape == volume.shape, f"batch label {label.shape} vs volume {volume.shape}"
+    np.testing.assert_allclose(label.affine, volume.affine, atol=1e-4, err_msg="batch label affine differs")
+    assert set(np.unique(np.asarray(label.dataobj)).tolist()) <= {0, 1, 2}
+
+
+def test_labelling_loop_with_active_learning(server):
+    """Issue #16's loop on a real server, from untrained weights: MC-dropout scoring of every unlabelled image
+    (samples differ), the most uncertain image from ``/activelearning/epistemic``, its automatic mask, the
+    annotator's mask saved with ``PUT /datastore/label``; three times; ``/train``; scoring again with the new
+    model; the next image inferred. The trained model beats the untrained one on held-back images."""
+    from transfuse_bundle.monailabel_active_learning import STRATEGIES
+
+    info = server.request("GET", "/info/", timeout=30).json()
+    assert set(STRATEGIES) <= set(info["strategies"]), info["strategies"]
+    assert LOOP in info["scoring"], info["scoring"]
+    model = server.root / "apps" / "monaibundle" / "model" / LOOP / "models" / "model.pt"
+    untrained_md5 = _md5(model)
+    untrained = _upload_dice(server, LOOP)
+
+    summary = _score(server, "scoring (untrained)")
+    objects = _datastore(server)
+    scored = [i for i in _unlabelled(objects) if i != "prostate020"]
+    assert summary["executed"] == len(scored) and set(summary["failed"]) == {"prostate020"}, summary
+    _check_scores(objects, scored)
+
+    labelled = []
+    for _ in range(LOOP_LABELS):
+        image_id = _next_epistemic(server)
+        pred = _infer_png(server, f"/infer/{LOOP}?image={image_id}&output=image", "loop: infer the next image")
+        _check_label_map(pred, next(server.studies.glob(f"{image_id}.*")), {1})
+        with open(_annotate(server, image_id), "rb") as f:
+            server.request("PUT", f"/datastore/label?image={image_id}&tag=final", timeout=60,
+                           files={"label": (f"{image_id}.png", f, "image/png")}, data={"params": "{}"})
+        labelled.append(image_id)
+    objects = _datastore(server)
+    assert not set(labelled) & set(_unlabelled(objects)), f"labels saved for {labelled} but still unlabelled"
+
+    t0 = time.monotonic()
+    server.request("POST", f"/train/{LOOP}?run_sync=true", timeout=900,
+                   json={"max_epochs": LOOP_EPOCHS, "val_split": 0.2, "device": "cpu"})
+    n_train = len([i for i, o in objects.items() if "final" in o.get("labels", {})])
+    TIMINGS[f"loop /train {LOOP_EPOCHS} epochs ({n_train} labelled images)"] = time.monotonic() - t0
+    assert _md5(model) != untrained_md5, f"/train did not write {model}"
+    assert "Checkpoint keys don't match" not in server.log()
+
+    summary = _score(server, "scoring (trained)")
+    objects = _datastore(server)
+    remaining = [i for i in _unlabelled(objects) if i != "prostate020"]
+    assert summary["executed"] == len(remaining), f"a new model must rescore every unlabelled image: {summary}"
+    _check_scores(objects, remaining)
+    image_id = _next_epistemic(server)
+    pred = _infer_png(server, f"/infer/{LOOP}?image={image_id}&output=image", "loop: infer with the trained model")
+    _check_label_map(pred, next(server.studies.glob(f"{image_id}.*")), {1})
+
+    trained = _upload_dice(server, LOOP)
+    TIMINGS["  loop: held-back dice untrained"] = float(np.mean(untrained))
+    TIMINGS["  loop: held-back dice trained"] = float(np.mean(trained))
+    assert np.mean(trained) > np.mean(untrained), (
+        f"held-back Dice after the loop {np.round(trained, 3)} does not beat the untrained model's "
+        f"{np.round(untrained, 3)}")

@@ -23,7 +23,8 @@ class FastInferer(Inferer):
     CPUs with AVX512-BF16 or AMX); the logits come back as float32.
     The network itself is never modified, so MONAI Label can keep reloading weights into it: the
     copy is rebuilt whenever the network's parameters or buffers change. A network in training
-    mode (e.g. MONAI Label's dropout sampling) or a TorchScript module (``models/model.ts``) runs as it is.
+    mode, or with any layer in training mode (MC dropout: only the dropout layers sampling), or a
+    TorchScript module (``models/model.ts``) runs as it is.
 
     Args:
         bf16: ``"auto"`` (where native), ``True`` or ``False``.
@@ -58,7 +59,9 @@ class FastInferer(Inferer):
         return self._fast
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if network.training or isinstance(network, torch.jit.ScriptModule):  # nothing to optimise in TorchScript
+        # a module in training mode anywhere (MC dropout: only the dropout layers sample) must stay as it is,
+        # since the optimised copy is put in eval mode; nothing to optimise in TorchScript
+        if isinstance(network, torch.jit.ScriptModule) or any(m.training for m in network.modules()):
             return network(inputs, *args, **kwargs)
         fast = self.optimized(network)
         if self.channels_last and inputs.ndim == 4:

@@ -5,6 +5,12 @@ installed ``monailabel`` wheel (``python -m monailabel.main apps --download``, w
 download), and the bundle folder is made by :func:`transfuse_bundle.bundle_folder.copy_bundle` in the
 app's ``model/NAME`` folder, which is where the app looks for a local bundle called ``NAME``.
 
+By default the app is made an active-learning app (:func:`ensure_app` ``active_learning=True``): the stock
+``main.py`` is kept as ``monaibundle_main.py``, :mod:`transfuse_bundle.monailabel_active_learning` is copied
+next to it as ``transfuse_active_learning.py``, and a short ``main.py`` subclasses the stock app with it
+(MC-dropout scoring, the ``epistemic`` strategy, batch inference that reports unreadable images). The
+bundle folders are the same either way.
+
 Install MONAI Label with ``pip install --no-deps -r requirements-monailabel.txt`` (see that file).
 """
 
@@ -22,7 +28,8 @@ from .bundle_folder import BundleFolderError, check_weights_fit, copy_bundle, wr
 from .utils import WeightsFileError, load_weights
 
 __all__ = [
-    "APP_NAME", "LOOPBACK_HOSTS", "RESERVED_WORDS", "require_monailabel", "ensure_app", "install_bundle",
+    "APP_NAME", "LOOPBACK_HOSTS", "RESERVED_WORDS", "ACTIVE_LEARNING_MARK", "require_monailabel", "ensure_app",
+    "install_bundle",
     "server_command", "server_env",
 ]
 
@@ -32,6 +39,26 @@ RESERVED_WORDS = ("deepedit", "deepgrow", "detection", "classification")
 # MONAI Label's authentication is off by default (anyone who reaches the port can infer, train and upload
 # labels), so the server listens on the loopback interface unless a caller explicitly asks otherwise
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# the active-learning app (see ensure_app): file names in the app folder and the line that marks our main.py
+STOCK_MAIN = "monaibundle_main.py"
+ACTIVE_LEARNING_MODULE = "transfuse_active_learning.py"
+ACTIVE_LEARNING_MARK = "# transfuse-bundle active-learning app"
+ACTIVE_LEARNING_MAIN = f'''{ACTIVE_LEARNING_MARK} (written by transfuse_bundle.monailabel_app.ensure_app)
+"""The stock monaibundle app ({STOCK_MAIN}, copied from the monailabel wheel) with TransFuse's active
+learning ({ACTIVE_LEARNING_MODULE}, a copy of transfuse_bundle/monailabel_active_learning.py): MC-dropout
+scoring (--conf epistemic_model NAME), the strategies epistemic and epistemic_bald, and batch inference
+that reports the images a model cannot process. See docs/monailabel.md."""
+
+from monailabel.interfaces.app import MONAILabelApp
+
+import {STOCK_MAIN[:-3]}
+from {ACTIVE_LEARNING_MODULE[:-3]} import ActiveLearningMixin
+
+
+# MONAI Label takes the class of main.py whose direct bases include one named MONAILabelApp
+class TransFuseActiveLearningApp(ActiveLearningMixin, {STOCK_MAIN[:-3]}.MyApp, MONAILabelApp):
+    pass
+'''
 
 
 def require_monailabel() -> str:
@@ -47,35 +74,72 @@ def require_monailabel() -> str:
     return monailabel.__version__
 
 
-def ensure_app(app_dir: str | os.PathLike, python: str | None = None) -> Path:
+def ensure_app(app_dir: str | os.PathLike, python: str | None = None, active_learning: bool = True) -> Path:
     """Makes sure ``app_dir`` holds the ``monaibundle`` app (copied from the monailabel wheel if missing)
     and its ``model/`` folder; returns ``app_dir``.
 
     Args:
         app_dir: the app folder, e.g. ``apps/monaibundle`` (any folder name works).
         python: the interpreter that has monailabel (default: this one).
+        active_learning: make it (or keep it) the active-learning app: the stock ``main.py`` moves to
+            ``monaibundle_main.py``, ``transfuse_active_learning.py`` (refreshed on every call) and a new
+            ``main.py`` are written. A ``main.py`` that is neither the wheel's nor ours is refused rather than
+            replaced. ``False`` leaves ``main.py`` as it is (a new app is then the stock one).
     """
     app_dir = Path(app_dir).resolve()
+    stock = None
     if not (app_dir / "main.py").is_file():
         if app_dir.exists() and any(app_dir.iterdir()):
             raise BundleFolderError(f"{app_dir} exists but has no main.py: not a MONAI Label app folder")
-        require_monailabel()
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [python or sys.executable, "-m", "monailabel.main", "apps", "--download",
-                   "--name", APP_NAME, "--output", tmp]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            copied = Path(tmp) / APP_NAME
-            if proc.returncode != 0 or not (copied / "main.py").is_file():
-                raise BundleFolderError(
-                    f"could not copy the {APP_NAME} app from the monailabel wheel ({' '.join(cmd)}): "
-                    f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-                )
+            copied = _copy_stock_app(Path(tmp), python)
+            stock = (copied / "main.py").read_text()
             app_dir.parent.mkdir(parents=True, exist_ok=True)
             if app_dir.exists():
                 app_dir.rmdir()
             shutil.copytree(copied, app_dir)
     (app_dir / "model").mkdir(exist_ok=True)  # the copy has none; the app looks for local bundles there
+    if active_learning:
+        _make_active_learning_app(app_dir, python, stock)
     return app_dir
+
+
+def _copy_stock_app(dest: Path, python: str | None = None) -> Path:
+    """Copies the wheel's monaibundle app into ``dest`` (``monailabel.main apps --download``); returns its folder."""
+    require_monailabel()
+    cmd = [python or sys.executable, "-m", "monailabel.main", "apps", "--download", "--name", APP_NAME,
+           "--output", str(dest)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    copied = dest / APP_NAME
+    if proc.returncode != 0 or not (copied / "main.py").is_file():
+        raise BundleFolderError(
+            f"could not copy the {APP_NAME} app from the monailabel wheel ({' '.join(cmd)}): "
+            f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
+    return copied
+
+
+def _make_active_learning_app(app_dir: Path, python: str | None = None, stock: str | None = None) -> None:
+    """Turns the stock app in ``app_dir`` into the active-learning app (see :func:`ensure_app`); ``stock``: the
+    wheel's ``main.py`` text when the caller has just copied it."""
+    from . import monailabel_active_learning
+
+    main = app_dir / "main.py"
+    text = main.read_text()
+    if ACTIVE_LEARNING_MARK not in text:
+        if stock is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                stock = (_copy_stock_app(Path(tmp), python) / "main.py").read_text()
+        if text != stock:
+            raise BundleFolderError(
+                f"{main} is neither the monaibundle app's main.py of monailabel {require_monailabel()} nor "
+                f"the active-learning one: not replaced (use a new app folder, or pass --stock-app)"
+            )
+        (app_dir / STOCK_MAIN).write_text(stock)
+        main.write_text(ACTIVE_LEARNING_MAIN)
+    if not (app_dir / STOCK_MAIN).is_file():
+        raise BundleFolderError(f"{app_dir / STOCK_MAIN} is missing: the active-learning app subclasses it")
+    shutil.copyfile(monailabel_active_learning.__file__, app_dir / ACTIVE_LEARNING_MODULE)
 
 
 def install_bundle(
@@ -87,6 +151,7 @@ def install_bundle(
     init_weights: bool = False,
     include_models: bool = True,
     overwrite: bool = False,
+    active_learning: bool = True,
 ) -> Path:
     """Writes the bundle folder of ``task`` as ``APP/model/NAME`` (making the app if needed); returns it.
 
@@ -100,6 +165,7 @@ def install_bundle(
             :func:`~transfuse_bundle.bundle_folder.copy_bundle`.
         init_weights: when the bundle ends up without ``models/model.pt``, write untrained weights of the
             task's network (MONAI Label skips a bundle without weights; train it through ``/train``).
+        active_learning: as for :func:`ensure_app` (the app, not the bundle folder, changes).
     """
     lowered = name.lower()
     if not name or os.sep in name or name.startswith("."):
@@ -114,7 +180,7 @@ def install_bundle(
             load_weights(weights, "weights to serve")
         except WeightsFileError as e:
             raise BundleFolderError(str(e)) from None
-    app = ensure_app(app_dir)
+    app = ensure_app(app_dir, active_learning=active_learning)
     target = app / "model" / name
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise BundleFolderError(f"{target} exists and is not empty (pass overwrite=True / --overwrite)")

@@ -7,7 +7,8 @@
         --studies STUDIES --conf models transfuse_polyp --conf zoo_source github --conf sam2 false \\
         --host 127.0.0.1
 
-The app is copied from the installed monailabel wheel when ``--app`` does not exist; the bundle folder
+The app is copied from the installed monailabel wheel when ``--app`` does not exist and made the
+active-learning app (``epistemic`` strategy, MC-dropout scoring; ``--stock-app`` keeps the stock one); the bundle folder
 (configs with the task merged in, the transfuse_bundle package, models/, docs/, LICENSE) is written to
 ``APP/model/NAME``. See docs/monailabel.md.
 """
@@ -36,11 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="ID=JSON",
                         help="set a config id in the copy, e.g. --set image_size=[256,256] (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing APP/model/NAME")
+    parser.add_argument("--stock-app", action="store_true",
+                        help="keep MONAI Label's stock monaibundle main.py (no epistemic strategy, MC-dropout scoring "
+                             "or tolerant batch inference); default: the active-learning app")
     args = parser.parse_args(argv)
     try:
         name = args.name or bundle_name(args.task)
         bundle = install_bundle(args.app, name, task=args.task, overrides=dict(args.overrides),
-                                weights=args.weights, init_weights=args.init_weights, overwrite=args.overwrite)
+                                weights=args.weights, init_weights=args.init_weights, overwrite=args.overwrite,
+                                active_learning=not args.stock_app)
     except (BundleFolderError, ModuleNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -49,4 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     # weights-only torch.load in the server whatever torch's default (docs/monailabel.md, Security)
     print("  TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 " + " ".join(server_command(Path(args.app).resolve(), "STUDIES",
                                                                            [name], port=8000)))
+    if not args.stock_app:
+        print(f"active learning: add `--conf epistemic_model {name}`, then POST /scoring/{name} and "
+              f"POST /activelearning/epistemic (docs/monailabel.md)")
     return 0
