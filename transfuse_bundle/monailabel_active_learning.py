@@ -38,7 +38,6 @@ import os
 import time
 from typing import Any, Dict
 
-import numpy as np
 import torch
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
