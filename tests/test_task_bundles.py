@@ -1,12 +1,14 @@
 """Every task of the registry is a complete bundle: packaged, downloaded over loopback and run from the download.
 
-For each task of ``configs/tasks/`` (the list comes from the registry, not from this file): the package
-command writes the zip with untrained weights of the task's own network (``--init-weights``, a 64x64
-network), an HTTP server on 127.0.0.1 serves it, ``python -m monai.bundle download`` fetches it into another
-folder, and the downloaded bundle's ``inference.json`` writes one mask per real input at the input's own
+For each task of ``configs/tasks/`` (the list comes from the registry, not from this file): packaging writes
+the zip with untrained weights of the task's own network (``init_weights``, a 64x64 network), an HTTP server
+on 127.0.0.1 serves it, MONAI's ``download`` fetches it into another folder, and the downloaded bundle's
+``inference.json`` runs as MONAI's ``ConfigWorkflow`` and writes one mask per real input at the input's own
 size: Kvasir-SEG (polyp), PH2 (isic2017), Prostate158 (prostate), synthetic grey X-rays (hip: none are
-available). Serving every task from MONAI Label is tested in test_monailabel.py; the polyp package's
-exports and zoo checks in test_zoo.py.
+available). These run in-process (the same functions the CLIs call) to keep the suite short; the user's
+subprocess commands are exercised by the package script test below and, download and run included, by
+test_zoo.py (polyp, with exports and zoo checks). Serving every task from MONAI Label is tested in
+test_monailabel.py.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import os
 import sys
 import threading
 import zipfile
@@ -25,13 +26,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import bundle_cli, run_command, write_hip_dataset
+from conftest import run_command, run_workflow, write_hip_dataset
 from transfuse_bundle.bundle_folder import merged_config
+from transfuse_bundle.packaging import package_bundle
 from transfuse_bundle.tasks import config_files, task_names
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
-SMALL = ["--set", "image_size=[64,64]", "--set", "num_workers=0"]
+SMALL = {"image_size": [64, 64], "num_workers": 0}
 SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"  # verify_metadata, offline
 N_IMAGES = 2
 pytestmark = pytest.mark.slow
@@ -77,11 +79,12 @@ def dist_server(tmp_path_factory):
 
 @pytest.mark.parametrize("task", task_names())
 def test_task_packages_downloads_and_infers_at_the_input_size(task, dist_server, tmp_path):
+    from monai.bundle import download
+
     dist, url = dist_server
-    name = f"transfuse_{task}"
-    run_command([sys.executable, REPO / "scripts" / "package_bundle.py", "--task", task, "--init-weights", "--out", dist,
-                 "--schema", SCHEMA, *SMALL], cwd=tmp_path)
-    zip_path = next(dist.glob(f"{name}_v*.zip"))
+    package = package_bundle(task, out=dist, init_weights=True, overrides=SMALL, schema=SCHEMA)
+    name, zip_path = package.name, package.zip_path
+    assert name == f"transfuse_{task}"
     with zipfile.ZipFile(zip_path) as zf:
         packaged = {n: json.loads(zf.read(f"{name}/configs/{n}")) for n in ("train.json", "inference.json", "metadata.json")}
     task_train = merged_config(config_files("train.json", task))
@@ -92,16 +95,13 @@ def test_task_packages_downloads_and_infers_at_the_input_size(task, dist_server,
     assert pred["num_channels"] == task_train["out_channels"] and pred["spatial_shape"] == [64, 64]
 
     work = tmp_path / "user"
-    work.mkdir()
-    version = zip_path.stem.rsplit("_v", 1)[1]
-    bundle_cli("download", "--name", name, "--version", version, "--url", f"{url}/{zip_path.name}",
-               "--bundle_dir", work / "bundles", cwd=work)
+    download(name=name, version=package.version, url=f"{url}/{zip_path.name}", bundle_dir=str(work / "bundles"))
     bundle = work / "bundles" / name
+    assert not (bundle / "configs" / "tasks").exists()  # the task is merged in: the folder runs as it is
     inputs = _inputs(task, work / "inputs")
     out = work / "masks"
-    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(bundle)}
-    bundle_cli("run", "--config_file", bundle / "configs" / "inference.json", "--bundle_root", bundle,
-               "--dataset_dir", inputs[0].parent, "--output_dir", out, cwd=work, env=env)
+    run_workflow(str(bundle / "configs" / "inference.json"), "infer", meta_file=str(bundle / "configs" / "metadata.json"),
+                 bundle_root=str(bundle), dataset_dir=str(inputs[0].parent), output_dir=str(out))
 
     written = sorted(out.iterdir())
     assert len(written) == len(inputs), f"{[p.name for p in written]} for {[p.name for p in inputs]}"
