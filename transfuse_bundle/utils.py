@@ -17,6 +17,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import MissingFileError, UserInputError
+
 if TYPE_CHECKING:
     import torch
 
@@ -25,14 +27,15 @@ __all__ = ["WeightsFileError", "load_weights", "require_file", "require_weights"
 RESAVE_HINT = "re-save it with torch.save(model.state_dict(), path)"
 
 
-class WeightsFileError(ValueError):
+class WeightsFileError(UserInputError, ValueError):
     """A weights file that is refused: pickled Python objects, not a state dict, or unreadable."""
 
 
 def require_file(path: str | os.PathLike, what: str = "file") -> str:
-    """Returns ``path`` if it is an existing file, else raises ``FileNotFoundError`` naming it and ``what``."""
+    """Returns ``path`` if it is an existing file, else raises ``MissingFileError`` (a ``FileNotFoundError``)
+    naming it and ``what``."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{what}: {str(path)!r} does not exist")
+        raise MissingFileError(f"{what}: {str(path)!r} does not exist")
     return str(path)
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..errors import UserInputError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "VOLUME_EXTENSIONS",
@@ -43,7 +45,7 @@ VOLUME_EXTENSIONS = (".nii.gz", ".nii")
 DATALIST_NAME = "datalist.json"
 
 
-class DatasetError(ValueError):
+class DatasetError(UserInputError, ValueError):
     """A dataset folder or datalist that cannot be used; the message names the path and the problem.
 
     ``problems`` holds every :class:`DatasetProblem` found (one line each in the message), so a user
