@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .bundle_folder import BundleFolderError, check_weights_fit, copy_bundle, write_initial_weights
+from .locking import LOCK_NAME, locked_folders
 from .utils import WeightsFileError, load_weights
 
 __all__ = [
@@ -89,15 +90,12 @@ def ensure_app(app_dir: str | os.PathLike, python: str | None = None, active_lea
     app_dir = Path(app_dir).resolve()
     stock = None
     if not (app_dir / "main.py").is_file():
-        if app_dir.exists() and any(app_dir.iterdir()):
+        if app_dir.exists() and any(p.name != LOCK_NAME for p in app_dir.iterdir()):
             raise BundleFolderError(f"{app_dir} exists but has no main.py: not a MONAI Label app folder")
         with tempfile.TemporaryDirectory() as tmp:
             copied = _copy_stock_app(Path(tmp), python)
             stock = (copied / "main.py").read_text()
-            app_dir.parent.mkdir(parents=True, exist_ok=True)
-            if app_dir.exists():
-                app_dir.rmdir()
-            shutil.copytree(copied, app_dir)
+            shutil.copytree(copied, app_dir, dirs_exist_ok=True)  # the folder may exist, empty or locked
     (app_dir / "model").mkdir(exist_ok=True)  # the copy has none; the app looks for local bundles there
     if active_learning:
         _make_active_learning_app(app_dir, python, stock)
@@ -166,6 +164,9 @@ def install_bundle(
         init_weights: when the bundle ends up without ``models/model.pt``, write untrained weights of the
             task's network (MONAI Label skips a bundle without weights; train it through ``/train``).
         active_learning: as for :func:`ensure_app` (the app, not the bundle folder, changes).
+
+    The app folder is locked while this runs (:func:`~transfuse_bundle.locking.locked_folders`): a second
+    install into the same app, from another process, is refused instead of racing on the app's files.
     """
     lowered = name.lower()
     if not name or os.sep in name or name.startswith("."):
@@ -180,26 +181,27 @@ def install_bundle(
             load_weights(weights, "weights to serve")
         except WeightsFileError as e:
             raise BundleFolderError(str(e)) from None
-    app = ensure_app(app_dir, active_learning=active_learning)
-    target = app / "model" / name
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise BundleFolderError(f"{target} exists and is not empty (pass overwrite=True / --overwrite)")
-    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=app / "model") as staging:
-        bundle = copy_bundle(Path(staging) / name, task=task, overrides=overrides, weights=weights,
-                             include_models=include_models)
-        if (bundle / "models" / "model.pt").is_file():
-            check_weights_fit(bundle, bundle / "models" / "model.pt")
-        elif not (bundle / "models" / "model.ts").is_file():
-            if not init_weights:
-                raise BundleFolderError(
-                    f"{bundle.parent.parent / name / 'models'} would have no model.pt: train the bundle first, "
-                    f"pass weights, or ask for untrained weights (init_weights=True / --init-weights)"
-                )
-            write_initial_weights(bundle)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(bundle, target)
-    return target
+    with locked_folders(Path(app_dir).resolve()):  # the app folder's lock, held until the install is done
+        app = ensure_app(app_dir, active_learning=active_learning)
+        target = app / "model" / name
+        if target.exists() and any(target.iterdir()) and not overwrite:
+            raise BundleFolderError(f"{target} exists and is not empty (pass overwrite=True / --overwrite)")
+        with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=app / "model") as staging:
+            bundle = copy_bundle(Path(staging) / name, task=task, overrides=overrides, weights=weights,
+                                 include_models=include_models)
+            if (bundle / "models" / "model.pt").is_file():
+                check_weights_fit(bundle, bundle / "models" / "model.pt")
+            elif not (bundle / "models" / "model.ts").is_file():
+                if not init_weights:
+                    raise BundleFolderError(
+                        f"{bundle.parent.parent / name / 'models'} would have no model.pt: train the bundle first, "
+                        f"pass weights, or ask for untrained weights (init_weights=True / --init-weights)"
+                    )
+                write_initial_weights(bundle)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(bundle, target)
+        return target
 
 
 def server_command(
