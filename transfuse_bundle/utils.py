@@ -22,13 +22,23 @@ from .errors import MissingFileError, UserInputError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["WeightsFileError", "load_weights", "require_file", "require_weights"]
+__all__ = ["WeightsFileError", "available_cpus", "load_weights", "require_file", "require_weights"]
 
 RESAVE_HINT = "re-save it with torch.save(model.state_dict(), path)"
 
 
 class WeightsFileError(UserInputError, ValueError):
     """A weights file that is refused: pickled Python objects, not a state dict, or unreadable."""
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which containers and ``taskset`` narrow; ``os.cpu_count()``
+    where the OS has none): what PyTorch's ``DataLoader`` compares ``num_workers`` with. The configs' default
+    ``num_workers`` is ``min(4, available_cpus())``, so a 2-CPU machine gets 2 workers and no warning."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def require_file(path: str | os.PathLike, what: str = "file") -> str:

@@ -14,7 +14,9 @@ converter decides how the pixels are decoded:
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -63,3 +65,16 @@ def to_mask(image: Image.Image, max_pixels: int = LARGE_IMAGE_PIXELS) -> Image.I
     neighbour, so class ids stay class ids). Shapes: ``(W, H)`` -> ``reduced_size((W, H))``, same mode."""
     target = reduced_size(image.size, max_pixels)
     return image if image.size == target else image.resize(target, Image.Resampling.NEAREST)
+
+
+def _hide_dicom_decoder_warnings() -> None:
+    """MONAI's ``LoadImage`` builds every reader it knows, whichever reader it is given; building the DICOM one
+    (``NvImgCodecPydicomReader``) logs a warning and warns that nvImageCodec, a GPU DICOM decoder, is missing,
+    twice per ``LoadImaged`` of a config. The bundle reads pictures and NIfTI volumes, never DICOM, so those
+    two messages say nothing to its users at every start; only they are hidden."""
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").addFilter(
+        lambda record: "nvImageCodec is not available" not in record.getMessage())
+    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register")
+
+
+_hide_dicom_decoder_warnings()
