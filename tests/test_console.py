@@ -50,6 +50,9 @@ def test_refusals_print_one_line_and_crashes_keep_their_traceback(tmp_path):
     assert lines[0] == "error: 2 problems:" and len(lines) == 3
     assert lines[1].startswith(f"{data / 'images'}: 1 image(s) have no mask") and lines[2].startswith(f"{data / 'masks'}: 1 mask(s)")
     assert not (bundle / "models").exists()
+    # a config value (on the synthetic default data) the network cannot take
+    assert _refused("run", "training", *TRAIN, "--bundle_root", bundle, "--image_size", "[65,65]") == [
+        "error: TransFuse: img_size must be (H, W) with sides that are multiples of 16, got [65, 65]; pad or resize to (80, 80)"]
     # a real crash (here torch's refusal of a learning rate, not one of our checks) keeps its traceback
     crash = bundle_cli("run", "training", *TRAIN, "--bundle_root", bundle, "--learning_rate", "-1", *TINY, env=_env(),
                        check=False)

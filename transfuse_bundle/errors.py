@@ -18,11 +18,16 @@ from __future__ import annotations
 import sys
 from types import TracebackType
 
-__all__ = ["UserInputError", "FolderInUseError", "MissingFileError", "find_user_error", "install_excepthook"]
+__all__ = ["UserInputError", "ConfigValueError", "FolderInUseError", "MissingFileError", "find_user_error", "install_excepthook"]
 
 
 class UserInputError(Exception):
     """A refusal of something the user gave; the message (``str()``) is what the user reads, naming the file."""
+
+
+class ConfigValueError(UserInputError, ValueError):
+    """A config value that cannot work (an image size the network cannot take, an unknown variant); the message
+    names the value and what would work."""
 
 
 class MissingFileError(UserInputError, FileNotFoundError):

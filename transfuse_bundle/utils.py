@@ -45,7 +45,8 @@ def require_file(path: str | os.PathLike, what: str = "file") -> str:
     """Returns ``path`` if it is an existing file, else raises ``MissingFileError`` (a ``FileNotFoundError``)
     naming it and ``what``."""
     if not Path(path).is_file():
-        raise MissingFileError(f"{what}: {str(path)!r} does not exist")
+        problem = "is a folder, not a file" if Path(path).is_dir() else "does not exist"
+        raise MissingFileError(f"{what}: {str(path)!r} {problem}")
     return str(path)
 
 
