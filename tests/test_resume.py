@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Engine
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
 
@@ -141,6 +142,19 @@ def test_resume_without_checkpoint_fails_before_any_work(kvasir, tmp_path):
     assert isinstance(error.value.__cause__, FileNotFoundError)
     assert f"{tmp_path}/models/checkpoint.pt' does not exist" in str(error.value.__cause__)
     assert not (tmp_path / "models").exists()
+
+
+def test_resuming_a_finished_training_says_there_is_nothing_left(tmp_path, caplog):
+    """--resume true on a checkpoint at max_epochs: ignite ends the run at once; the log says why."""
+    network = torch.nn.Linear(2, 1)
+    path = tmp_path / "checkpoint.pt"
+    for resume in (False, True):
+        engine = Engine(lambda engine, batch: None)
+        TrainingCheckpoint(path, {"network": network}, resume=resume).attach(engine)
+        with caplog.at_level("WARNING"):
+            engine.run([0, 1], max_epochs=1)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{path} is at epoch 1 of max_epochs 1: nothing left to train (raise --max_epochs to train on)"]
 
 
 def test_ddp_ranks_other_than_0_run_the_handlers_that_keep_them_in_step(kvasir, tmp_path):

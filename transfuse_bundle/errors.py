@@ -10,7 +10,7 @@ expression raises in ``RuntimeError("Failed to evaluate ConfigExpression: ...")`
 50-70 line traceback ending in that generic line. :func:`install_excepthook` (run when the package is
 imported, which the configs do before any of their expressions) replaces the traceback of an uncaught
 exception whose cause chain holds a :class:`UserInputError` with that one line; any other exception (a real
-crash) keeps its full traceback.
+crash) keeps its full traceback, followed by an ``error:`` line with the innermost cause when MONAI wrapped it.
 """
 
 from __future__ import annotations
@@ -49,13 +49,25 @@ def find_user_error(error: BaseException | None) -> UserInputError | None:
     return None
 
 
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost exception of ``error``'s cause chain (``raise ... from``)."""
+    seen = {id(error)}
+    while error.__cause__ is not None and id(error.__cause__) not in seen:
+        error = error.__cause__
+        seen.add(id(error))
+    return error
+
+
 def _report_user_errors(previous):
     def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
         found = find_user_error(error)
-        if found is None:
-            previous(kind, error, traceback)
-        else:
+        if found is not None:
             print(f"error: {found}", file=sys.stderr, flush=True)
+            return
+        previous(kind, error, traceback)
+        root = _root_cause(error)
+        if root is not error:  # MONAI's wrapper ("Failed to evaluate ...") would be the last line: name the cause
+            print(f"error: {type(root).__name__}: {root}".rstrip(), file=sys.stderr, flush=True)
 
     hook.transfuse_user_errors = True
     return hook
@@ -63,7 +75,8 @@ def _report_user_errors(previous):
 
 def install_excepthook() -> None:
     """Makes ``sys.excepthook`` print an uncaught :class:`UserInputError` (even wrapped, e.g. by MONAI's config
-    parser) as ``error: MESSAGE`` without a traceback; other exceptions go to the hook installed before.
+    parser) as ``error: MESSAGE`` without a traceback; other exceptions go to the hook installed before, then,
+    when they wrap another exception, ``error: TYPE: MESSAGE`` of the innermost one is printed last.
     Idempotent. The interpreter still exits with status 1."""
     if not getattr(sys.excepthook, "transfuse_user_errors", False):
         sys.excepthook = _report_user_errors(sys.excepthook)

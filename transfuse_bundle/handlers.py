@@ -215,8 +215,17 @@ class TrainingCheckpoint:
         if self.resume:
             # map to CPU: load_state_dict copies onto each object's own device (every DDP rank loads the rank-0 file)
             CheckpointLoader(str(self.path), objects, map_location="cpu").attach(engine)
+            engine.add_event_handler(Events.STARTED, self._say_if_finished)
         saver = Checkpoint(objects, AtomicDiskSaver(self.path), filename_pattern=self.path.name, n_saved=1)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), saver)
+
+
+    def _say_if_finished(self, engine: Engine) -> None:
+        """After the restore: a checkpoint already at ``max_epochs`` leaves nothing to train, which would
+        otherwise pass in silence (ignite just ends the run)."""
+        if engine.state.epoch >= engine.state.max_epochs:
+            engine.logger.warning(f"{self.path} is at epoch {engine.state.epoch} of max_epochs {engine.state.max_epochs}: "
+                                  f"nothing left to train (raise --max_epochs to train on)")
 
 
 def every_rank_handlers(handlers: list) -> list:

@@ -71,8 +71,12 @@ def _lock(folder: Path) -> None:
             if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            os.close(fd)  # unlocks
+            raise
     except OSError as e:  # read-only or missing permissions: say so before any work, in one line
         raise UserInputError(f"{folder}: cannot write into this folder ({e.strerror}); give this run a writable "
                              f"folder (--bundle_root, --output_dir)") from None
