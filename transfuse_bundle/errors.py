@@ -35,7 +35,7 @@ class MissingFileError(UserInputError, FileNotFoundError):
 
 
 class FolderInUseError(UserInputError):
-    """Another process is writing into an output folder (see :func:`transfuse_bundle.utils.lock_folders`)."""
+    """Another process is writing into an output folder (see :func:`transfuse_bundle.locking.lock_folders`)."""
 
 
 def find_user_error(error: BaseException | None) -> UserInputError | None:
