@@ -19,7 +19,10 @@ import numpy as np
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# pytest-xdist (addopts: one worker per core, one test file per worker at a time) runs tests side by side:
+# each worker gets its share of the cores, so two in-process trainings never fight over one core
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // _WORKERS)))
 # With other processes on the same cores, OpenMP threads that spin-wait make torch 10-100x slower
 # (a 64x64 TransFuse-S step: 0.7 s passive, 10-24 s spinning, measured on the 2-core CI machine).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
