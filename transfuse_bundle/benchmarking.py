@@ -105,15 +105,17 @@ def gmacs(model: nn.Module, x: torch.Tensor) -> float:
 def machine_peaks(device: torch.device | str, n: int | None = None, iters: int = 5) -> dict[str, float]:
     """The practical peak, GFLOP/s of an ``n x n`` by ``n x n`` matmul in fp32 and in bf16 (median of ``iters``).
 
-    ``n`` defaults to 8192 on CUDA and 2048 on a CPU; a bf16 matmul on a CPU without native bf16 is emulated
-    (its "peak" is then what emulated bf16 reaches). On CUDA, fp32 means true fp32 (TF32 off, torch's default
-    for matmuls; convolutions may use TF32, so an fp32 model path can pass this peak)."""
+    ``n`` defaults to 8192 on CUDA and 2048 on a CPU; a bf16 matmul on a CPU without native bf16 is emulated,
+    ~100x slower, so it is measured at ``min(n, 512)`` (its "peak" is what emulated bf16 reaches). On CUDA, fp32
+    means true fp32 (TF32 off, torch's default for matmuls; convolutions may use TF32, so an fp32 model path
+    can pass this peak)."""
     device = torch.device(device)
     n = n or (8192 if device.type == "cuda" else 2048)
     peaks = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-        peaks[name] = round(2 * n**3 / median_ms(lambda: a @ b, iters, 1, device) / 1e6, 1)
+        side = n if dtype == torch.float32 or fast_autocast_available(device) else min(n, 512)
+        a, b = (torch.randn(side, side, device=device, dtype=dtype) for _ in range(2))
+        peaks[name] = round(2 * side**3 / median_ms(lambda: a @ b, iters, 1, device) / 1e6, 1)
     return peaks
 
 
