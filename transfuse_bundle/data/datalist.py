@@ -15,6 +15,7 @@ before any training starts; the files' contents are checked by :mod:`.validate`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ __all__ = [
     "VOLUME_EXTENSIONS",
     "DATALIST_NAME",
     "file_stem",
+    "entry_problem",
+    "spacing_problem",
     "DatasetError",
     "DatasetProblem",
     "pair_images_and_masks",
@@ -67,6 +70,41 @@ class DatasetProblem:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
+
+
+def spacing_problem(spacing: Any, spatial_dims: int | None = None) -> str | None:
+    """Why ``spacing`` (mm per pixel or voxel: one number, or one per spatial axis) cannot be used, or None.
+
+    The one rule for a datalist's ``"spacing"`` and ``prepare_data --spacing``: finite numbers > 0, one or
+    ``spatial_dims`` of them (2 for ``[row, col]``)."""
+    values = spacing if isinstance(spacing, (list, tuple)) else [spacing]
+    counts = (1, spatial_dims) if spatial_dims else None
+    if (not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values)
+            or any(not math.isfinite(v) or v <= 0 for v in values) or (counts and len(values) not in counts)):
+        count = f"{spatial_dims} (one per axis)" if spatial_dims else "one per axis"
+        return f"spacing {spacing!r} must be one number or {count}, finite and > 0 (mm per pixel)"
+    return None
+
+
+def entry_problem(entry: Any, spatial_dims: int | None = None) -> str | None:
+    """Why one datalist entry cannot be used, or None: it must be an object (``{"image": path, ...}``) whose
+    ``image``, and ``label`` when present, are non-empty path strings and whose ``spacing``, when present,
+    passes :func:`spacing_problem`. JSON gives ``null``, numbers and lists as easily as strings."""
+    if not isinstance(entry, dict):
+        return f"entry is {type(entry).__name__} {_short(entry)}, not an object like {{\"image\": path, \"label\": path}}"
+    if "image" not in entry:
+        return f"entry has no 'image': {_short(entry)}"
+    for key in ("image", "label"):
+        if key in entry and (not isinstance(entry[key], (str, os.PathLike)) or not str(entry[key])):
+            return f"{key!r} is {_short(entry[key])}, not a file path (entry {_short(entry)})"
+    if "spacing" in entry:
+        return spacing_problem(entry["spacing"], spatial_dims)
+    return None
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, os.PathLike) else repr(str(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def file_stem(name: str, extensions: Sequence[str], suffix: str = "") -> str | None:
@@ -218,9 +256,11 @@ def _read_datalist_json(path: Path, need_labels: bool = True) -> dict[str, list[
             raise DatasetError(f"{path}: {split!r} must be a list, got {type(entries).__name__}")
         items = []
         for index, entry in enumerate(entries):
-            entry = {"image": entry} if isinstance(entry, str) else dict(entry)
-            if "image" not in entry:
-                raise DatasetError(f"{path}: {split}[{index}] has no 'image' key: {entry}")
+            entry = {"image": entry} if isinstance(entry, str) else entry
+            problem = entry_problem(entry)
+            if problem:
+                raise DatasetError(f"{path}: {split}[{index}]: {problem}")
+            entry = dict(entry)
             if need_labels and split != "test" and "label" not in entry:
                 raise DatasetError(f"{path}: {split}[{index}] has no 'label' key: {entry}")
             for key in ("image", "label"):
