@@ -512,6 +512,33 @@ def test_training_and_evaluation_stop_before_any_work_and_keep_the_model(tmp_pat
     assert sorted(p.name for p in bundle.rglob("*")) == ["model.pt", "models"]  # nothing else written
 
 
+@pytest.mark.parametrize("config, override, words", [
+    ("train", {"output_dir": "FILE/eval"}, "output_dir: 'FILE/eval' cannot be created: FILE is a file, not a folder"),
+    ("train", {"bundle_root": "FILE/bundle", "output_dir": "OUT"}, "ckpt_dir (the weights are saved there; bundle_root + /models by default): "
+                                              "'FILE/bundle/models' cannot be created: FILE is a file"),
+    ("evaluate", {"output_dir": "FILE"}, "output_dir: 'FILE' is a file, not a folder"),
+    ("inference", {"output_dir": "FILE/predictions"}, "output_dir: 'FILE/predictions' cannot be created"),
+])
+def test_unwritable_output_dir_or_bundle_root_is_refused_before_any_work(tmp_path, config, override, words):
+    """Before, training cached the data, built the network and failed at its first save (TensorBoard's folder or
+    model.pt); evaluation and inference after the whole dataset was run."""
+    for stem, source in zip("ab", KVASIR_IDS):
+        _small_pair(tmp_path / "data", stem, source)
+    blocker = tmp_path / "notes.txt"  # a file where a folder is needed: unwritable for root too
+    blocker.write_text("the user's notes")
+    files = {"train": ["train.json"], "evaluate": ["train.json", "evaluate.json"], "inference": ["inference.json"]}
+    kind = {"train": "train", "evaluate": "eval", "inference": "infer"}[config]
+    overrides = {"bundle_root": str(tmp_path / "bundle"),
+                 **{k: v.replace("FILE", str(blocker)).replace("OUT", str(tmp_path / "out")) for k, v in override.items()}}
+    workflow = ConfigWorkflow(config_file=[str(CONFIGS / f) for f in files[config]], workflow_type=kind,
+                              dataset_dir=str(tmp_path / "data"), image_size=[32, 32], num_workers=0, **overrides)
+    with pytest.raises(Exception) as err:
+        workflow.initialize()
+    assert isinstance(err.value.__cause__, OSError), repr(err.value)
+    assert str(err.value.__cause__).startswith(words.replace("FILE", str(blocker))), str(err.value.__cause__)
+    assert blocker.read_text() == "the user's notes" and sorted(p.name for p in tmp_path.iterdir()) == ["data", "notes.txt"]
+
+
 @pytest.mark.slow
 def test_inference_skips_a_bad_image_writes_the_others_and_exits_nonzero(tmp_path):
     images = tmp_path / "images"

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["WeightsFileError", "load_weights", "load_checkpoint", "weights_misfit", "require_file", "require_weights",
-           "require_checkpoint", "raise_misfit"]
+           "require_checkpoint", "raise_misfit", "require_writable_dir"]
 
 RESAVE_HINT = "re-save it with torch.save(model.state_dict(), path)"
 
@@ -35,6 +35,23 @@ def require_file(path: str | os.PathLike, what: str = "file") -> str:
     """Returns ``path`` if it is an existing file, else raises ``FileNotFoundError`` naming it and ``what``."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{what}: {str(path)!r} does not exist")
+    return str(path)
+
+
+def require_writable_dir(path: str | os.PathLike, what: str = "output folder") -> str:
+    """Returns ``path`` if it is a folder this process can write in, or can create (its nearest existing parent
+    is such a folder); nothing is created. Raises ``NotADirectoryError`` / ``PermissionError`` naming ``what``
+    and the path otherwise, so that a run stops before any work instead of at its first save."""
+    target = Path(os.path.abspath(Path(path).expanduser()))
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == target else f"cannot be created: {existing} is a file"
+        raise NotADirectoryError(f"{what}: {str(path)!r} {where}, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):  # permissions, or a read-only file system (also for root)
+        where = "" if existing == target else f" cannot be created: {existing}"
+        raise PermissionError(f"{what}: {str(path)!r}{where} is not writable by this user")
     return str(path)
 
 
@@ -56,8 +73,6 @@ def load_weights(path: str | os.PathLike, what: str = "weights") -> dict[str, to
             containers (never created, so never run), is not a ``{str: Tensor}`` dict, or is
             truncated / not a torch file. The message names the file.
     """
-    import torch
-
     content = _safe_load(path, what)
     if isinstance(content, dict) and isinstance(content.get("model"), dict):
         content = content["model"]

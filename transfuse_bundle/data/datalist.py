@@ -39,6 +39,8 @@ __all__ = [
     "evaluation_datalist",
     "inference_datalist",
     "write_datalist",
+    "check_datalist_output",
+    "write_datalist_file",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -331,10 +333,12 @@ def write_datalist(
     seed: int = 0,
 ) -> dict[str, list]:
     """Writes an MSD-style datalist.json from a folder layout: a shuffled, disjoint subset per list.
+    ``output`` is checked first (:func:`check_datalist_output`) and written atomically.
 
     ``num_training=None`` takes every case left after validation and test. Paths are absolute, so
     the JSON can live anywhere (e.g. a temporary folder, not next to read-only data). Returns the lists.
     """
+    check_datalist_output(output)
     pairs = sorted(find_image_mask_pairs(dataset_dir), key=lambda d: d["image"])
     random.Random(seed).shuffle(pairs)
     wanted = num_validation + num_test + (num_training or 0)
@@ -343,6 +347,44 @@ def write_datalist(
     validation, test = pairs[:num_validation], pairs[num_validation : num_validation + num_test]
     rest = pairs[num_validation + num_test :]
     lists = {"training": rest if num_training is None else rest[:num_training], "validation": validation, "test": test}
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    Path(output).write_text(json.dumps(lists, indent=4))
+    write_datalist_file(output, lists)
     return lists
+
+
+def check_datalist_output(output: str | os.PathLike) -> Path:
+    """Returns ``output`` (a datalist file to write) as a path, or raises :class:`DatasetError` before any work:
+    it must be a ``.json`` name in a folder that can be written or created, and an existing file there must be a
+    datalist (re-running replaces it; an image, a config or any other file is never written over)."""
+    from ..utils import require_writable_dir
+
+    output = Path(os.path.abspath(Path(output).expanduser()))
+    if output.is_dir():
+        raise DatasetError(f"--output {str(output)!r} is a folder: give the datalist file to write, e.g. {output / DATALIST_NAME}")
+    if output.suffix.lower() != ".json":
+        raise DatasetError(f"--output {str(output)!r} must be a .json file (the datalist to write)")
+    if output.exists():
+        try:
+            content = json.loads(output.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            content = None
+        if not isinstance(content, dict) or not isinstance(content.get("training"), list):
+            raise DatasetError(f"--output {str(output)!r} exists and is not a datalist: not replaced (choose another name)")
+    try:
+        require_writable_dir(output.parent, "the folder of --output")
+    except OSError as err:
+        raise DatasetError(str(err)) from None
+    return output
+
+
+def write_datalist_file(output: str | os.PathLike, content: dict[str, Any]) -> Path:
+    """Writes ``content`` to ``output`` atomically, after :func:`check_datalist_output`: an interrupted or failed
+    write leaves neither half a datalist nor a temporary file."""
+    output = check_datalist_output(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.partial")
+    try:
+        tmp.write_text(json.dumps(content, indent=4))
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return output
