@@ -165,6 +165,7 @@ def _status(main, argv: list[str]) -> int:
     ("datalist.json", ["--layout", "hip", "--spacing", "0.2", "0"], "spacing [0.2, 0.0] must be"),
     ("datalist.json", ["--spacing", "0.2", "0.2"], "the folder layout takes no spacing"),
     ("datalist.json", ["--subset", "2", "1", "1", "--val-fraction", "0.5"], "--val-fraction would be ignored"),
+    ("datalist.json", ["--subset", "-1", "2", "2"], "case counts must be >= 0 (and num_training >= 1), got num_training -1"),
 ])
 def test_cli_refuses_bad_output_and_options_before_writing_anything(folder_layout, capsys, output, options, words):
     """Before: an --output folder raised IsADirectoryError after leaving ``masks.tmp`` in the dataset, a JSON

@@ -290,6 +290,16 @@ def test_datalist_entries_that_are_not_paths_give_one_line_naming_the_entry(tmp_
     assert [p.path for p in problems] == ["training[1]"] and words in problems[0].message, _lines(problems)
 
 
+def test_datalist_that_is_not_utf8_json_is_one_problem_naming_it(tmp_path):
+    datalist = tmp_path / "datalist.json"
+    datalist.write_bytes(b"\xff\xfe{}")  # e.g. saved as UTF-16 by an editor
+    problems, count = validate_dataset(datalist)
+    assert count == 0 and [p.path for p in problems] == [str(datalist)]
+    assert problems[0].message.startswith("is not valid JSON: 'utf-8' codec can't decode"), problems[0].message
+    with pytest.raises(DatasetError, match=f"{datalist} is not valid JSON: 'utf-8' codec can't decode"):
+        load_datalist(datalist)
+
+
 def test_folder_problems_all_reported_with_their_files(tmp_path):
     for stem, source in (("a", KVASIR_IDS[0]), ("b", KVASIR_IDS[1])):
         _small_pair(tmp_path, stem, source)

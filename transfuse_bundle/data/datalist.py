@@ -245,9 +245,9 @@ def _datalist_file(dataset_dir: str | os.PathLike) -> Path | None:
 def _read_datalist_json(path: Path, need_labels: bool = True) -> dict[str, list[dict[str, str]]]:
     """Reads an MSD-style datalist; returns absolute paths; checks that every referenced file exists."""
     try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"{path} is not valid JSON: {err}") from err
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(content, dict):
         raise DatasetError(f"{path} must hold a JSON object with 'training' / 'validation' / 'test' lists")
     base = path.parent
@@ -338,6 +338,10 @@ def write_datalist(
     ``num_training=None`` takes every case left after validation and test. Paths are absolute, so
     the JSON can live anywhere (e.g. a temporary folder, not next to read-only data). Returns the lists.
     """
+    counts = {"num_training": num_training, "num_validation": num_validation, "num_test": num_test}
+    negative = [f"{name} {n}" for name, n in counts.items() if n is not None and n < 0]
+    if negative or num_training == 0:
+        raise DatasetError(f"case counts must be >= 0 (and num_training >= 1), got {', '.join(negative) or 'num_training 0'}")
     check_datalist_output(output)
     pairs = sorted(find_image_mask_pairs(dataset_dir), key=lambda d: d["image"])
     random.Random(seed).shuffle(pairs)

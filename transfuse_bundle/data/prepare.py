@@ -184,7 +184,8 @@ def prepare(root: str | os.PathLike, output: str | os.PathLike, layout: str | No
     """
     root = Path(os.path.abspath(Path(root).expanduser()))
     if not root.is_dir():
-        raise DatasetError(f"dataset folder {str(root)!r} does not exist")
+        raise DatasetError(f"dataset folder {str(root)!r} {'is a file' if root.exists() else 'does not exist'}: "
+                           f"give the dataset's top folder")
     check_datalist_output(output)
     layout = layout or detect_layout(root)
     if layout not in LAYOUTS:

@@ -407,5 +407,5 @@ def validate_dataset(dataset_dir: str | os.PathLike, num_classes: int = 2, spati
             return validate_datalist(lists, num_classes, spatial_dims, in_channels=in_channels), len(_entries(lists))
         items = find_images(root)
         return validate_datalist(items, num_classes, spatial_dims, True, in_channels), len(items)
-    except DatasetError as err:
-        return err.problems or [DatasetProblem(str(root), str(err))], 0
+    except DatasetError as err:  # its message names the file already
+        return err.problems or [DatasetProblem(str(root), str(err).removeprefix(f"{root}: ").removeprefix(f"{root} "))], 0
