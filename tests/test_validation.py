@@ -163,6 +163,8 @@ def test_volumes_nan_shape_labels_and_dimensions(tmp_path):
     _single(check(nan_image, good_label), nan_image, "2 voxel(s) are NaN or Inf")
     _single(check(good_image, short_label), short_label, "differs")
     _single(check(good_image, big_ids), big_ids, "0, 5", "0..2")
+    two_channels = _nifti(tmp_path / "two.nii.gz", np.stack([label, label], axis=-1))  # training would read 2 channels
+    _single(check(good_image, two_channels), two_channels, "has 2 channels", "one class id per voxel")
     _single(check(cut), cut, "truncated")
     # 2D data for a 3D config, and the reverse
     _single(check(slice_2d), slice_2d, "2D volume", "spatial_dims=3")

@@ -109,7 +109,7 @@ def test_checkpoint_of_another_network_is_refused_before_training(tmp_path, kvas
 
 @pytest.mark.parametrize("command", ["package_bundle", "make_monailabel_app"])
 @pytest.mark.parametrize("value, words", [
-    ("image_size=[256,256", "'image_size=[256,256': the value is not valid JSON"),
+    ("image_size=[256,256", "'image_size=[256,256': the value is not valid JSON (Expecting ',' delimiter); check its brackets"),
     ("pretrained=True", "JSON spells it true"),
     ("variant=L", """quote a string: variant='"L"'"""),
 ])
@@ -135,3 +135,14 @@ def test_monailabel_app_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == f"error: {app} is a file, not a MONAI Label app folder: pass a folder (made if missing)\n"
     assert app.read_text() == "notes" and [p.name for p in tmp_path.iterdir()] == ["app.txt"]
+
+
+def test_package_with_an_image_size_the_network_cannot_take_is_a_one_line_error(tmp_path, capsys):
+    """Before: MONAI's 'Failed to instantiate component' traceback out of the command."""
+    from transfuse_bundle.cli.package_bundle import main
+
+    assert main(["--out", str(tmp_path / "dist"), "--init-weights", "--set", "image_size=[100,100]"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "network_def cannot be built: TransFuse: img_size must be (H, W) with sides " \
+        "that are multiples of 16" in err and "pad or resize to (112, 112)" in err and "\n" not in err, err
+    assert not list((tmp_path / "dist").glob("*.zip"))

@@ -114,8 +114,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         return key, json.loads(value)
     except json.JSONDecodeError as e:
+        start = value.strip()[:1]
         python = {"True": "true", "False": "false", "None": "null"}.get(value.strip())
-        hint = f"JSON spells it {python}" if python else f"quote a string: {key}='\"{value}\"'"
+        if python:
+            hint = f"JSON spells it {python}"
+        elif start and (start in '[{"-' or start.isdigit()):
+            hint = "check its brackets, quotes and commas"
+        else:
+            hint = f"quote a string: {key}='\"{value}\"'"
         raise argparse.ArgumentTypeError(f"{text!r}: the value is not valid JSON ({e.msg}); {hint}") from None
 
 
@@ -275,7 +281,13 @@ def bundle_network(bundle: str | os.PathLike, config: str = "inference.json") ->
     parser["bundle_root"] = str(bundle)
     if "pretrained" in parser:
         parser["pretrained"] = False  # never download ImageNet weights here
-    return parser.get_parsed_content("network_def", instantiate=True)
+    try:
+        return parser.get_parsed_content("network_def", instantiate=True)
+    except Exception as e:  # MONAI wraps the network's own ValueError (e.g. an image size it cannot take)
+        cause = e
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise BundleFolderError(f"{bundle / 'configs' / config}: network_def cannot be built: {cause}") from None
 
 
 def check_weights_fit(bundle: str | os.PathLike, weights: str | os.PathLike) -> None:

@@ -158,6 +158,9 @@ def _read_volume(path: str, is_mask: bool) -> _File:
     if is_mask:
         if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
             raise _Unusable("the label volume has NaN or Inf values")
+        if data.ndim > 3 and data[0, 0, 0].size > 1:  # training would read the extra axis as channels
+            raise _Unusable(f"the label volume has {data[0, 0, 0].size} channels (shape {' x '.join(map(str, data.shape))}); "
+                            f"a label holds one class id per voxel")
         return _File(tuple(data.shape[:3]), np.unique(data), affine=affine)
     if data.ndim < 3:
         return _File(tuple(data.shape))
