@@ -14,7 +14,7 @@ from ignite.handlers import ProgressBar as _IgniteProgressBar
 from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
 
-from transfuse_bundle.utils import require_file
+from transfuse_bundle.utils import load_checkpoint, raise_misfit
 
 __all__ = [
     "AtomicDiskSaver",
@@ -188,7 +188,8 @@ class TrainingCheckpoint:
         path: the checkpoint file, e.g. ``models/checkpoint.pt``.
         save_dict: objects with ``state_dict`` / ``load_state_dict`` (DDP-wrapped networks are unwrapped).
         validator: the evaluator whose best key metric is kept across the interruption.
-        resume: restore ``path`` before the first epoch; it must exist (checked here, before any training).
+        resume: restore ``path`` before the first epoch; it must be a readable checkpoint whose ``network`` fits
+            ``save_dict["network"]`` (checked here, before any training).
         save_interval: save every N epochs.
     """
 
@@ -204,8 +205,11 @@ class TrainingCheckpoint:
             raise ValueError(f"save_interval must be >= 1, got {save_interval}")
         if "trainer" in save_dict or "best_metric" in save_dict:
             raise ValueError("save_dict keys 'trainer' and 'best_metric' are reserved (they are added at attach)")
-        if resume:
-            require_file(path, "training checkpoint to resume from (resume=true)")
+        if resume:  # a missing, corrupt or misfitting file is named here, before the trainer starts
+            what = "training checkpoint to resume from (resume=true)"
+            state = load_checkpoint(path, what)["network"]
+            if isinstance(save_dict.get("network"), torch.nn.Module):
+                raise_misfit(save_dict["network"], state, f"{what}: {str(path)!r}")
         self.path = Path(path)
         self.save_dict = dict(save_dict)
         self.validator = validator

@@ -87,6 +87,8 @@ def ensure_app(app_dir: str | os.PathLike, python: str | None = None, active_lea
             replaced. ``False`` leaves ``main.py`` as it is (a new app is then the stock one).
     """
     app_dir = Path(app_dir).resolve()
+    if app_dir.exists() and not app_dir.is_dir():
+        raise BundleFolderError(f"{app_dir} is a file, not a MONAI Label app folder: pass a folder (made if missing)")
     stock = None
     if not (app_dir / "main.py").is_file():
         if app_dir.exists() and any(app_dir.iterdir()):

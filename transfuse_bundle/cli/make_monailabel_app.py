@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         bundle = install_bundle(args.app, name, task=args.task, overrides=dict(args.overrides),
                                 weights=args.weights, init_weights=args.init_weights, overwrite=args.overwrite,
                                 active_learning=not args.stock_app)
-    except (BundleFolderError, ModuleNotFoundError) as e:
+    except (BundleFolderError, ModuleNotFoundError, OSError) as e:  # OSError: an unwritable --app, a full disk
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"bundle folder: {bundle}")

@@ -3,7 +3,9 @@
 DATASET is what --dataset_dir takes: a folder with images/ + masks/, a folder with datalist.json, the
 JSON file itself, or a folder of images to segment. Checked: unreadable or truncated files, images
 without masks and masks without images, duplicate stems, image/mask size mismatches, mask values that
-cannot be class ids, NaN/Inf in volumes, 2D files for a 3D config and the reverse.
+cannot be class ids, NaN/Inf in volumes, 2D files for a 3D config and the reverse, label volumes whose
+geometry (orientation, spacing, origin) differs from their image's, EXIF-rotated pictures, datalist entries
+that are not objects of file paths.
 Exit status: 0 and a one-line summary when there is no problem, 1 when there is any, 2 on bad arguments.
 
 Examples (from a checkout, ``python scripts/validate_data.py`` does the same):

@@ -15,6 +15,7 @@ before any training starts; the files' contents are checked by :mod:`.validate`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ __all__ = [
     "DATALIST_NAME",
     "input_size",
     "file_stem",
+    "entry_problem",
+    "spacing_problem",
     "DatasetError",
     "DatasetProblem",
     "pair_images_and_masks",
@@ -37,6 +40,8 @@ __all__ = [
     "evaluation_datalist",
     "inference_datalist",
     "write_datalist",
+    "check_datalist_output",
+    "write_datalist_file",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -68,6 +73,41 @@ class DatasetProblem:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
+
+
+def spacing_problem(spacing: Any, spatial_dims: int | None = None) -> str | None:
+    """Why ``spacing`` (mm per pixel or voxel: one number, or one per spatial axis) cannot be used, or None.
+
+    The one rule for a datalist's ``"spacing"`` and ``prepare_data --spacing``: finite numbers > 0, one or
+    ``spatial_dims`` of them (2 for ``[row, col]``)."""
+    values = spacing if isinstance(spacing, (list, tuple)) else [spacing]
+    counts = (1, spatial_dims) if spatial_dims else None
+    if (not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values)
+            or any(not math.isfinite(v) or v <= 0 for v in values) or (counts and len(values) not in counts)):
+        count = f"{spatial_dims} (one per axis)" if spatial_dims else "one per axis"
+        return f"spacing {spacing!r} must be one number or {count}, finite and > 0 (mm per pixel)"
+    return None
+
+
+def entry_problem(entry: Any, spatial_dims: int | None = None) -> str | None:
+    """Why one datalist entry cannot be used, or None: it must be an object (``{"image": path, ...}``) whose
+    ``image``, and ``label`` when present, are non-empty path strings and whose ``spacing``, when present,
+    passes :func:`spacing_problem`. JSON gives ``null``, numbers and lists as easily as strings."""
+    if not isinstance(entry, dict):
+        return f"entry is {type(entry).__name__} {_short(entry)}, not an object like {{\"image\": path, \"label\": path}}"
+    if "image" not in entry:
+        return f"entry has no 'image': {_short(entry)}"
+    for key in ("image", "label"):
+        if key in entry and (not isinstance(entry[key], (str, os.PathLike)) or not str(entry[key])):
+            return f"{key!r} is {_short(entry[key])}, not a file path (entry {_short(entry)})"
+    if "spacing" in entry:
+        return spacing_problem(entry["spacing"], spatial_dims)
+    return None
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, os.PathLike) else repr(str(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def file_stem(name: str, extensions: Sequence[str], suffix: str = "") -> str | None:
@@ -206,9 +246,9 @@ def _datalist_file(dataset_dir: str | os.PathLike) -> Path | None:
 def _read_datalist_json(path: Path, need_labels: bool = True) -> dict[str, list[dict[str, str]]]:
     """Reads an MSD-style datalist; returns absolute paths; checks that every referenced file exists."""
     try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"{path} is not valid JSON: {err}") from err
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(content, dict):
         raise DatasetError(f"{path} must hold a JSON object with 'training' / 'validation' / 'test' lists")
     base = path.parent
@@ -219,9 +259,11 @@ def _read_datalist_json(path: Path, need_labels: bool = True) -> dict[str, list[
             raise DatasetError(f"{path}: {split!r} must be a list, got {type(entries).__name__}")
         items = []
         for index, entry in enumerate(entries):
-            entry = {"image": entry} if isinstance(entry, str) else dict(entry)
-            if "image" not in entry:
-                raise DatasetError(f"{path}: {split}[{index}] has no 'image' key: {entry}")
+            entry = {"image": entry} if isinstance(entry, str) else entry
+            problem = entry_problem(entry)
+            if problem:
+                raise DatasetError(f"{path}: {split}[{index}]: {problem}")
+            entry = dict(entry)
             if need_labels and split != "test" and "label" not in entry:
                 raise DatasetError(f"{path}: {split}[{index}] has no 'label' key: {entry}")
             for key in ("image", "label"):
@@ -310,10 +352,16 @@ def write_datalist(
     seed: int = 0,
 ) -> dict[str, list]:
     """Writes an MSD-style datalist.json from a folder layout: a shuffled, disjoint subset per list.
+    ``output`` is checked first (:func:`check_datalist_output`) and written atomically.
 
     ``num_training=None`` takes every case left after validation and test. Paths are absolute, so
     the JSON can live anywhere (e.g. a temporary folder, not next to read-only data). Returns the lists.
     """
+    counts = {"num_training": num_training, "num_validation": num_validation, "num_test": num_test}
+    negative = [f"{name} {n}" for name, n in counts.items() if n is not None and n < 0]
+    if negative or num_training == 0:
+        raise DatasetError(f"case counts must be >= 0 (and num_training >= 1), got {', '.join(negative) or 'num_training 0'}")
+    check_datalist_output(output)
     pairs = sorted(find_image_mask_pairs(dataset_dir), key=lambda d: d["image"])
     random.Random(seed).shuffle(pairs)
     wanted = num_validation + num_test + (num_training or 0)
@@ -322,6 +370,44 @@ def write_datalist(
     validation, test = pairs[:num_validation], pairs[num_validation : num_validation + num_test]
     rest = pairs[num_validation + num_test :]
     lists = {"training": rest if num_training is None else rest[:num_training], "validation": validation, "test": test}
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    Path(output).write_text(json.dumps(lists, indent=4))
+    write_datalist_file(output, lists)
     return lists
+
+
+def check_datalist_output(output: str | os.PathLike) -> Path:
+    """Returns ``output`` (a datalist file to write) as a path, or raises :class:`DatasetError` before any work:
+    it must be a ``.json`` name in a folder that can be written or created, and an existing file there must be a
+    datalist (re-running replaces it; an image, a config or any other file is never written over)."""
+    from ..utils import require_writable_dir
+
+    output = Path(os.path.abspath(Path(output).expanduser()))
+    if output.is_dir():
+        raise DatasetError(f"--output {str(output)!r} is a folder: give the datalist file to write, e.g. {output / DATALIST_NAME}")
+    if output.suffix.lower() != ".json":
+        raise DatasetError(f"--output {str(output)!r} must be a .json file (the datalist to write)")
+    if output.exists():
+        try:
+            content = json.loads(output.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            content = None
+        if not isinstance(content, dict) or not isinstance(content.get("training"), list):
+            raise DatasetError(f"--output {str(output)!r} exists and is not a datalist: not replaced (choose another name)")
+    try:
+        require_writable_dir(output.parent, "the folder of --output")
+    except OSError as err:
+        raise DatasetError(str(err)) from None
+    return output
+
+
+def write_datalist_file(output: str | os.PathLike, content: dict[str, Any]) -> Path:
+    """Writes ``content`` to ``output`` atomically, after :func:`check_datalist_output`: an interrupted or failed
+    write leaves neither half a datalist nor a temporary file."""
+    output = check_datalist_output(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.partial")
+    try:
+        tmp.write_text(json.dumps(content, indent=4))
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return output
