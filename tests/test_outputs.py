@@ -148,5 +148,17 @@ def test_claim_on_real_files(tmp_path):
     with pytest.raises(NotADirectoryError, match="is a file"):
         claim(mask / "deeper", ["a_seg.png"])
     shutil.rmtree(out / "overlays")
+    truth = _mask(STEMS[0], tmp_path / "truth" / "a.png")
+    (out / "c_seg.png").symlink_to(truth)  # a link where an output goes: writing would go into the truth
+    with pytest.raises(OutputConflictError, match="c_seg.png"):
+        claim(out, ["c_seg.png"])
+    record(out, [out / "c_seg.png"])  # even when recorded with the content it points to
+    with pytest.raises(OutputConflictError, match="c_seg.png"):
+        claim(out, ["c_seg.png"])
+    before = truth.read_bytes()
+    claim(out, ["c_seg.png"], overwrite=True)
+    assert not (out / "c_seg.png").exists() and truth.read_bytes() == before  # the link goes, not its target
+    with pytest.raises(ValueError, match="file name is 300 bytes, longer than"):  # would fail halfway
+        claim(out, ["x" * 296 + ".png"])
     assert not (tmp_path / "new").exists() and claim(tmp_path / "new" / "out", ["x.png"])
     assert not (tmp_path / "new").exists()  # checked, not created: the writers create it

@@ -131,8 +131,9 @@ def claim(output_dir: str | os.PathLike, planned: Iterable[str | os.PathLike], o
         PermissionError: ``output_dir`` cannot be created or written to.
         OutputConflictError: a planned file exists and is not recorded in the manifest with its current
             content (names the first one and how many there are), or is a folder.
+        ValueError: a planned file name is longer than the file system allows (the write would fail halfway).
     """
-    overwrite = flag(overwrite, "overwrite")
+    overwrite, planned = flag(overwrite, "overwrite"), list(planned)
     folder = Path(output_dir).expanduser()
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"output_dir {str(folder)!r} is a file, not a folder: give a folder to write into")
@@ -152,14 +153,23 @@ def claim(output_dir: str | os.PathLike, planned: Iterable[str | os.PathLike], o
     if theirs:
         logger.warning("overwrite=true: replacing %d file(s) in %s that this tool did not write, e.g. %s",
                        len(theirs), folder, theirs[0])
-    _check_writable(folder)
+    name_max = _check_writable(folder)
+    for item in planned:
+        name = os.fsencode(Path(item).name)
+        if len(name) > name_max:  # the writer would fail halfway through the run
+            raise ValueError(f"{item}: this output's file name is {len(name)} bytes, longer than the "
+                             f"{name_max} the file system allows; nothing was written: shorten the input's name")
+    for name in theirs:
+        if (folder / name).is_symlink():
+            (folder / name).unlink()  # replace the link, never write through it into the file it points to
     _compact(folder, recorded)
     return str(output_dir)
 
 
-def _check_writable(folder: Path) -> None:
+def _check_writable(folder: Path) -> int:
     """Raises ``PermissionError`` unless files can be created in ``folder`` or, when it does not exist yet, in
-    its nearest existing parent (the writers create it); leaves no trace."""
+    its nearest existing parent (the writers create it); leaves no trace. Returns the longest file name
+    (in bytes) the file system takes there."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -170,6 +180,10 @@ def _check_writable(folder: Path) -> None:
             pass
     except OSError as err:
         raise PermissionError(f"output_dir {str(folder)!r} cannot be written to ({err.strerror or err})") from None
+    try:
+        return os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # not every platform says
+        return 255
 
 
 def _compact(folder: Path, recorded: Mapping[str, str]) -> None:
