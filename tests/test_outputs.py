@@ -126,6 +126,10 @@ def test_claim_on_real_files(tmp_path):
     out = tmp_path / "out"
     mask = _mask(STEMS[0], out / "a_seg.png")
     assert claim(out, ["b_seg.png", "overlays/*.png"]) == str(out)  # nothing there yet
+    _mask(STEMS[1], out / "scan[1]_seg.png")  # brackets are part of a file name, not a pattern
+    with pytest.raises(OutputConflictError, match=r"scan\[1\]_seg.png"):
+        claim(out, [out / "scan[1]_seg.png"])
+    (out / "scan[1]_seg.png").unlink()
     with pytest.raises(OutputConflictError, match="a_seg.png: exists and was not written by this tool"):
         claim(out, ["a_seg.png"])
     record(out, [mask])

@@ -103,16 +103,17 @@ def record(output_dir: str | os.PathLike, paths: Iterable[str | os.PathLike]) ->
 
 
 def _planned(folder: Path, planned: Iterable[str | os.PathLike]) -> list[str]:
-    """Relative paths of the files ``planned`` names (paths, or glob patterns such as ``overlays/*.png``)
-    that exist now, in order."""
+    """Relative paths of the files ``planned`` names (paths, or patterns with ``*`` such as ``overlays/*.png``)
+    that exist now, in order. A path is always also taken literally: ``scan[1]_seg.png`` is a file name."""
     found: list[str] = []
     for item in planned:
         item = str(item)
         relative = os.path.relpath(item, folder) if os.path.isabs(item) else item
-        if glob.has_magic(relative):
-            found += sorted(os.path.relpath(p, folder) for p in glob.glob(str(folder / relative)))
-        elif os.path.lexists(folder / relative):
+        if os.path.lexists(folder / relative):
             found.append(relative)
+        if "*" in relative:
+            pattern = os.path.join(glob.escape(str(folder)), relative)
+            found += sorted(os.path.relpath(p, folder) for p in glob.glob(pattern))
     return list(dict.fromkeys(found))
 
 
@@ -122,7 +123,7 @@ def claim(output_dir: str | os.PathLike, planned: Iterable[str | os.PathLike], o
     Args:
         output_dir: the output folder (the writers create it when missing).
         planned: the files the run will write: paths under ``output_dir`` (absolute or relative to it) or
-            glob patterns (``overlays/*.png``).
+            patterns with ``*`` (``overlays/*.png``).
         overwrite: replace existing files this package did not write (the config's ``overwrite``; the strings
             ``"true"``/``"false"`` of the command line are read as meant, see :func:`~transfuse_bundle.utils.flag`).
 
