@@ -112,6 +112,30 @@ def run_workflow(config_file, workflow_type: str, meta_file=None, **overrides):
     return workflow
 
 
+def untrained_weights(bundle: Path, image_size=(64, 64), in_channels: int = 3) -> Path:
+    """Writes ``bundle/models/model.pt``: seeded untrained weights of the inference network at ``image_size`` with
+    ``in_channels``, as a plain state dict (for tests of what happens around the network, not of its quality)."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "inference.json"))
+    parser.update({"image_size": list(image_size), "in_channels": in_channels, "device": "cpu"})
+    parser.get_parsed_content("imports")
+    torch.manual_seed(0)
+    path = Path(bundle) / "models" / "model.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
+    return path
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The first exception of ``error``'s ``__cause__`` chain (MONAI's config parser wraps what a config raised)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
 class CreatesFile:
     """Unpickling this calls ``open(path, "w")``: stands for any code a malicious ``model.pt`` would run."""
 

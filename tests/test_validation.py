@@ -23,6 +23,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
+from conftest import root_cause, run_workflow, untrained_weights
 from transfuse_bundle.data import (
     DatasetError,
     check_dataset,
@@ -334,6 +335,9 @@ def test_wrong_or_empty_dataset_dir(tmp_path):
                 "empty_json": "'training' list is empty"}
     for name, path in cases.items():
         problems, count = validate_dataset(path)
+        readme = [p for p in problems if p.path.endswith("readme.txt")]  # named, not silently left out
+        assert len(readme) == (name == "no_images") and all("not an image file" in str(p) for p in readme)
+        problems = [p for p in problems if p not in readme]
         assert count == 0 and len(problems) == 1 and expected[name] in str(problems[0]), (name, _lines(problems))
         assert str(path) in str(problems[0])
     for name in ("missing", "no_images", "empty_json"):
@@ -468,7 +472,7 @@ def test_inference_mask_of_a_large_image_has_the_file_size(tmp_path):
     images.mkdir()
     Image.fromarray(blob).convert("RGB").save(images / "big.jpg", quality=90)
     bundle, out = tmp_path / "bundle", tmp_path / "pred"
-    _weights(bundle)
+    untrained_weights(bundle)
     workflow = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), workflow_type="infer",
                               bundle_root=str(bundle), dataset_dir=str(images), output_dir=str(out),
                               image_size=[64, 64], num_workers=0, device="cpu")
@@ -477,19 +481,6 @@ def test_inference_mask_of_a_large_image_has_the_file_size(tmp_path):
     mask = Image.open(out / "big_seg.png")
     assert mask.size == (width, height)
     assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
-
-
-def _weights(bundle: Path) -> Path:
-    """Seeded untrained weights of the inference network at 64 x 64, as a plain state dict."""
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "inference.json"))
-    parser.update({"image_size": [64, 64], "device": "cpu"})
-    parser.get_parsed_content("imports")
-    torch.manual_seed(0)
-    path = bundle / "models" / "model.pt"
-    path.parent.mkdir(parents=True)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
-    return path
 
 
 def _bad_folder(root: Path) -> tuple[Path, Path]:
@@ -506,7 +497,7 @@ def _bad_folder(root: Path) -> tuple[Path, Path]:
 def test_training_and_evaluation_stop_before_any_work_and_keep_the_model(tmp_path, config):
     wrong, ids = _bad_folder(tmp_path / "data")
     bundle = tmp_path / "bundle"
-    model = _weights(bundle)
+    model = untrained_weights(bundle)
     before = model.read_bytes()
     files = [str(CONFIGS / "train.json")] + ([str(CONFIGS / "evaluate.json")] if config == "evaluate" else [])
     workflow = ConfigWorkflow(config_file=files, workflow_type="train" if config == "train" else "eval",
@@ -558,7 +549,7 @@ def test_inference_skips_a_bad_image_writes_the_others_and_exits_nonzero(tmp_pat
         _small_pair(tmp_path, stem, source)
     cut = _truncated_copy(KVASIR / "images" / f"{KVASIR_IDS[3]}.jpg", images / "b_cut.jpg")  # between b and c
     bundle, out = tmp_path / "bundle", tmp_path / "pred"
-    _weights(bundle)
+    untrained_weights(bundle)
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
          "--dataset_dir", str(images), "--output_dir", str(out), "--bundle_root", str(bundle),
@@ -608,3 +599,95 @@ def test_training_checks_the_data_it_is_given_as_monai_label_gives_it(tmp_path):
         workflow.run()
     assert str(wrong) in str(err.value.__cause__) and str(ids) in str(err.value.__cause__)
     assert not bundle.exists()
+
+
+# ---- issue #14: every entry of an input folder is used or reported; pictures read with in_channels ---------
+
+
+def _odd_entries(folder: Path) -> dict[Path, str]:
+    """Entries of ``folder`` nothing can be made of, each with what its report must say."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = [Image.open(KVASIR / "images" / f"{KVASIR_IDS[0]}.jpg").convert("RGB").resize(SIZE)] * 2
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=[frames[1].rotate(90)])
+    (folder / "broken.jpg").symlink_to(folder / "moved_away.jpg")
+    (folder / "loop_a.png").symlink_to(folder / "loop_b.png")
+    (folder / "loop_b.png").symlink_to(folder / "loop_a.png")
+    (folder / "notes.txt").write_text("scanned on Monday\n")
+    (folder / "more").mkdir()
+    (folder / "zero.jpg").write_bytes(b"")
+    return {folder / "animated.gif": "2 frames", folder / "broken.jpg": "symbolic link to",
+            folder / "loop_a.png": "symbolic link loop", folder / "loop_b.png": "symbolic link loop",
+            folder / "notes.txt": "not a supported image file", folder / "more": "is a folder",
+            folder / "zero.jpg": "empty (0 bytes)"}
+
+
+def test_inference_segments_gif_and_webp_and_reports_every_other_entry(tmp_path):
+    images = tmp_path / "images"
+    odd = _odd_entries(images)
+    for name, source in (("a.jpg", KVASIR_IDS[0]), ("b.gif", KVASIR_IDS[1]), ("c.webp", KVASIR_IDS[2])):
+        Image.open(KVASIR / "images" / f"{source}.jpg").convert("RGB").resize(SIZE).save(images / name)
+    (images / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # hidden: not an input
+    bundle, out = tmp_path / "bundle", tmp_path / "pred"
+    untrained_weights(bundle)
+    workflow = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), workflow_type="infer", bundle_root=str(bundle),
+                              dataset_dir=str(images), output_dir=str(out), image_size=[64, 64], num_workers=0,
+                              device="cpu")
+    workflow.initialize()
+    with pytest.raises(Exception) as err:  # exit status non-zero: some entries were skipped
+        workflow.run()
+    assert isinstance(root_cause(err.value), DatasetError) and "skipped" in str(root_cause(err.value))
+    written = sorted(p.name for p in out.glob("*_seg.png"))
+    assert written == ["a_seg.png", "b_seg.png", "c_seg.png"]
+    assert all(Image.open(out / name).size == SIZE for name in written)
+    failed = {Path(entry["image"]): entry["problem"] for entry in json.loads((out / "failed.json").read_text())}
+    assert set(failed) == set(odd)
+    for path, words in odd.items():
+        assert words in failed[path], (path, failed[path])
+
+
+def test_validate_data_and_training_report_dangling_links_and_other_files(tmp_path, capsys):
+    for stem, source in zip("ab", KVASIR_IDS):
+        _small_pair(tmp_path, stem, source)
+    Image.open(tmp_path / "images" / "b.jpg").save(tmp_path / "images" / "g.gif")  # GIF pairs are read
+    Image.open(tmp_path / "masks" / "b.png").save(tmp_path / "masks" / "g.gif")
+    (tmp_path / "images" / "c.jpg").symlink_to(tmp_path / "elsewhere" / "c.jpg")  # both dangling
+    (tmp_path / "masks" / "a_copy.png").symlink_to(tmp_path / "elsewhere" / "a.png")
+    (tmp_path / "masks" / "readme.txt").write_text("masks by Dr X\n")
+    expected = {tmp_path / "images" / "c.jpg": "image file is a symbolic link to",
+                tmp_path / "masks" / "a_copy.png": "mask file is a symbolic link to",
+                tmp_path / "masks" / "readme.txt": "not a mask file this bundle reads"}
+    problems, count = validate_dataset(tmp_path)
+    assert count == 3  # a, b and g
+    for path, words in expected.items():
+        _single(problems, path, words)
+    assert len(problems) == len(expected), _lines(problems)
+    with pytest.raises(DatasetError) as err:  # training stops on them before any work
+        load_datalist(tmp_path)
+    assert err.value.problems == problems
+    from transfuse_bundle.cli.validate_data import main
+    assert main([str(tmp_path)]) == 1
+    assert str(tmp_path / "images" / "c.jpg") in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_grey_network_trains_and_segments_colour_pictures(tmp_path):
+    """--in_channels 1 on 2D pictures: colour, grey and 16-bit files are all read as one grey channel."""
+    data = tmp_path / "data"
+    for stem, source in zip("abc", KVASIR_IDS):
+        _small_pair(data, stem, source)
+    grey = np.asarray(Image.open(data / "images" / "c.jpg").convert("L"))
+    (data / "images" / "c.jpg").unlink()
+    Image.fromarray(grey.astype(np.uint16) * 257).save(data / "images" / "c.png")  # 16-bit grey
+    parser = _train_parser(in_channels=1)
+    loaded = parser.get_parsed_content("validate#preprocessing")({"image": str(data / "images" / "a.jpg"),
+                                                                  "label": str(data / "masks" / "a.png")})
+    assert loaded["image"].shape == (1, 32, 32)
+    bundle = tmp_path / "bundle"
+    run_workflow(str(CONFIGS / "train.json"), "train", bundle_root=str(bundle), dataset_dir=str(data), in_channels=1,
+                 image_size=[64, 64], num_workers=0, batch_size=2, max_epochs=1, cache_rate=0.0, device="cpu")
+    out = tmp_path / "pred"
+    run_workflow(str(CONFIGS / "inference.json"), "infer", bundle_root=str(bundle), dataset_dir=str(data),
+                 output_dir=str(out), in_channels=1, image_size=[64, 64], num_workers=0, device="cpu")
+    assert sorted(p.name for p in out.glob("*_seg.png")) == ["a_seg.png", "b_seg.png", "c_seg.png"]
+    with pytest.raises(ValueError, match="in_channels=2: 2D pictures are read as 1 .grey. or 3 .RGB."):
+        check_dataset(load_datalist(data), in_channels=2)  # what training and evaluation call first

@@ -21,14 +21,26 @@ from typing import TYPE_CHECKING, Any, Mapping
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["WeightsFileError", "load_weights", "load_checkpoint", "weights_misfit", "require_file", "require_weights",
-           "require_checkpoint", "raise_misfit", "require_writable_dir"]
+__all__ = ["WeightsFileError", "flag", "load_weights", "load_checkpoint", "weights_misfit", "require_file",
+           "require_weights", "require_checkpoint", "raise_misfit", "require_writable_dir"]
 
 RESAVE_HINT = "re-save it with torch.save(model.state_dict(), path)"
 
 
 class WeightsFileError(ValueError):
     """A weights file that is refused: pickled Python objects, not a state dict, or unreadable."""
+
+
+def flag(value: bool | str | int, name: str = "option") -> bool:
+    """A yes/no config value as a bool. ``monai.bundle run --name false`` passes the *string* ``"false"``
+    (python-fire reads only ``True``/``False`` as booleans), which plain ``bool()`` would take for true;
+    ``true/false/yes/no/1/0`` in any case are read as meant, anything else raises ``ValueError`` naming ``name``."""
+    if isinstance(value, (bool, int)) and value in (0, 1):
+        return bool(value)
+    words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if isinstance(value, str) and value.strip().lower() in words:
+        return words[value.strip().lower()]
+    raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def require_file(path: str | os.PathLike, what: str = "file") -> str:

@@ -10,17 +10,27 @@ Two layouts are accepted for ``dataset_dir``:
 Every problem (missing folder, image without a mask or mask without an image, duplicate stem, empty
 list, missing file) raises a :class:`DatasetError` that names the path, when the config is parsed and
 before any training starts; the files' contents are checked by :mod:`.validate`.
+
+Every entry of a folder that is read is either used or reported: a file of another type, a broken
+symbolic link, a link loop, a subfolder or a pipe is a problem naming it. Only hidden entries (names
+starting with ``.``) and what this package wrote there itself (inference masks, reports: see
+:mod:`transfuse_bundle.outputs`) are left out, the latter with a log line.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import math
 import os
 import random
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
+from ..outputs import MANIFEST_NAME, ours
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -29,6 +39,7 @@ __all__ = [
     "input_size",
     "file_stem",
     "entry_problem",
+    "path_problem",
     "spacing_problem",
     "DatasetError",
     "DatasetProblem",
@@ -44,9 +55,11 @@ __all__ = [
     "write_datalist_file",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 VOLUME_EXTENSIONS = (".nii.gz", ".nii")
 DATALIST_NAME = "datalist.json"
+
+logger = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -119,17 +132,64 @@ def file_stem(name: str, extensions: Sequence[str], suffix: str = "") -> str | N
     return None if ext is None else name[: len(name) - len(suffix) - len(ext)]
 
 
+def path_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a regular file that can be read, or None. The phrase follows "<what> file":
+    ``does not exist``, ``is a symbolic link to 'x', which does not exist``, ``is a symbolic link loop``,
+    ``is a folder ...``, ``is not a regular file ...``."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        if os.path.islink(path):
+            return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+        return "does not exist" if err.errno == errno.ENOENT else f"cannot be read ({err.strerror})"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file (files in subfolders are not read: move them up, or list them in a datalist.json)"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a pipe, socket or device)"
+    return None
+
+
+def _folder_entries(folder: Path) -> list[Path]:
+    """The entries of ``folder`` a dataset may use, sorted: all but hidden ones (``.name``) and what this
+    package wrote there (recorded in its output manifest, or a subfolder with its own manifest), which are
+    left out with a log line."""
+    written = ours(folder)
+    tops = {name.split(os.sep)[0] for name in written}
+    entries, left_out = [], []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.name in tops or (path.is_dir() and (path / MANIFEST_NAME).is_file()):
+            left_out.append(path.name)
+        else:
+            entries.append(path)
+    if left_out:
+        logger.info("%s: %d entries are this tool's own outputs (%s), not inputs: left out (e.g. %s)", folder,
+                    len(left_out), MANIFEST_NAME, left_out[0])
+    return entries
+
+
 def _files_by_stem(folder: Path, suffix: str, extensions: Sequence[str],
-                   problems: list[DatasetProblem]) -> dict[str, Path]:
+                   problems: list[DatasetProblem], what: str = "image") -> dict[str, Path]:
     """``{stem without suffix: path}`` of the files directly in ``folder`` ending in ``suffix + ext``.
 
-    Suffix-aware (``x_segmentation.png`` -> ``x``; ``t2.nii.gz`` -> ``t2``); a second file with the
-    same stem is appended to ``problems`` and left out.
+    Suffix-aware (``x_segmentation.png`` -> ``x``; ``t2.nii.gz`` -> ``t2``). Every other entry (see
+    :func:`_folder_entries`) is appended to ``problems`` naming it: a file of another type, a broken link,
+    a subfolder, and a second file with the same stem; ``what`` (``image``, ``mask``) is in the messages.
     """
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
+    for path in _folder_entries(folder):
+        problem = path_problem(path)
+        if problem:
+            problems.append(DatasetProblem(str(path), f"{what} file {problem}"))
+            continue
         stem = file_stem(path.name, extensions, suffix)
-        if stem is None or not path.is_file() or path.name.startswith("."):
+        if stem is None:
+            article = "an" if what[0] in "aeiou" else "a"
+            problems.append(DatasetProblem(str(path), f"not {article} {what} file this bundle reads (expected <stem>{suffix} "
+                                                      f"with one of {', '.join(extensions)}): remove it from {folder}"))
             continue
         if stem in found:
             problems.append(DatasetProblem(str(path), f"two files with the stem {stem!r} in {folder}: "
@@ -157,7 +217,7 @@ def pair_images_and_masks(images_dir: str | os.PathLike, masks_dir: str | os.Pat
     if problems:
         return [], problems
     images = _files_by_stem(images_dir, "", extensions, problems)
-    masks = _files_by_stem(masks_dir, mask_suffix, extensions, problems)
+    masks = _files_by_stem(masks_dir, mask_suffix, extensions, problems, what="mask")
     if not images:
         problems.append(DatasetProblem(str(images_dir), f"no images ({', '.join(extensions)}) found in {images_dir}"))
     no_mask = [images[s] for s in sorted(set(images) - set(masks))]
@@ -199,24 +259,23 @@ def find_image_mask_pairs(dataset_dir: str | os.PathLike) -> list[dict[str, str]
     return pairs
 
 
-def find_images(dataset_dir: str | os.PathLike,
-                extensions: Sequence[str] = IMAGE_EXTENSIONS + VOLUME_EXTENSIONS) -> list[dict[str, str]]:
-    """Images of ``DIR/images/`` if that folder exists, else image files directly in ``DIR`` (no masks needed).
+def find_images(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
+    """Every entry of ``DIR/images/`` if that folder exists, else of ``DIR`` (no masks needed), sorted by name.
 
-    Pictures and volumes are both listed, so a volume given to a 2D config (or the reverse) is reported
-    by :func:`~transfuse_bundle.data.validate.screen_images` instead of silently left out.
+    Not only image files: everything but hidden entries and this package's own outputs is listed, so that
+    :func:`~transfuse_bundle.data.validate.screen_images` reports what cannot be segmented (a file of another
+    type, a broken link, a subfolder, a volume given to a 2D config, a duplicate stem) instead of silently
+    leaving it out. Raises ``DatasetError`` when the folder holds nothing.
     """
     root = _check_dir(dataset_dir)
     folder = root / "images" if (root / "images").is_dir() else root
     if not folder.is_dir():
         raise DatasetError(f"{str(folder)!r} is not a folder of images")
-    problems: list[DatasetProblem] = []
-    images = _files_by_stem(folder, "", extensions, problems)
-    if not images:
-        problems.append(DatasetProblem(str(folder), f"no images ({', '.join(extensions)}) found in {folder}"))
-    if problems:
-        raise DatasetError(problems)
-    return [{"image": str(images[s])} for s in sorted(images)]
+    entries = _folder_entries(folder)
+    if not entries:
+        extensions = IMAGE_EXTENSIONS + VOLUME_EXTENSIONS
+        raise DatasetError([DatasetProblem(str(folder), f"no images ({', '.join(extensions)}) found in {folder}")])
+    return [{"image": str(path)} for path in entries]
 
 
 def split_training(items: list[dict[str, Any]], val_fraction: float = 0.2, seed: int = 0,
@@ -269,8 +328,9 @@ def _read_datalist_json(path: Path, need_labels: bool = True) -> dict[str, list[
             for key in ("image", "label"):
                 if key in entry:
                     file = Path(entry[key]) if os.path.isabs(entry[key]) else base / entry[key]
-                    if not file.is_file():
-                        raise DatasetError(f"{path}: {split}[{index}] {key} file {str(file)!r} does not exist")
+                    problem = path_problem(file)
+                    if problem:
+                        raise DatasetError(f"{path}: {split}[{index}] {key} file {str(file)!r} {problem}")
                     entry[key] = str(file)
             items.append(entry)
         lists[split] = items

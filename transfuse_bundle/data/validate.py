@@ -6,8 +6,10 @@
   the good ones are still segmented, and :meth:`ScreenedImages.raise_if_any` fails the run at the end;
 * :func:`validate_dataset` / ``scripts/validate_data.py``: the same checks on a folder or datalist, as a command.
 
-What is checked, per file: it opens and decodes completely (a truncated JPEG/PNG/NIfTI is caught); it
-is a 2D picture for a 2D config and a 3D volume for a 3D one; a mask has the size of its image; mask
+What is checked, per file: it is a regular file (not a broken symbolic link, a link loop, a folder or a
+pipe) of a type the bundle reads; it opens and decodes completely (a truncated JPEG/PNG/NIfTI is caught);
+a picture has one frame (not an animated GIF/WEBP or a multi-page TIFF); it is a 2D picture for a 2D
+config and a 3D volume for a 3D one; a mask has the size of its image; mask
 values can be class ids (binary: 0/1 or 0/255 with at most a few grey edge pixels; multi-class:
 integers ``0..num_classes-1``, as :class:`~.transforms.MaskToClassIdsd` accepts them); a volume has no
 NaN or Inf and as many channels (4th axis) as the network's ``in_channels``; a label volume has its image's
@@ -30,9 +32,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from ..outputs import is_ours, record
 from .datalist import (DATALIST_NAME, IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, DatasetError, DatasetProblem, entry_problem,
-                       file_stem, find_images, load_datalist, pair_images_and_masks)
-from .readers import MAX_PIXELS
+                       file_stem, find_images, load_datalist, pair_images_and_masks, path_problem)
+from .readers import MAX_PIXELS, check_picture_channels
 
 __all__ = ["validate_datalist", "validate_dataset", "check_dataset", "screen_images", "ScreenedImages", "GREY_MASK_FRACTION",
            "GEOMETRY_TOLERANCE"]
@@ -123,6 +126,9 @@ def _read_picture(path: str, is_mask: bool) -> _File:
     ``MaskToClassIdsd`` sees them (max over colour channels, alpha ignored)."""
     with _open_picture(path) as image:
         shape = (image.height, image.width)
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:  # the readers would take the first frame and drop the others
+            raise _Unusable(f"has {frames} frames (an animation or a multi-page file); give one picture per file")
         try:
             if not is_mask and image.format == "JPEG":
                 image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))  # still reads every byte
@@ -204,10 +210,13 @@ def _geometry_problem(label: np.ndarray, image: np.ndarray) -> str | None:
 def _read(path: str, spatial_dims: int, is_mask: bool) -> _File:
     kind = _kind(path)
     what = "mask" if is_mask else "image"
+    problem = path_problem(path)
+    if problem:
+        raise _Unusable(f"{what} file {problem}")
+    if os.path.getsize(path) == 0:
+        raise _Unusable(f"{what} file is empty (0 bytes)")
     if kind is None:
         raise _Unusable(f"not a supported {what} file (expected one of {', '.join(IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)})")
-    if not Path(path).is_file():
-        raise _Unusable(f"{what} file does not exist")
     if kind == "picture" and spatial_dims == 3:
         raise _Unusable(f"a 2D {what}, but this config segments 3D volumes (spatial_dims=3): give .nii/.nii.gz volumes")
     if kind == "volume" and spatial_dims == 2:
@@ -262,13 +271,16 @@ def validate_datalist(datalist: Datalist, num_classes: int = 2, spatial_dims: in
         spatial_dims: 2 for PNG/JPEG/... pictures, 3 for NIfTI volumes.
         unique_stems: also report two images with the same file stem (inference names its outputs by stem).
         in_channels: the network's input channels; a volume with another number of channels is reported
-            (pictures are converted to the configured channels by the transforms).
+            (pictures are read with the configured channels, grey for 1 and RGB for 3; other numbers raise
+            ``ValueError`` at once, see :func:`~.readers.check_picture_channels`).
 
     Returns:
         the problems, in datalist order; empty when the data can be used.
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    if spatial_dims == 2 and in_channels is not None:
+        check_picture_channels(in_channels)
     entries = _entries(datalist)
     if not entries:
         return [DatasetProblem("datalist", "no cases to use")]
@@ -382,7 +394,8 @@ def screen_images(datalist: Sequence[Mapping[str, Any]], spatial_dims: int = 2,
         if problems:
             report.parent.mkdir(parents=True, exist_ok=True)
             report.write_text(json.dumps([{"image": p.path, "problem": p.message} for p in problems], indent=4))
-        elif report.is_file():
+            record(report.parent, [report])
+        elif is_ours(report):  # a stale report of an earlier run (never a file of the user's)
             report.unlink()
     if not good:
         raise DatasetError(problems or [DatasetProblem("datalist", "no images to segment")])
