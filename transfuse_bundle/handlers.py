@@ -14,7 +14,7 @@ from ignite.handlers import ProgressBar as _IgniteProgressBar
 from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
 
-from transfuse_bundle.utils import load_checkpoint, raise_misfit
+from transfuse_bundle.utils import flag, load_checkpoint, raise_misfit
 
 __all__ = [
     "AtomicDiskSaver",
@@ -205,6 +205,7 @@ class TrainingCheckpoint:
             raise ValueError(f"save_interval must be >= 1, got {save_interval}")
         if "trainer" in save_dict or "best_metric" in save_dict:
             raise ValueError("save_dict keys 'trainer' and 'best_metric' are reserved (they are added at attach)")
+        resume = flag(resume, "resume")
         if resume:  # a missing, corrupt or misfitting file is named here, before the trainer starts
             what = "training checkpoint to resume from (resume=true)"
             state = load_checkpoint(path, what)["network"]
@@ -213,7 +214,7 @@ class TrainingCheckpoint:
         self.path = Path(path)
         self.save_dict = dict(save_dict)
         self.validator = validator
-        self.resume = bool(resume)
+        self.resume = resume
         self.save_interval = int(save_interval)
 
     def attach(self, engine: Engine) -> None:
