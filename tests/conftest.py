@@ -19,7 +19,10 @@ import numpy as np
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# pytest-xdist (addopts: one worker per core, one test file per worker at a time) runs tests side by side:
+# each worker gets its share of the cores, so two in-process trainings never fight over one core
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // _WORKERS)))
 # With other processes on the same cores, OpenMP threads that spin-wait make torch 10-100x slower
 # (a 64x64 TransFuse-S step: 0.7 s passive, 10-24 s spinning, measured on the 2-core CI machine).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -107,6 +110,30 @@ def run_workflow(config_file, workflow_type: str, meta_file=None, **overrides):
     workflow.run()
     workflow.finalize()
     return workflow
+
+
+def untrained_weights(bundle: Path, image_size=(64, 64), in_channels: int = 3) -> Path:
+    """Writes ``bundle/models/model.pt``: seeded untrained weights of the inference network at ``image_size`` with
+    ``in_channels``, as a plain state dict (for tests of what happens around the network, not of its quality)."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "inference.json"))
+    parser.update({"image_size": list(image_size), "in_channels": in_channels, "device": "cpu"})
+    parser.get_parsed_content("imports")
+    torch.manual_seed(0)
+    path = Path(bundle) / "models" / "model.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
+    return path
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The first exception of ``error``'s ``__cause__`` chain (MONAI's config parser wraps what a config raised)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
 
 
 class CreatesFile:

@@ -1,8 +1,10 @@
-"""The comparison command trains and evaluates other networks through the same bundle, on real images."""
+"""The comparison command trains and evaluates other networks, and training recipes, through the same bundle, on real
+images (Kvasir-SEG, read in place from ../shared/data)."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -13,19 +15,20 @@ import pytest
 from transfuse_bundle.data import write_datalist
 
 ROOT = Path(__file__).resolve().parents[1]
+KVASIR = ROOT.parent / "shared" / "data" / "kvasir_seg"
 
 
 @pytest.mark.slow
 def test_compare_models_trains_each_network_on_real_images(tmp_path):
     datalist = tmp_path / "kvasir.json"
     write_datalist(ROOT.parent / "shared" / "data" / "kvasir_seg", datalist, num_training=6, num_validation=2, num_test=3)
-    models = ["TransUNet", "MedT", "TransFuse-S concat+res (E.5)"]
+    models = ["MedT", "TransFuse-S concat+res (E.5)"]  # TransUNet (100M parameters) is built in test_other_networks
     subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_models.py"), "--dataset_dir", str(datalist),
                     "--models", *models, "--epochs", "1", "--batch_size", "3", "--num_workers", "0",
                     "--latency_iters", "1", "--out", str(tmp_path / "out")], check=True, cwd=tmp_path, timeout=900)
     rows = {r["model"]: r for r in json.loads((tmp_path / "out" / "comparison.json").read_text())}
     assert list(rows) == models
-    assert rows["TransUNet"]["params"] > 100e6 > rows["TransFuse-S concat+res (E.5)"]["params"] > 20e6 > rows["MedT"]["params"]
+    assert 100e6 > rows["TransFuse-S concat+res (E.5)"]["params"] > 20e6 > rows["MedT"]["params"]
     for row in rows.values():
         assert 0.0 <= row["mean_dice"] <= 1.0 and 0.0 <= row["mean_iou"] <= row["mean_dice"] + 1e-6
         assert row["latency_ms"] > 0 and row["train_s"] > 0
@@ -34,3 +37,29 @@ def test_compare_models_trains_each_network_on_real_images(tmp_path):
         assert len(per_case.read_text().strip().splitlines()) == 1 + 3
     table = (tmp_path / "out" / "comparison.md").read_text()
     assert all(f"| {m} |" in table for m in models)
+
+
+@pytest.mark.slow
+def test_recipe_comparison_carves_a_test_split_and_evaluates_every_run_on_it(tmp_path):
+    pairs = sorted((KVASIR / "images").glob("*.jpg"))[:12]
+    for folder in ("images", "masks"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    for image in pairs:  # a 12-pair folder of links to the shared data
+        os.symlink(image, tmp_path / "data" / "images" / image.name)
+        os.symlink(KVASIR / "masks" / f"{image.stem}.png", tmp_path / "data" / "masks" / f"{image.stem}.png")
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_models.py"), "--recipes", "default", "official",
+                    "--dataset_dir", str(tmp_path / "data"), "--image_size", "64", "64", "--epochs", "1", "--seeds", "3",
+                    "--test_fraction", "0.25", "--num_workers", "0", "--out", str(out)], check=True, cwd=tmp_path,
+                   timeout=900)
+    lists = json.loads((out / "datalist.json").read_text())
+    test = {case["image"] for case in lists["test"]}
+    assert len(test) == 3 and not test & {case["image"] for case in lists["training"]}
+    rows = json.loads((out / "recipes.json").read_text())
+    assert [(r["recipe"], r["seed"]) for r in rows] == [("default", 3), ("official", 3)]
+    for row in rows:
+        assert 0.0 <= row["mean_iou"] <= row["mean_dice"] <= 1.0 and row["train_s"] > 0
+        per_case = (out / f"{row['recipe']}-seed3" / "eval" / "per_case.csv").read_text()
+        assert sorted(Path(p).name for p in test) == sorted(Path(line.split(",")[0]).name for line in per_case.strip().splitlines()[1:])
+    table = (out / "recipes.md").read_text()
+    assert "| **default**, mean (spread) | 1 seeds |" in table and "| official | 3 |" in table

@@ -135,8 +135,18 @@ def test_benchmark_script_tiny_mode(tmp_path):
                 "speedup_vs_official_fp32-fast", "speedup_interleaved_vs_official_fp32-fast",
                 "train_speedup_vs_official_fp32", "peak_memory_mb"):
         assert ours[key] > 0, key
+    # roofline: FLOPs counted by torch (training = forward + backward, ~3x the forward per image), GFLOP/s
+    # against the peaks of this run's matmuls
+    peaks = report["peak_gflop_s"]
+    assert peaks["fp32"] > 0 and peaks["bf16"] > 0
+    assert ours["gflop"] == pytest.approx(2 * ours["gmacs"], abs=0.01)
+    assert 2 * 2 * ours["gflop"] < ours["train_gflop"] < 2 * 4 * ours["gflop"]  # batch 2
+    for what in ("latency_fp32-fast", "throughput_fp32", "train_fp32"):
+        assert ours[f"pct_peak_{what}"] == pytest.approx(100 * ours[f"gflop_s_{what}"] / peaks["fp32"], abs=0.1)
+    assert ours["gflop_s_throughput_fp32"] == pytest.approx(ours["gflop"] * ours["throughput_img_s_fp32"], rel=0.05)
     table = out.with_suffix(".md").read_text()
     assert "| S | 32x32 |" in table and "Measured on:" in table and "Data pipeline" in table
+    assert f"| S | 32x32 | train_fp32 | {ours['train_gflop']} | {ours['gflop_s_train_fp32']} |" in table
 
 
 def test_fast_inferer_matches_the_network_and_never_modifies_it():

@@ -1,22 +1,23 @@
-"""Gradient clipping inside MONAI's SupervisedTrainer, the progress bar wrapper, and overlay drawing."""
+"""Gradient clipping inside MONAI's SupervisedTrainer, the model saver, the progress bar wrapper, and overlay drawing."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
 
-from transfuse_bundle.handlers import GradientClipping, ProgressBar
+from transfuse_bundle.handlers import GradientClipping, ModelSaver, ProgressBar
 from transfuse_bundle.metrics import overlay_contours
 
 
-def _trainer(handlers, lr: float = 1.0) -> tuple[SupervisedTrainer, torch.nn.Module]:
+def _trainer(handlers, lr: float = 1.0, max_epochs: int = 1) -> tuple[SupervisedTrainer, torch.nn.Module]:
     torch.manual_seed(0)
     network = torch.nn.Conv2d(1, 1, 3, padding=1)
     data = [{"image": torch.full((2, 1, 8, 8), 100.0), "label": torch.zeros(2, 1, 8, 8)}]
     trainer = SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=1, train_data_loader=data, network=network,
+        device=torch.device("cpu"), max_epochs=max_epochs, train_data_loader=data, network=network,
         optimizer=torch.optim.SGD(network.parameters(), lr=lr), loss_function=torch.nn.MSELoss(),
         train_handlers=handlers, decollate=False,
     )
@@ -58,3 +59,32 @@ def test_overlay_draws_ground_truth_green_and_prediction_red():
     assert tuple(out[20, 20]) == (128, 128, 128)  # inside: untouched
     with pytest.raises(ValueError, match="matching sizes"):
         overlay_contours(image, gt.T, pred)
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_model_saver_keeps_the_best_or_the_last_epoch(tmp_path, keep):
+    """Three epochs whose validation is best at epoch 1 (as MONAI's evaluator records it): "best" keeps epoch 1's
+    weights, "last" the final ones."""
+    validator = Engine(lambda engine, batch: None)
+    validator.state.best_metric, validator.state.best_metric_epoch = -1.0, -1
+
+    class ValidationBestAtEpochOne:  # stands in for the ValidationHandler's run: the evaluator's best-metric record
+        def attach(self, engine):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.record)
+
+        @staticmethod
+        def record(engine):
+            validator.state.best_metric_epoch, validator.state.best_metric = 1, 0.5
+
+    weights = []
+    saver = ModelSaver(tmp_path / "model.pt", torch.nn.Identity(), keep=keep, validator=validator)
+    trainer, network = _trainer([ValidationBestAtEpochOne()], lr=0.01, max_epochs=3)
+    saver.network = network
+    saver.attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: weights.append(network.weight.detach().clone()))
+    trainer.run()
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)["weight"]
+    assert not torch.equal(weights[0], weights[-1])
+    assert torch.equal(saved, weights[0] if keep == "best" else weights[-1])
+    with pytest.raises(ValueError, match="keep_model"):
+        ModelSaver(tmp_path / "x.pt", network, keep="first", validator=validator)

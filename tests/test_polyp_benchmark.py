@@ -78,3 +78,16 @@ def test_default_configs_are_the_polyp_task_chain_else_the_bundle_configs(tmp_pa
     assert [p.relative_to(REPO).as_posix() for p in default_config_files(REPO)] == [
         "configs/train.json", "configs/tasks/polyp/task.json", "configs/tasks/polyp/train.json", "configs/evaluate.json"]
     assert default_config_files(tmp_path) == [tmp_path / "configs" / "train.json", tmp_path / "configs" / "evaluate.json"]
+
+
+def test_benchmark_keeps_files_it_did_not_write(tmp_path, capsys):
+    _test_dataset(tmp_path / "TestDataset")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "datalist.json").write_text('{"training": ["my own list"]}')
+    assert main([str(tmp_path / "TestDataset"), "--bundle_root", str(tmp_path / "bundle"), "--output_dir", str(out),
+                 "--config_file", *CONFIGS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {out / 'datalist.json'}: exists and was not written by this tool") and "\n" not in err
+    assert (out / "datalist.json").read_text() == '{"training": ["my own list"]}'
+    assert sorted(p.name for p in out.iterdir()) == ["datalist.json"]

@@ -130,3 +130,53 @@ def test_cli_subset_of_a_folder(tmp_path):
                     "--subset", "5", "2", "3"], check=True, capture_output=True)
     lists = json.loads(out.read_text())
     assert [len(lists[k]) for k in ("training", "validation", "test")] == [5, 2, 3]
+
+
+@pytest.fixture
+def folder_layout(tmp_path) -> Path:
+    """A folder layout of 6 real Kvasir pairs (links) and the user's notes.json: a dataset that must stay as it is."""
+    root = tmp_path / "kvasir"
+    for stem in _kvasir_ids(6):
+        _link(KVASIR / "images" / f"{stem}.jpg", root / "images" / f"{stem}.jpg")
+        _link(KVASIR / "masks" / f"{stem}.png", root / "masks" / f"{stem}.png")
+    (root / "notes.json").write_text('{"scanner": "unknown"}')
+    return root
+
+
+def _tree(root: Path) -> list[tuple[str, str]]:
+    return sorted((str(p.relative_to(root)), p.read_text() if p.suffix == ".json" else "") for p in root.rglob("*"))
+
+
+def _status(main, argv: list[str]) -> int:
+    """A CLI's exit status, whether returned or raised by argparse."""
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return exit_.code
+
+
+@pytest.mark.parametrize("output, options, words", [
+    ("masks", [], "is a folder: give the datalist file to write, e.g. {root}/masks/datalist.json"),
+    ("masks", ["--subset", "2", "1", "1"], "is a folder"),
+    ("notes.json", [], "exists and is not a datalist: not replaced"),
+    ("images/FIRST", [], "must be a .json file"),
+    ("images/FIRST/datalist.json", [], "{root}/images/FIRST' is a file, not a folder"),
+    ("datalist.json", ["--layout", "hip", "--spacing", "nan", "0.2"], "spacing [nan, 0.2] must be one number or 2"),
+    ("datalist.json", ["--layout", "hip", "--spacing", "0.2", "0"], "spacing [0.2, 0.0] must be"),
+    ("datalist.json", ["--spacing", "0.2", "0.2"], "the folder layout takes no spacing"),
+    ("datalist.json", ["--subset", "2", "1", "1", "--val-fraction", "0.5"], "--val-fraction would be ignored"),
+    ("datalist.json", ["--subset", "-1", "2", "2"], "case counts must be >= 0 (and num_training >= 1), got num_training -1"),
+])
+def test_cli_refuses_bad_output_and_options_before_writing_anything(folder_layout, capsys, output, options, words):
+    """Before: an --output folder raised IsADirectoryError after leaving ``masks.tmp`` in the dataset, a JSON
+    file was overwritten by the datalist, a NaN spacing was recorded, and --spacing of another layout was a TypeError."""
+    from transfuse_bundle.cli.prepare_data import main
+
+    first = _kvasir_ids(1)[0] + ".jpg"
+    before = _tree(folder_layout)
+    target = folder_layout / output.replace("FIRST", first)
+    assert _status(main, [str(folder_layout), "--output", str(target), *options]) == 2
+    err = capsys.readouterr().err
+    assert words.replace("{root}", str(folder_layout)).replace("FIRST", first) in err, err
+    assert len(err.strip().splitlines()) == 1 or "usage:" in err, err
+    assert _tree(folder_layout) == before

@@ -53,9 +53,17 @@ def test_official_recipe_overlay_changes_exactly_the_official_parts_and_trains(t
     assert torch.count_nonzero(net.vit.pos_embed) == 0  # official: zeros without pretraining
     assert torch.count_nonzero(default.get_parsed_content("network").vit.pos_embed) > 0
 
+    # official: every training image (the validation split too), the last epoch's weights
+    datalist = official.get_parsed_content("datalist")
+    assert official.get_parsed_content("train#dataset#data") == datalist["training"] + datalist["validation"]
+    assert default.get_parsed_content("train#dataset#data") == datalist["training"]
+    assert (official["keep_model"], default["keep_model"]) == ("last", "best")
+
     before = net.vit.pos_embed.detach().clone()
     trainer = official.get_parsed_content("train#trainer")
     trainer.run()
-    assert trainer.state.iteration == 1  # four images in one batch of 16
+    assert trainer.state.iteration == 1  # six images in one batch of 16
+    saved = torch.load(tmp_path / "bundle" / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in net.state_dict().items())
     assert torch.isfinite(torch.as_tensor(trainer.state.output[0]["loss"]))
     assert not torch.equal(net.vit.pos_embed.detach(), before)  # the zero embedding is trained

@@ -156,3 +156,11 @@ def test_bad_datalist_spacing_is_named(tmp_path):
             "pred": MetaTensor(_one_hot(ids, 2), meta=meta), "spacing": [0.5, 0.5, 0.5]}
     with pytest.raises(ValueError, match=r"'spacing' \[0.5, 0.5, 0.5\] must give 2 positive numbers"):
         _run_report([case], tmp_path, ["background", "lesion"])
+
+
+def test_polyp_metrics_false_from_the_command_line_turns_them_off(tmp_path):
+    """``--polyp_metrics false`` reaches the handler as the string "false", which bool() would take for true."""
+    assert SegmentationReport(tmp_path, polyp_metrics="false").polyp_metrics is False
+    assert SegmentationReport(tmp_path, polyp_metrics="true").polyp_metrics is True
+    with pytest.raises(ValueError, match="polyp_metrics must be true or false"):
+        SegmentationReport(tmp_path, polyp_metrics="maybe")

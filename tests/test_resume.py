@@ -298,3 +298,18 @@ def test_ddp_one_failing_rank_ends_the_job_non_zero(kvasir, tmp_path, failure):
     # no process of the job is left behind
     leftovers = subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True, text=True).stdout.split()
     assert leftovers == [], f"processes left behind: {leftovers}"
+
+
+def test_false_from_the_command_line_is_false(tmp_path):
+    """``monai.bundle run --resume false --pretrained false`` passes the strings "false" (python-fire reads only
+    True/False): no resume is attempted (there is no checkpoint) and no ImageNet download either."""
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "train.json"))
+    parser.update({"bundle_root": str(tmp_path), "resume": "false", "pretrained": "false", "image_size": [32, 32]})
+    assert parser.get_parsed_content("check_checkpoint") is False
+    assert TrainingCheckpoint(tmp_path / "checkpoint.pt", {}, resume="false").resume is False
+    parser.get_parsed_content("network_def")  # pretrained "false" would try the hub (offline here) and fail
+    parser["resume"] = "maybe"
+    with pytest.raises(RuntimeError) as refused:
+        parser.get_parsed_content("check_checkpoint", lazy=False)
+    assert "resume must be true or false, got 'maybe'" in str(refused.value.__cause__)

@@ -23,6 +23,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
+from conftest import root_cause, run_workflow, untrained_weights
 from transfuse_bundle.data import (
     DatasetError,
     check_dataset,
@@ -163,11 +164,143 @@ def test_volumes_nan_shape_labels_and_dimensions(tmp_path):
     _single(check(nan_image, good_label), nan_image, "2 voxel(s) are NaN or Inf")
     _single(check(good_image, short_label), short_label, "differs")
     _single(check(good_image, big_ids), big_ids, "0, 5", "0..2")
+    two_channels = _nifti(tmp_path / "two.nii.gz", np.stack([label, label], axis=-1))  # training would read 2 channels
+    _single(check(good_image, two_channels), two_channels, "has 2 channels", "one class id per voxel")
     _single(check(cut), cut, "truncated")
     # 2D data for a 3D config, and the reverse
     _single(check(slice_2d), slice_2d, "2D volume", "spatial_dims=3")
     _single(check(png), png, "2D image", "spatial_dims=3")
     _single(check(good_image, dims=2), good_image, "3D volume", "spatial_dims=2")
+
+
+def _real_volumes(root: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    """Prostate158 case 020 at every 4th voxel with its real affine (voxels 4x larger), written to ``root``:
+    ``(image file, label file, label array, affine)``."""
+    t2 = nib.load(str(PROSTATE / "020" / "t2.nii.gz"))
+    affine = t2.affine @ np.diag([4.0, 4.0, 4.0, 1.0])
+    label = np.asarray(nib.load(str(PROSTATE / "020" / "t2_anatomy_reader1.nii.gz")).dataobj)[::4, ::4, ::4]
+    image = root / "t2.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(t2.dataobj, dtype=np.float32)[::4, ::4, ::4], affine), str(image))
+    return image, _label_volume(root / "label.nii.gz", label, affine), label, affine
+
+
+def _label_volume(path: Path, label: np.ndarray, affine: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), str(path))
+    return path
+
+
+def test_label_volume_with_another_geometry_is_refused_naming_both_files(tmp_path, capsys):
+    """A label whose affine flips an axis (its voxels stored mirrored, so in world space it is still right) or
+    moves it 50 mm would be paired voxel by voxel with its image and train mirrored or shifted."""
+    image, label, array, affine = _real_volumes(tmp_path)
+    flip_x = np.array([[-1.0, 0, 0, array.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    mirrored = _label_volume(tmp_path / "mirrored.nii.gz", array[::-1], affine @ flip_x)
+    shifted_affine = affine.copy()
+    shifted_affine[0, 3] += 50.0
+    shifted = _label_volume(tmp_path / "shifted.nii.gz", array, shifted_affine)
+    coarse = _label_volume(tmp_path / "coarse.nii.gz", array, affine @ np.diag([1.25, 1.25, 1.0, 1.0]))
+    rounded_affine = affine.copy()
+    rounded_affine[:3, 3] += 1e-3  # a header written by another tool: far below a voxel
+    rounded = _label_volume(tmp_path / "rounded.nii.gz", array, rounded_affine)
+
+    def check(lab):
+        return validate_datalist([{"image": str(image), "label": str(lab)}], 3, 3)
+
+    assert check(label) == [] and check(rounded) == []
+    _single(check(mirrored), mirrored, "orientation RPS, the image's LPS", str(image))
+    _single(check(shifted), shifted, "origin 50 mm from the image's", str(image))
+    _single(check(coarse), coarse, "spacing 2.009 x 2.009 x 12 mm, the image's 1.607 x 1.607 x 12 mm", str(image))
+    # the command, and the check training and evaluation run first (check_data of configs/train.json)
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": [{"image": str(image), "label": str(mirrored)}],
+                                    "validation": [{"image": str(image), "label": str(label)}]}))
+    command = runpy.run_path(str(REPO / "scripts" / "validate_data.py"), run_name="validate_data")
+    assert command["main"]([str(datalist), "--num-classes", "3", "--spatial-dims", "3"]) == 1
+    assert capsys.readouterr().out.startswith(f"{mirrored}: label geometry differs")
+    prostate = [str(CONFIGS / "train.json"), str(CONFIGS / "tasks" / "prostate" / "task.json"),
+                str(CONFIGS / "tasks" / "prostate" / "train.json")]
+    workflow = ConfigWorkflow(config_file=prostate, workflow_type="train", bundle_root=str(tmp_path / "bundle"),
+                              dataset_dir=str(datalist), image_size=[32, 32], num_workers=0)
+    workflow.initialize()
+    with pytest.raises(Exception) as err:
+        workflow.run()
+    assert f"{mirrored}: label geometry differs" in str(err.value.__cause__)
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_exif_rotated_picture_or_mask_is_refused(tmp_path):
+    """A viewer shows a JPEG with EXIF orientation 3 upside down (same size, so no size check notices) while
+    every reader here uses the stored pixels: which way the mask was drawn is unknown, so both are refused."""
+    image, mask = _small_pair(tmp_path, "a", KVASIR_IDS[0])
+    turned = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 3  # ExifTags.Base.Orientation: rotated 180 degrees
+    Image.open(image).save(turned, exif=exif)
+    turned_mask = tmp_path / "turned_mask.png"
+    exif[0x0112] = 6
+    Image.open(mask).save(turned_mask, exif=exif)
+    assert Image.open(turned).getexif()[0x0112] == 3 and Image.open(turned_mask).getexif()[0x0112] == 6
+    upright = tmp_path / "upright.jpg"
+    exif[0x0112] = 1
+    Image.open(image).save(upright, exif=exif)
+
+    assert validate_datalist([{"image": str(upright), "label": str(mask)}]) == []
+    _single(validate_datalist([{"image": str(turned), "label": str(mask)}]), turned,
+            "EXIF orientation 3", "rotated 180 degrees", "exif_transpose")
+    _single(validate_datalist([{"image": str(image), "label": str(turned_mask)}]), turned_mask,
+            "EXIF orientation 6", "rotated 90 degrees clockwise")
+    screened = screen_images([{"image": str(turned)}, {"image": str(upright)}])  # inference: skipped, named
+    assert screened.good == [{"image": str(upright)}] and "EXIF orientation 3" in str(screened.problems[0])
+
+
+@pytest.mark.parametrize("entry, words", [
+    ({"image": "IMAGE", "label": None}, "'label' is null, not a file path"),
+    ({"image": 123, "label": "MASK"}, "'image' is 123, not a file path"),
+    ({"image": "IMAGE", "label": ["MASK"]}, "'label' is [\"/"),
+    ({"image": "", "label": "MASK"}, "'image' is \"\", not a file path"),
+    ("IMAGE", None),  # a bare path is the image (test lists)
+    (["IMAGE", "MASK"], "entry is list"),
+    (None, "entry is NoneType null"),
+    ({"label": "MASK"}, "has no 'image'"),
+    ({"image": "IMAGE", "label": "MASK", "spacing": [0.2, float("nan")]}, "spacing [0.2, nan] must be"),
+    ({"image": "IMAGE", "label": "MASK", "spacing": "0.2"}, "spacing '0.2' must be"),
+    # the number of axes is known once the config's spatial_dims is: checked with the files, not on reading
+    ({"image": "IMAGE", "label": "MASK", "spacing": [0.2, 0.2, 0.2]}, "must be one number or 2 (one per axis)"),
+])
+def test_datalist_entries_that_are_not_paths_give_one_line_naming_the_entry(tmp_path, entry, words):
+    image, mask = _small_pair(tmp_path, "a", KVASIR_IDS[0])
+
+    def filled(value):
+        if isinstance(value, str):
+            return {"IMAGE": str(image), "MASK": str(mask)}.get(value, value)
+        if isinstance(value, list):
+            return [filled(v) for v in value]
+        return {k: filled(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    entry = filled(entry)
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": [{"image": str(image), "label": str(mask)}], "test": [entry]}))
+    if words is None:
+        assert inference_datalist(datalist) == [{"image": str(image)}]
+        return
+    for read in (load_datalist, inference_datalist) if "one per axis" not in words else ():
+        with pytest.raises(DatasetError) as err:
+            read(datalist)
+        assert str(err.value) == f"{datalist}: test[0]: " + str(err.value).split("test[0]: ", 1)[1]
+        assert words in str(err.value) and "\n" not in str(err.value)
+    # the same entry handed over directly (as MONAI Label hands over train#dataset#data)
+    problems = validate_datalist({"training": [{"image": str(image), "label": str(mask)}, entry]})
+    assert [p.path for p in problems] == ["training[1]"] and words in problems[0].message, _lines(problems)
+
+
+def test_datalist_that_is_not_utf8_json_is_one_problem_naming_it(tmp_path):
+    datalist = tmp_path / "datalist.json"
+    datalist.write_bytes(b"\xff\xfe{}")  # e.g. saved as UTF-16 by an editor
+    problems, count = validate_dataset(datalist)
+    assert count == 0 and [p.path for p in problems] == [str(datalist)]
+    assert problems[0].message.startswith("is not valid JSON: 'utf-8' codec can't decode"), problems[0].message
+    with pytest.raises(DatasetError, match=f"{datalist} is not valid JSON: 'utf-8' codec can't decode"):
+        load_datalist(datalist)
 
 
 def test_folder_problems_all_reported_with_their_files(tmp_path):
@@ -202,6 +335,9 @@ def test_wrong_or_empty_dataset_dir(tmp_path):
                 "empty_json": "'training' list is empty"}
     for name, path in cases.items():
         problems, count = validate_dataset(path)
+        readme = [p for p in problems if p.path.endswith("readme.txt")]  # named, not silently left out
+        assert len(readme) == (name == "no_images") and all("not an image file" in str(p) for p in readme)
+        problems = [p for p in problems if p not in readme]
         assert count == 0 and len(problems) == 1 and expected[name] in str(problems[0]), (name, _lines(problems))
         assert str(path) in str(problems[0])
     for name in ("missing", "no_images", "empty_json"):
@@ -336,7 +472,7 @@ def test_inference_mask_of_a_large_image_has_the_file_size(tmp_path):
     images.mkdir()
     Image.fromarray(blob).convert("RGB").save(images / "big.jpg", quality=90)
     bundle, out = tmp_path / "bundle", tmp_path / "pred"
-    _weights(bundle)
+    untrained_weights(bundle)
     workflow = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), workflow_type="infer",
                               bundle_root=str(bundle), dataset_dir=str(images), output_dir=str(out),
                               image_size=[64, 64], num_workers=0, device="cpu")
@@ -345,19 +481,6 @@ def test_inference_mask_of_a_large_image_has_the_file_size(tmp_path):
     mask = Image.open(out / "big_seg.png")
     assert mask.size == (width, height)
     assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
-
-
-def _weights(bundle: Path) -> Path:
-    """Seeded untrained weights of the inference network at 64 x 64, as a plain state dict."""
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "inference.json"))
-    parser.update({"image_size": [64, 64], "device": "cpu"})
-    parser.get_parsed_content("imports")
-    torch.manual_seed(0)
-    path = bundle / "models" / "model.pt"
-    path.parent.mkdir(parents=True)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
-    return path
 
 
 def _bad_folder(root: Path) -> tuple[Path, Path]:
@@ -374,7 +497,7 @@ def _bad_folder(root: Path) -> tuple[Path, Path]:
 def test_training_and_evaluation_stop_before_any_work_and_keep_the_model(tmp_path, config):
     wrong, ids = _bad_folder(tmp_path / "data")
     bundle = tmp_path / "bundle"
-    model = _weights(bundle)
+    model = untrained_weights(bundle)
     before = model.read_bytes()
     files = [str(CONFIGS / "train.json")] + ([str(CONFIGS / "evaluate.json")] if config == "evaluate" else [])
     workflow = ConfigWorkflow(config_file=files, workflow_type="train" if config == "train" else "eval",
@@ -392,6 +515,33 @@ def test_training_and_evaluation_stop_before_any_work_and_keep_the_model(tmp_pat
     assert sorted(p.name for p in bundle.rglob("*")) == ["model.pt", "models"]  # nothing else written
 
 
+@pytest.mark.parametrize("config, override, words", [
+    ("train", {"output_dir": "FILE/eval"}, "output_dir: 'FILE/eval' cannot be created: FILE is a file, not a folder"),
+    ("train", {"bundle_root": "FILE/bundle", "output_dir": "OUT"}, "ckpt_dir (the weights are saved there; bundle_root + /models by default): "
+                                              "'FILE/bundle/models' cannot be created: FILE is a file"),
+    ("evaluate", {"output_dir": "FILE"}, "output_dir: 'FILE' is a file, not a folder"),
+    ("inference", {"output_dir": "FILE/predictions"}, "output_dir: 'FILE/predictions' cannot be created"),
+])
+def test_unwritable_output_dir_or_bundle_root_is_refused_before_any_work(tmp_path, config, override, words):
+    """Before, training cached the data, built the network and failed at its first save (TensorBoard's folder or
+    model.pt); evaluation and inference after the whole dataset was run."""
+    for stem, source in zip("ab", KVASIR_IDS):
+        _small_pair(tmp_path / "data", stem, source)
+    blocker = tmp_path / "notes.txt"  # a file where a folder is needed: unwritable for root too
+    blocker.write_text("the user's notes")
+    files = {"train": ["train.json"], "evaluate": ["train.json", "evaluate.json"], "inference": ["inference.json"]}
+    kind = {"train": "train", "evaluate": "eval", "inference": "infer"}[config]
+    overrides = {"bundle_root": str(tmp_path / "bundle"),
+                 **{k: v.replace("FILE", str(blocker)).replace("OUT", str(tmp_path / "out")) for k, v in override.items()}}
+    workflow = ConfigWorkflow(config_file=[str(CONFIGS / f) for f in files[config]], workflow_type=kind,
+                              dataset_dir=str(tmp_path / "data"), image_size=[32, 32], num_workers=0, **overrides)
+    with pytest.raises(Exception) as err:
+        workflow.initialize()
+    assert isinstance(err.value.__cause__, OSError), repr(err.value)
+    assert str(err.value.__cause__).startswith(words.replace("FILE", str(blocker))), str(err.value.__cause__)
+    assert blocker.read_text() == "the user's notes" and sorted(p.name for p in tmp_path.iterdir()) == ["data", "notes.txt"]
+
+
 @pytest.mark.slow
 def test_inference_skips_a_bad_image_writes_the_others_and_exits_nonzero(tmp_path):
     images = tmp_path / "images"
@@ -399,7 +549,7 @@ def test_inference_skips_a_bad_image_writes_the_others_and_exits_nonzero(tmp_pat
         _small_pair(tmp_path, stem, source)
     cut = _truncated_copy(KVASIR / "images" / f"{KVASIR_IDS[3]}.jpg", images / "b_cut.jpg")  # between b and c
     bundle, out = tmp_path / "bundle", tmp_path / "pred"
-    _weights(bundle)
+    untrained_weights(bundle)
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
          "--dataset_dir", str(images), "--output_dir", str(out), "--bundle_root", str(bundle),
@@ -449,3 +599,95 @@ def test_training_checks_the_data_it_is_given_as_monai_label_gives_it(tmp_path):
         workflow.run()
     assert str(wrong) in str(err.value.__cause__) and str(ids) in str(err.value.__cause__)
     assert not bundle.exists()
+
+
+# ---- issue #14: every entry of an input folder is used or reported; pictures read with in_channels ---------
+
+
+def _odd_entries(folder: Path) -> dict[Path, str]:
+    """Entries of ``folder`` nothing can be made of, each with what its report must say."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = [Image.open(KVASIR / "images" / f"{KVASIR_IDS[0]}.jpg").convert("RGB").resize(SIZE)] * 2
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=[frames[1].rotate(90)])
+    (folder / "broken.jpg").symlink_to(folder / "moved_away.jpg")
+    (folder / "loop_a.png").symlink_to(folder / "loop_b.png")
+    (folder / "loop_b.png").symlink_to(folder / "loop_a.png")
+    (folder / "notes.txt").write_text("scanned on Monday\n")
+    (folder / "more").mkdir()
+    (folder / "zero.jpg").write_bytes(b"")
+    return {folder / "animated.gif": "2 frames", folder / "broken.jpg": "symbolic link to",
+            folder / "loop_a.png": "symbolic link loop", folder / "loop_b.png": "symbolic link loop",
+            folder / "notes.txt": "not a supported image file", folder / "more": "is a folder",
+            folder / "zero.jpg": "empty (0 bytes)"}
+
+
+def test_inference_segments_gif_and_webp_and_reports_every_other_entry(tmp_path):
+    images = tmp_path / "images"
+    odd = _odd_entries(images)
+    for name, source in (("a.jpg", KVASIR_IDS[0]), ("b.gif", KVASIR_IDS[1]), ("c.webp", KVASIR_IDS[2])):
+        Image.open(KVASIR / "images" / f"{source}.jpg").convert("RGB").resize(SIZE).save(images / name)
+    (images / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # hidden: not an input
+    bundle, out = tmp_path / "bundle", tmp_path / "pred"
+    untrained_weights(bundle)
+    workflow = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), workflow_type="infer", bundle_root=str(bundle),
+                              dataset_dir=str(images), output_dir=str(out), image_size=[64, 64], num_workers=0,
+                              device="cpu")
+    workflow.initialize()
+    with pytest.raises(Exception) as err:  # exit status non-zero: some entries were skipped
+        workflow.run()
+    assert isinstance(root_cause(err.value), DatasetError) and "skipped" in str(root_cause(err.value))
+    written = sorted(p.name for p in out.glob("*_seg.png"))
+    assert written == ["a_seg.png", "b_seg.png", "c_seg.png"]
+    assert all(Image.open(out / name).size == SIZE for name in written)
+    failed = {Path(entry["image"]): entry["problem"] for entry in json.loads((out / "failed.json").read_text())}
+    assert set(failed) == set(odd)
+    for path, words in odd.items():
+        assert words in failed[path], (path, failed[path])
+
+
+def test_validate_data_and_training_report_dangling_links_and_other_files(tmp_path, capsys):
+    for stem, source in zip("ab", KVASIR_IDS):
+        _small_pair(tmp_path, stem, source)
+    Image.open(tmp_path / "images" / "b.jpg").save(tmp_path / "images" / "g.gif")  # GIF pairs are read
+    Image.open(tmp_path / "masks" / "b.png").save(tmp_path / "masks" / "g.gif")
+    (tmp_path / "images" / "c.jpg").symlink_to(tmp_path / "elsewhere" / "c.jpg")  # both dangling
+    (tmp_path / "masks" / "a_copy.png").symlink_to(tmp_path / "elsewhere" / "a.png")
+    (tmp_path / "masks" / "readme.txt").write_text("masks by Dr X\n")
+    expected = {tmp_path / "images" / "c.jpg": "image file is a symbolic link to",
+                tmp_path / "masks" / "a_copy.png": "mask file is a symbolic link to",
+                tmp_path / "masks" / "readme.txt": "not a mask file this bundle reads"}
+    problems, count = validate_dataset(tmp_path)
+    assert count == 3  # a, b and g
+    for path, words in expected.items():
+        _single(problems, path, words)
+    assert len(problems) == len(expected), _lines(problems)
+    with pytest.raises(DatasetError) as err:  # training stops on them before any work
+        load_datalist(tmp_path)
+    assert err.value.problems == problems
+    from transfuse_bundle.cli.validate_data import main
+    assert main([str(tmp_path)]) == 1
+    assert str(tmp_path / "images" / "c.jpg") in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_grey_network_trains_and_segments_colour_pictures(tmp_path):
+    """--in_channels 1 on 2D pictures: colour, grey and 16-bit files are all read as one grey channel."""
+    data = tmp_path / "data"
+    for stem, source in zip("abc", KVASIR_IDS):
+        _small_pair(data, stem, source)
+    grey = np.asarray(Image.open(data / "images" / "c.jpg").convert("L"))
+    (data / "images" / "c.jpg").unlink()
+    Image.fromarray(grey.astype(np.uint16) * 257).save(data / "images" / "c.png")  # 16-bit grey
+    parser = _train_parser(in_channels=1)
+    loaded = parser.get_parsed_content("validate#preprocessing")({"image": str(data / "images" / "a.jpg"),
+                                                                  "label": str(data / "masks" / "a.png")})
+    assert loaded["image"].shape == (1, 32, 32)
+    bundle = tmp_path / "bundle"
+    run_workflow(str(CONFIGS / "train.json"), "train", bundle_root=str(bundle), dataset_dir=str(data), in_channels=1,
+                 image_size=[64, 64], num_workers=0, batch_size=2, max_epochs=1, cache_rate=0.0, device="cpu")
+    out = tmp_path / "pred"
+    run_workflow(str(CONFIGS / "inference.json"), "infer", bundle_root=str(bundle), dataset_dir=str(data),
+                 output_dir=str(out), in_channels=1, image_size=[64, 64], num_workers=0, device="cpu")
+    assert sorted(p.name for p in out.glob("*_seg.png")) == ["a_seg.png", "b_seg.png", "c_seg.png"]
+    with pytest.raises(ValueError, match="in_channels=2: 2D pictures are read as 1 .grey. or 3 .RGB."):
+        check_dataset(load_datalist(data), in_channels=2)  # what training and evaluation call first

@@ -7,7 +7,14 @@ input size, parameters, GMACs, batch-1 latency (median after warm-up), batch thr
 (BatchNorm folded, linears on oneDNN, channels-last; and bf16 autocast where the hardware has native
 bf16). Our S's speed-ups against official-S are also measured with the two models called in turn in
 every iteration (``speedup_interleaved_vs_official_*``), the ratio to trust on a shared machine.
-:func:`write_markdown` writes the table; the command is ``transfuse-benchmark``
+
+Roofline: every row also gives the FLOPs of one image's forward (``gflop``, torch's FlopCounterMode) and
+of one training step (``train_gflop``: forward + backward), and the GFLOP/s each path achieves
+(``gflop_s_<what>``); :func:`machine_peaks` measures the machine's practical peak with large fp32 and
+bf16 matmuls in the same run and :func:`add_roofline` puts each figure against the peak of its dtype
+(``pct_peak_<what>``). On CUDA, ``compile=True`` adds torch.compile (inductor) and CUDA-graph
+(``mode="reduce-overhead"``) paths, and ``batch_sweep`` finds each path's best-throughput batch.
+:func:`write_markdown` writes the tables; the command is ``transfuse-benchmark``
 (:mod:`transfuse_bundle.cli.benchmark`).
 
 "official-S" is TransFuse-S computed exactly as the official code does it (explicit attention
@@ -44,6 +51,7 @@ from .networks.fast import fast_autocast_available, optimize_for_inference
 __all__ = [
     "median_ms", "interleaved_median_ms", "gmacs", "parameter_count", "forward_latency_ms",
     "MODELS", "build", "run_benchmark", "data_pipeline", "machine_description", "write_markdown",
+    "machine_peaks", "add_roofline", "throughput_sweep",
 ]
 
 
@@ -92,6 +100,23 @@ def gmacs(model: nn.Module, x: torch.Tensor) -> float:
     with torch.inference_mode(), counter:
         model(x)
     return counter.get_total_flops() / 2 / 1e9
+
+
+def machine_peaks(device: torch.device | str, n: int | None = None, iters: int = 5) -> dict[str, float]:
+    """The practical peak, GFLOP/s of an ``n x n`` by ``n x n`` matmul in fp32 and in bf16 (median of ``iters``).
+
+    ``n`` defaults to 8192 on CUDA and 2048 on a CPU; a bf16 matmul on a CPU without native bf16 is emulated,
+    ~100x slower, so it is measured at ``min(n, 512)`` (its "peak" is what emulated bf16 reaches). On CUDA, fp32
+    means true fp32 (TF32 off, torch's default for matmuls; convolutions may use TF32, so an fp32 model path
+    can pass this peak)."""
+    device = torch.device(device)
+    n = n or (8192 if device.type == "cuda" else 2048)
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        side = n if dtype == torch.float32 or fast_autocast_available(device) else min(n, 512)
+        a, b = (torch.randn(side, side, device=device, dtype=dtype) for _ in range(2))
+        peaks[name] = round(2 * side**3 / median_ms(lambda: a @ b, iters, 1, device) / 1e6, 1)
+    return peaks
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -190,15 +215,44 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process high-water mark
 
 
-def inference_modes(name: str, model: nn.Module, device: torch.device) -> dict[str, tuple[nn.Module, bool, bool]]:
-    """mode -> (model, channels_last input, bf16 autocast)."""
+def inference_modes(name: str, model: nn.Module, device: torch.device,
+                    compile: bool = False) -> dict[str, tuple[nn.Module, bool, bool]]:
+    """mode -> (model, channels_last input, bf16 autocast).
+
+    ``compile`` adds, for TransFuse on CUDA, the fast bf16 model through ``torch.compile`` (inductor,
+    ``bf16-compile``) and with CUDA graphs (``mode="reduce-overhead"``, ``bf16-cudagraphs``); both compile
+    on their first call (minutes), which the warm-up absorbs."""
     modes = {"fp32": (model, False, False)}
     if name in TRANSFUSE:
         fast = optimize_for_inference(model)
         modes["fp32-fast"] = (fast, True, False)
         if fast_autocast_available(device):
             modes["bf16-fast"] = (fast, True, True)
+        if compile and device.type == "cuda":
+            modes["bf16-compile"] = (torch.compile(fast), True, True)
+            modes["bf16-cudagraphs"] = (torch.compile(fast, mode="reduce-overhead"), True, True)
     return modes
+
+
+def throughput_sweep(net: nn.Module, size, device: torch.device, channels_last: bool, autocast: bool,
+                     batches: Sequence[int], iters: int) -> dict[int, float]:
+    """Images/s of ``net`` for each batch size (median of ``iters`` forwards after one warm-up), stopping at the
+    first batch that runs out of GPU memory or is slower than the best so far by a quarter."""
+    result: dict[int, float] = {}
+    for batch in batches:
+        x = torch.rand(batch, 3, *size, device=device)
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        try:
+            result[batch] = round(batch * 1000 / forward_latency_ms(net, x, iters, 1, autocast), 2)
+        except torch.cuda.OutOfMemoryError:
+            break
+        finally:
+            del x
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        if result[batch] < 0.75 * max(result.values()):
+            break
+    return result
 
 
 def training_loss(name: str):
@@ -208,8 +262,10 @@ def training_loss(name: str):
     return transfuse_deep_supervision_loss()
 
 
-def train_step_ms(model: nn.Module, name: str, size, batch: int, iters: int, device: torch.device, autocast: bool) -> float:
-    """Median forward + loss + backward + Adam step time for a batch of random images and masks."""
+def train_step_ms(model: nn.Module, name: str, size, batch: int, iters: int, device: torch.device, autocast: bool,
+                  count_gflop: bool = False) -> float | tuple[float, float]:
+    """Median forward + loss + backward + Adam step time (ms) for a batch of random images and masks; with
+    ``count_gflop`` also the GFLOPs of one step's forward and backward (the first, untimed step is counted)."""
     model = model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.999))
     loss_fn = training_loss(name)
@@ -225,14 +281,21 @@ def train_step_ms(model: nn.Module, name: str, size, batch: int, iters: int, dev
         loss.backward()
         optimizer.step()
 
-    result = median_ms(step, iters, 1, device)
+    gflop = None
+    if count_gflop:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        gflop = counter.get_total_flops() / 1e9
+    result = median_ms(step, iters, 0 if count_gflop else 1, device)
     model.eval()
-    return result
+    return (result, gflop) if count_gflop else result
 
 
 def run_benchmark(models: Sequence[str], sizes: Sequence[tuple[int, int]], device: str | torch.device = "cpu",
                   iters: int = 20, warmup: int = 3, throughput_batch: int = 16, throughput_iters: int = 3,
-                  train_batch: int = 8, train_iters: int = 3) -> list[dict]:
+                  train_batch: int = 8, train_iters: int = 3, compile: bool = False,
+                  batch_sweep: Sequence[int] = ()) -> list[dict]:
     """One row per size and model of :data:`MODELS`, printed as a JSON line when measured (see the module doc).
 
     Args:
@@ -242,6 +305,9 @@ def run_benchmark(models: Sequence[str], sizes: Sequence[tuple[int, int]], devic
         iters, warmup: timed and untimed batch-1 forwards (the median is reported).
         throughput_batch, throughput_iters: batch size and timed forwards for throughput (images/s).
         train_batch, train_iters: batch size and timed steps for the training-step time.
+        compile: add the torch.compile and CUDA-graph paths (CUDA; see :func:`inference_modes`).
+        batch_sweep: batch sizes to try for each path's best throughput (``best_batch_<mode>``,
+            ``throughput_img_s_best_<mode>``); empty: only ``throughput_batch``.
     """
     device = torch.device(device)
     rows = []
@@ -251,9 +317,10 @@ def run_benchmark(models: Sequence[str], sizes: Sequence[tuple[int, int]], devic
             torch.manual_seed(0)
             model = build(name, size).to(device).eval()
             x = torch.rand(1, 3, *size, device=device)
+            macs = gmacs(model, x)
             row = {"model": name, "size": f"{size[0]}x{size[1]}", "params": parameter_count(model),
-                   "gmacs": round(gmacs(model, x), 2)}
-            modes = inference_modes(name, model, device)
+                   "gmacs": round(macs, 2), "gflop": round(2 * macs, 3)}
+            modes = inference_modes(name, model, device, compile)
             if name == "official-S":
                 official = model
             elif name == "S" and official is not None:
@@ -265,9 +332,20 @@ def run_benchmark(models: Sequence[str], sizes: Sequence[tuple[int, int]], devic
                 xb = xb.contiguous(memory_format=torch.channels_last) if channels_last else xb
                 ms = forward_latency_ms(net, xb, throughput_iters, 1, autocast)
                 row[f"throughput_img_s_{mode}"] = round(throughput_batch * 1000 / ms, 2)
-            row["train_step_ms_fp32"] = round(train_step_ms(model, name, size, train_batch, train_iters, device, False), 1)
-            if name in TRANSFUSE and fast_autocast_available(device):
-                row["train_step_ms_bf16"] = round(train_step_ms(model, name, size, train_batch, train_iters, device, True), 1)
+                row[f"gflop_s_latency_{mode}"] = round(2 * macs * 1000 / row[f"latency_ms_{mode}"], 1)
+                row[f"gflop_s_throughput_{mode}"] = round(2 * macs * row[f"throughput_img_s_{mode}"], 1)
+                if batch_sweep:
+                    sweep = throughput_sweep(net, size, device, channels_last, autocast, batch_sweep, throughput_iters)
+                    best = max(sweep, key=sweep.get)
+                    row[f"best_batch_{mode}"], row[f"throughput_img_s_best_{mode}"] = best, sweep[best]
+                    row[f"gflop_s_best_{mode}"] = round(2 * macs * sweep[best], 1)
+            dtypes = ["fp32"] + (["bf16"] if name in TRANSFUSE and fast_autocast_available(device) else [])
+            for dtype in dtypes:
+                ms, step_gflop = train_step_ms(model, name, size, train_batch, train_iters, device, dtype == "bf16",
+                                               count_gflop=True)
+                row[f"train_step_ms_{dtype}"] = round(ms, 1)
+                row["train_gflop"] = round(step_gflop, 2)
+                row[f"gflop_s_train_{dtype}"] = round(step_gflop * 1000 / ms, 1)
             row["peak_memory_mb"] = round(peak_memory_mb(device), 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -358,6 +436,14 @@ def add_ratios(rows: list[dict]) -> None:
             row["train_speedup_vs_official_fp32"] = round(official["train_step_ms_fp32"] / row["train_step_ms_fp32"], 2)
 
 
+def add_roofline(rows: list[dict], peaks: dict[str, float]) -> None:
+    """``pct_peak_<what>`` = 100 x ``gflop_s_<what>`` / the peak of its dtype (bf16 paths: ``peaks["bf16"]``)."""
+    for row in rows:
+        for key in [k for k in row if k.startswith("gflop_s_")]:
+            peak = peaks["bf16" if "bf16" in key else "fp32"]
+            row["pct_peak_" + key.removeprefix("gflop_s_")] = round(100 * row[key] / peak, 1)
+
+
 def machine_description(device: str | torch.device) -> str:
     """The hardware (GPU name, or CPU model and threads), torch version and native bf16 support, in one line."""
     device = torch.device(device)
@@ -373,22 +459,41 @@ def machine_description(device: str | torch.device) -> str:
     return f"{hardware}; torch {torch.__version__}; native bf16: {fast_autocast_available(device)}"
 
 
-def write_markdown(rows: list[dict], machine: str, path: Path, pipeline: dict | None = None) -> None:
-    """The rows as a Markdown table under a line naming the machine (and the data-pipeline result, if any)."""
-    columns = sorted({k for r in rows for k in r} - {"model", "size"}, key=_column_order)
+def write_markdown(rows: list[dict], machine: str, path: Path, pipeline: dict | None = None,
+                   peaks: dict[str, float] | None = None) -> None:
+    """The rows as a Markdown table under a line naming the machine, then (with ``peaks``) the roofline table
+    and (if any) the data-pipeline result."""
+    path.write_text("\n".join(markdown_lines(rows, machine, pipeline, peaks)) + "\n")
+
+
+def markdown_lines(rows: list[dict], machine: str, pipeline: dict | None = None,
+                   peaks: dict[str, float] | None = None) -> list[str]:
+    """The lines :func:`write_markdown` writes."""
+    roofline = ("gflop_s_", "pct_peak_", "gflop", "train_gflop")
+    columns = sorted({k for r in rows for k in r if not k.startswith(roofline)} - {"model", "size"}, key=_column_order)
     lines = [f"Measured on: {machine}", "", "| model | size | " + " | ".join(columns) + " |",
              "|---|---|" + "---|" * len(columns)]
     for r in rows:
         lines.append(f"| {r['model']} | {r['size']} | " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+    if peaks:
+        lines += ["", f"Roofline: achieved GFLOP/s and % of the machine's peak measured in this run with an fp32 / "
+                  f"bf16 matmul ({peaks['fp32']} / {peaks['bf16']} GFLOP/s); bf16 paths against the bf16 peak. "
+                  "GFLOP = one image's forward, or one training step's forward + backward.", "",
+                  "| model | size | path | GFLOP | GFLOP/s | % of peak |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            for key in [k for k in r if k.startswith("gflop_s_")]:
+                what = key.removeprefix("gflop_s_")
+                gflop = r["train_gflop"] if what.startswith("train") else r["gflop"]
+                lines.append(f"| {r['model']} | {r['size']} | {what} | {gflop} | {r[key]} | {r.get('pct_peak_' + what, '-')} |")
     if pipeline:
         lines += ["", f"Data pipeline ({pipeline['dataset_dir']}, {pipeline['size']}, batch {pipeline['batch']}, "
                   f"{pipeline['num_workers']} workers): {pipeline['train_img_s_with_data']} training images/s from disk "
                   f"vs {pipeline['train_img_s_model_only']} on tensors in memory, ratio {pipeline['data_pipeline_ratio']}"]
-    path.write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def _column_order(name: str) -> tuple[int, str]:
-    order = ["params", "gmacs", "latency", "throughput", "train", "peak", "speedup"]
+    order = ["params", "gmacs", "latency", "throughput", "best_batch", "train", "peak", "speedup"]
     return next((i for i, prefix in enumerate(order) if name.startswith(prefix)), len(order)), name
 
 

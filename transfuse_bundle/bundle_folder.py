@@ -105,14 +105,25 @@ def merged_config(files: Sequence[str | os.PathLike]) -> dict[str, Any]:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"ID=JSON"`` -> ``(ID, value)``, the ``--set`` option of the scripts (a non-JSON value stays a string)."""
+    """``"ID=JSON"`` -> ``(ID, value)``, the ``--set`` option of the scripts.
+
+    The value must be JSON: a typo such as ``image_size=[256,256`` or Python's ``True`` would otherwise reach
+    the configs as a string and fail far from here, or not at all. A string is quoted: ``variant="L"``."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected ID=JSON (e.g. image_size=[128,128]), got {text!r}")
     try:
         return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+    except json.JSONDecodeError as e:
+        start = value.strip()[:1]
+        python = {"True": "true", "False": "false", "None": "null"}.get(value.strip())
+        if python:
+            hint = f"JSON spells it {python}"
+        elif start and (start in '[{"-' or start.isdigit()):
+            hint = "check its brackets, quotes and commas"
+        else:
+            hint = f"quote a string: {key}='\"{value}\"'"
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not valid JSON ({e.msg}); {hint}") from None
 
 
 def _set_id(config: dict[str, Any], id_: str, value: Any) -> bool:
@@ -271,29 +282,27 @@ def bundle_network(bundle: str | os.PathLike, config: str = "inference.json") ->
     parser["bundle_root"] = str(bundle)
     if "pretrained" in parser:
         parser["pretrained"] = False  # never download ImageNet weights here
-    return parser.get_parsed_content("network_def", instantiate=True)
+    try:
+        return parser.get_parsed_content("network_def", instantiate=True)
+    except Exception as e:  # MONAI wraps the network's own ValueError (e.g. an image size it cannot take)
+        cause = e
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise BundleFolderError(f"{bundle / 'configs' / config}: network_def cannot be built: {cause}") from None
 
 
 def check_weights_fit(bundle: str | os.PathLike, weights: str | os.PathLike) -> None:
     """Raises :class:`BundleFolderError` unless the state dict ``weights`` loads strictly into the network of
-    the bundle folder's ``inference.json``; the message names the file, the config and the first differences
-    (missing and unexpected keys, shapes), so that weights of another task, size or class count are refused
-    before they are shipped or served."""
-    from .utils import load_weights
+    the bundle folder's ``inference.json``; the message names the file, the config and what differs: the config
+    value when the shapes tell it (``weights have out_channels 3, the config 1``, the image size of a position
+    grid), else the first missing and unexpected keys and shapes (:func:`~transfuse_bundle.utils.weights_misfit`),
+    so that weights of another task, size or class count are refused before they are shipped or served."""
+    from .utils import load_weights, weights_misfit
 
-    network = bundle_network(bundle)
-    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in load_weights(weights, "weights").items()}
-    problems = [f"missing {k}" for k in expected if k not in found]
-    problems += [f"unexpected {k}" for k in found if k not in expected]
-    problems += [f"{k} has shape {list(found[k])}, the network {list(expected[k])}"
-                 for k in expected if k in found and found[k] != expected[k]]
+    problems = weights_misfit(bundle_network(bundle), load_weights(weights, "weights"))
     if problems:
-        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-        raise BundleFolderError(
-            f"{weights} does not fit the network of {Path(bundle).name}/configs/inference.json "
-            f"(in_channels, out_channels, image_size or variant differ): {shown}"
-        )
+        raise BundleFolderError(f"{weights} does not fit the network of {Path(bundle).name}/configs/inference.json: "
+                                + "; ".join(problems))
 
 
 def write_initial_weights(bundle: str | os.PathLike, config: str = "inference.json", seed: int = 0) -> Path:

@@ -28,9 +28,13 @@ import torch
 
 from .benchmarking import forward_latency_ms, parameter_count
 from .bundle_folder import source_root
+from .data import find_image_mask_pairs, write_datalist
 from .packaging import cli_arguments
+from .tasks import config_files
 
-__all__ = ["MODELS", "compare_models", "write_table"]
+__all__ = ["MODELS", "RECIPES", "compare_models", "compare_recipes", "write_recipe_table", "write_table"]
+
+REPORTED = ("mean_dice", "mean_iou", "hd95", "asd")  # the evaluation report's keys in each row
 
 # name -> (config overlays relative to the repository, config overrides {id: value})
 MODELS: dict[str, tuple[list[str], dict[str, Any]]] = {
@@ -43,7 +47,7 @@ MODELS: dict[str, tuple[list[str], dict[str, Any]]] = {
 }
 
 
-def _run_bundle(root: Path, run_id: str, files: Sequence[str], overrides: Mapping[str, Any], log: Path) -> float:
+def _run_bundle(root: Path, run_id: str, files: Sequence[str | Path], overrides: Mapping[str, Any], log: Path) -> float:
     """Runs ``python -m monai.bundle run RUN_ID`` on ``root``'s config ``files`` and returns its wall time;
     the output goes to ``log``, which a failure names."""
     config_list = "[" + ",".join(f"'{root / f}'" for f in files) + "]"
@@ -55,6 +59,32 @@ def _run_bundle(root: Path, run_id: str, files: Sequence[str], overrides: Mappin
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {result.returncode}); see {log}")
     return time.time() - start
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _chains(task: str | None, overlays: Sequence[str], root: Path) -> tuple[list[Path], list[Path]]:
+    """The training and the evaluation config files of ``task`` with ``overlays`` on top of its training chain."""
+    train = [*config_files("train.json", task, root), *(root / f for f in overlays)]
+    evaluate = [f for f in config_files("evaluate.json", task, root) if f not in train]
+    return train, train + evaluate
+
+
+def _train_and_evaluate(root: Path, work: Path, dataset_dir: str | os.PathLike, task: str | None,
+                        overlays: Sequence[str], overrides: Mapping[str, Any], epochs: int) -> dict[str, Any]:
+    """Trains ``task``'s configs + ``overlays`` for ``epochs`` in ``work`` (``models/``, ``train/``, logs), evaluates
+    its ``model.pt`` with ``evaluate.json`` at the original resolution (``work/eval``) and returns ``train_s`` and
+    the report's ``mean_dice``, ``mean_iou``, ``hd95``, ``asd``."""
+    work.mkdir(parents=True, exist_ok=True)
+    train_files, eval_files = _chains(task, overlays, root)
+    common = {"dataset_dir": str(Path(dataset_dir).resolve()), "ckpt_dir": str(work / "models"), **overrides}
+    train_s = _run_bundle(root, "training", train_files,
+                          {**common, "output_dir": str(work / "train"), "max_epochs": epochs}, work / "train.log")
+    _run_bundle(root, "run", eval_files, {**common, "output_dir": str(work / "eval")}, work / "eval.log")
+    metrics = json.loads((work / "eval" / "metrics.json").read_text())
+    return {"train_s": round(train_s, 1), **{k: metrics.get(k) for k in REPORTED}}
 
 
 def compare_models(dataset_dir: str | os.PathLike, out: str | os.PathLike, models: Sequence[str] = tuple(MODELS),
@@ -83,18 +113,11 @@ def compare_models(dataset_dir: str | os.PathLike, out: str | os.PathLike, model
     rows = []
     for name in models:
         overlays, model_overrides = MODELS[name]
-        work = out / re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-        work.mkdir(parents=True, exist_ok=True)
-        common = {"dataset_dir": str(Path(dataset_dir).resolve()), "image_size": list(image_size),
-                  "ckpt_dir": str(work / "models"), "num_workers": num_workers, **model_overrides}
-        train_overrides = {**common, "output_dir": str(work / "train"), "train#trainer#max_epochs": epochs,
-                           "batch_size": batch_size, "val_interval": 1}
-        print(f"[{name}] training {epochs} epochs ...", flush=True)
-        train_s = _run_bundle(root, "training", ["configs/train.json", *overlays], train_overrides, work / "train.log")
-        print(f"[{name}] evaluating ...", flush=True)
-        _run_bundle(root, "run", ["configs/train.json", "configs/evaluate.json", *overlays],
-                    {**common, "output_dir": str(work / "eval")}, work / "eval.log")
-        metrics = json.loads((work / "eval" / "metrics.json").read_text())
+        work = out / _slug(name)
+        print(f"[{name}] training {epochs} epochs, then evaluating ...", flush=True)
+        result = _train_and_evaluate(root, work, dataset_dir, None, overlays, {
+            "image_size": list(image_size), "num_workers": num_workers, "batch_size": batch_size, **model_overrides},
+            epochs)
         parser = ConfigParser()
         parser.read_config([str(root / "configs" / "train.json"), *[str(root / f) for f in overlays]])
         parser["image_size"] = list(image_size)
@@ -102,14 +125,80 @@ def compare_models(dataset_dir: str | os.PathLike, out: str | os.PathLike, model
             parser[key] = value
         net = parser.get_parsed_content("network_def")
         x = torch.rand(1, 3, *image_size)
-        rows.append({
-            "model": name, "params": parameter_count(net),
-            "latency_ms": round(forward_latency_ms(net, x, latency_iters, 2), 1),
-            "train_s": round(train_s, 1),
-            **{k: metrics.get(k) for k in ("mean_dice", "mean_iou", "hd95", "asd")},
-        })
+        rows.append({"model": name, "params": parameter_count(net),
+                     "latency_ms": round(forward_latency_ms(net, x, latency_iters, 2), 1), **result})
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+# name -> config overlays (relative to the repository) on top of the task's training chain
+RECIPES: dict[str, list[str]] = {
+    "default": [],  # configs/train.json (and the task's overlays) as they are
+    "official": ["configs/recipes/official.json"],  # the official code's loss, augmentation, batch, constant LR, all images, last epoch
+}
+
+
+def carve_test_split(dataset_dir: str | os.PathLike, output: str | os.PathLike, test_fraction: float = 0.1,
+                     seed: int = 0) -> dict[str, list]:
+    """Writes a datalist whose ``test`` list is ``test_fraction`` of the folder's image/mask pairs, drawn by
+    ``seed`` and never used for training or checkpoint selection; every other pair is ``training`` (each
+    recipe carves its own validation from it, or trains on all of it). Returns the lists."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    num_pairs = len(find_image_mask_pairs(dataset_dir))
+    return write_datalist(dataset_dir, output, num_validation=0, num_test=max(1, round(test_fraction * num_pairs)), seed=seed)
+
+
+def compare_recipes(dataset_dir: str | os.PathLike, out: str | os.PathLike, recipes: Sequence[str] = tuple(RECIPES),
+                    task: str | None = None, image_size: Sequence[int] | None = None, epochs: int = 4,
+                    seeds: Sequence[int] = (0, 1), test_fraction: float = 0.1, split_seed: int = 0,
+                    num_workers: int = 2, root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Trains each recipe of ``recipes`` (names of :data:`RECIPES`) once per seed on the same images and evaluates
+    every run on the same carved test split (:func:`carve_test_split`, ``out/datalist.json``).
+
+    Args:
+        dataset_dir: a folder with ``images/`` + ``masks/`` (the test split is carved from it).
+        out: the working folder: ``out/<recipe>-seed<seed>/`` holds each run's models, logs and evaluation.
+        task: a task of ``configs/tasks/`` whose configs the recipes overlay (``None``: ``configs/train.json``).
+        image_size: ``(H, W)`` network input; ``None`` keeps the task's.
+        epochs: the training budget, the same for every run.
+        seeds: the ``seed`` of each run (weights, augmentation, batch order); the splits stay fixed.
+        test_fraction, split_seed: the held-out share of the pairs and its draw.
+
+    Returns one row per run: ``recipe``, ``seed``, ``train_s``, ``mean_dice``, ``mean_iou``, ``hd95``, ``asd``.
+    """
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        raise ValueError(f"unknown recipe(s) {unknown}; choose from {list(RECIPES)}")
+    root, out = source_root(root).resolve(), Path(out).resolve()
+    datalist = out / "datalist.json"
+    carve_test_split(dataset_dir, datalist, test_fraction, split_seed)
+    overrides = {"num_workers": num_workers, **({"image_size": list(image_size)} if image_size else {})}
+    rows = []
+    for seed in seeds:  # seed-major: an interrupted comparison still has every recipe of its first seeds
+        for recipe in recipes:
+            print(f"[{recipe}, seed {seed}] training {epochs} epochs, then evaluating ...", flush=True)
+            result = _train_and_evaluate(root, out / f"{recipe}-seed{seed}", datalist, task, RECIPES[recipe],
+                                         {**overrides, "seed": seed}, epochs)
+            rows.append({"recipe": recipe, "seed": seed, **result})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def write_recipe_table(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, heading: str) -> None:
+    """The rows of :func:`compare_recipes` as Markdown under ``heading``: one line per run, then per recipe the mean
+    over seeds and the spread (max - min) in brackets."""
+    lines = [heading, "", "| recipe | seed | Dice | IoU | HD95 | ASD | training (s) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['recipe']} | {r['seed']} | " + " | ".join(_fmt(r[k]) for k in REPORTED) + f" | {r['train_s']} |")
+    for recipe in dict.fromkeys(r["recipe"] for r in rows):
+        runs = [r for r in rows if r["recipe"] == recipe]
+        cells = []
+        for key in (*REPORTED, "train_s"):
+            values = [r[key] for r in runs if r[key] is not None]
+            cells.append(f"{_fmt(sum(values) / len(values))} ({_fmt(max(values) - min(values))})" if values else "-")
+        lines.append(f"| **{recipe}**, mean (spread) | {len(runs)} seeds | " + " | ".join(cells) + " |")
+    Path(path).write_text("\n".join(lines) + "\n")
 
 
 def _fmt(value: Any) -> str:

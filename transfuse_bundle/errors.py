@@ -18,7 +18,8 @@ from __future__ import annotations
 import sys
 from types import TracebackType
 
-__all__ = ["UserInputError", "ConfigValueError", "FolderInUseError", "MissingFileError", "find_user_error", "install_excepthook"]
+__all__ = ["UserInputError", "ConfigValueError", "FolderInUseError", "MissingFileError", "NotAFolderError",
+           "NotWritableError", "find_user_error", "install_excepthook"]
 
 
 class UserInputError(Exception):
@@ -32,6 +33,14 @@ class ConfigValueError(UserInputError, ValueError):
 
 class MissingFileError(UserInputError, FileNotFoundError):
     """A file the run needs does not exist (a ``FileNotFoundError``, for callers that catch that)."""
+
+
+class NotAFolderError(UserInputError, NotADirectoryError):
+    """A path given as a folder is a file, or a file is in the way of creating it."""
+
+
+class NotWritableError(UserInputError, PermissionError):
+    """A folder this run must write into cannot be written (permissions, a read-only file system)."""
 
 
 class FolderInUseError(UserInputError):

@@ -17,12 +17,12 @@ from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
 
 from transfuse_bundle.locking import PARTIAL_SUFFIX
-from transfuse_bundle.utils import require_file
+from transfuse_bundle.utils import flag, load_checkpoint, raise_misfit
 
 __all__ = [
     "AtomicDiskSaver",
-    "BestModelSaver",
     "GradientClipping",
+    "ModelSaver",
     "ProgressBar",
     "TrainingCheckpoint",
     "every_rank_handlers",
@@ -125,32 +125,46 @@ class AtomicDiskSaver(DiskSaver):
         pass
 
 
-class BestModelSaver:
-    """Writes the network's plain state dict to ``path`` (atomically) whenever the evaluator's key metric is a new best.
+class ModelSaver:
+    """Writes the network's plain state dict to ``path`` (atomically): the best or the last epoch's weights.
 
-    "New best" is MONAI's own bookkeeping: the evaluator sets ``state.best_metric`` / ``best_metric_epoch`` at the
-    end of each validation (strictly greater, the first one always). Because that state is the only record,
-    restoring it on resume (:class:`TrainingCheckpoint`) is enough for a resumed run never to replace a
-    better ``model.pt`` with a worse one. Attach to the evaluator; only rank 0 writes.
+    ``keep="best"``: whenever the validator's key metric is a new best. "New best" is MONAI's own bookkeeping:
+    the evaluator sets ``state.best_metric`` / ``best_metric_epoch`` at the end of each validation (strictly
+    greater, the first one always). Because that state is the only record, restoring it on resume
+    (:class:`TrainingCheckpoint`) is enough for a resumed run never to replace a better ``model.pt`` with a
+    worse one. ``keep="last"``: after every epoch, so the file ends as the final weights (the official
+    TransFuse recipe: train on every image, keep the last epoch). Attach to the trainer after its
+    ``ValidationHandler`` (same event, so this epoch's validation has run); only rank 0 writes.
 
     Args:
         path: the weights file, e.g. ``models/model.pt``: ``{parameter name: tensor}``, no ``module.`` prefix.
         network: the trained network (DDP-wrapped or not).
+        keep: ``"best"`` (needs ``validator``) or ``"last"``.
+        validator: the evaluator whose key metric picks the best epoch.
     """
 
-    def __init__(self, path: str | os.PathLike, network: torch.nn.Module) -> None:
-        self.path = Path(path)
-        self.network = network
+    def __init__(self, path: str | os.PathLike, network: torch.nn.Module, keep: str = "best",
+                 validator: Engine | None = None) -> None:
+        if keep not in ("best", "last"):
+            raise ValueError(f"keep_model must be 'best' or 'last', got {keep!r}")
+        if keep == "best" and validator is None:
+            raise ValueError("keep_model 'best' needs the validation evaluator")
+        self.path, self.network, self.keep, self.validator = Path(path), network, keep, validator
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        # MONAI's evaluator registers its best-metric update before its handlers, so it has run for this epoch
-        if engine.state.best_metric_epoch != engine.state.epoch or idist.get_rank() != 0:
+        if idist.get_rank() != 0:
+            return
+        if self.keep == "last":
+            save_atomically(_unwrap(self.network).state_dict(), self.path)
+            return
+        if self.validator.state.best_metric_epoch != engine.state.epoch:
             return
         save_atomically(_unwrap(self.network).state_dict(), self.path)
-        engine.logger.info(f"Saved the best model so far (epoch {engine.state.epoch}, {engine.state.best_metric:.4f}): {self.path}")
+        engine.logger.info(f"Saved the best model so far (epoch {engine.state.epoch}, "
+                           f"{self.validator.state.best_metric:.4f}): {self.path}")
 
 
 class _BestMetric:
@@ -184,7 +198,8 @@ class TrainingCheckpoint:
         path: the checkpoint file, e.g. ``models/checkpoint.pt``.
         save_dict: objects with ``state_dict`` / ``load_state_dict`` (DDP-wrapped networks are unwrapped).
         validator: the evaluator whose best key metric is kept across the interruption.
-        resume: restore ``path`` before the first epoch; it must exist (checked here, before any training).
+        resume: restore ``path`` before the first epoch; it must be a readable checkpoint whose ``network`` fits
+            ``save_dict["network"]`` (checked here, before any training).
         save_interval: save every N epochs.
     """
 
@@ -200,12 +215,16 @@ class TrainingCheckpoint:
             raise ValueError(f"save_interval must be >= 1, got {save_interval}")
         if "trainer" in save_dict or "best_metric" in save_dict:
             raise ValueError("save_dict keys 'trainer' and 'best_metric' are reserved (they are added at attach)")
-        if resume:
-            require_file(path, "training checkpoint to resume from (resume=true)")
+        resume = flag(resume, "resume")
+        if resume:  # a missing, corrupt or misfitting file is named here, before the trainer starts
+            what = "training checkpoint to resume from (resume=true)"
+            state = load_checkpoint(path, what)["network"]
+            if isinstance(save_dict.get("network"), torch.nn.Module):
+                raise_misfit(save_dict["network"], state, f"{what}: {str(path)!r}")
         self.path = Path(path)
         self.save_dict = dict(save_dict)
         self.validator = validator
-        self.resume = bool(resume)
+        self.resume = resume
         self.save_interval = int(save_interval)
 
     def attach(self, engine: Engine) -> None:

@@ -11,7 +11,42 @@ from torch import nn
 
 from .networks.fast import fast_autocast_available, optimize_for_inference
 
-__all__ = ["FastInferer"]
+__all__ = ["AutocastInferer", "FastInferer"]
+
+
+def _as_float32(outputs: Any) -> Any:
+    """Tensors (alone, or in a tuple / list such as the deep-supervision heads) cast to float32."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float()
+    if isinstance(outputs, (tuple, list)):
+        return type(outputs)(_as_float32(o) for o in outputs)
+    return outputs
+
+
+class AutocastInferer(Inferer):
+    """The network called as it is, under autocast in ``dtype`` on the input's device (mixed precision
+    for training and validation; ``amp_dtype`` in train.json, :func:`~transfuse_bundle.engines.resolve_amp_dtype`).
+
+    Outputs come back as float32, so the loss, its backward seed and the metrics are computed in float32.
+    With ``dtype=torch.float32`` it is MONAI's ``SimpleInferer``.
+
+    Args:
+        dtype: ``torch.bfloat16``, ``torch.float16`` or ``torch.float32`` (no autocast).
+
+    ``inputs``: ``(B, C, H, W)``; returns the network's output (a tensor or a tuple of heads), float32.
+    """
+
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}")
+        self.dtype = dtype
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.dtype == torch.float32:
+            return network(inputs, *args, **kwargs)
+        with torch.autocast(inputs.device.type, dtype=self.dtype):
+            return _as_float32(network(inputs, *args, **kwargs))
 
 
 class FastInferer(Inferer):

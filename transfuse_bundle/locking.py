@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .errors import FolderInUseError, UserInputError
+from .errors import FolderInUseError, NotAFolderError, UserInputError
 
 try:
     import fcntl
@@ -49,6 +49,8 @@ def _holder(fd: int) -> str:
 
 def _lock(folder: Path) -> None:
     lock_path = folder / LOCK_NAME
+    if folder.exists() and not folder.is_dir():
+        raise NotAFolderError(f"{folder}: is a file, not a folder; give this run a folder (--bundle_root, --output_dir)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         while True:

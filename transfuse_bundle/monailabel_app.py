@@ -87,7 +87,7 @@ def ensure_app(app_dir: str | os.PathLike, python: str | None = None, active_lea
             ``main.py`` are written. A ``main.py`` that is neither the wheel's nor ours is refused rather than
             replaced. ``False`` leaves ``main.py`` as it is (a new app is then the stock one).
     """
-    app_dir = Path(app_dir).resolve()
+    app_dir = _app_folder(app_dir)
     stock = None
     if not (app_dir / "main.py").is_file():
         if app_dir.exists() and any(p.name != LOCK_NAME for p in app_dir.iterdir()):
@@ -99,6 +99,14 @@ def ensure_app(app_dir: str | os.PathLike, python: str | None = None, active_lea
     (app_dir / "model").mkdir(exist_ok=True)  # the copy has none; the app looks for local bundles there
     if active_learning:
         _make_active_learning_app(app_dir, python, stock)
+    return app_dir
+
+
+def _app_folder(app_dir: str | os.PathLike) -> Path:
+    """``app_dir`` resolved, unless it is a file (refused)."""
+    app_dir = Path(app_dir).resolve()
+    if app_dir.exists() and not app_dir.is_dir():
+        raise BundleFolderError(f"{app_dir} is a file, not a MONAI Label app folder: pass a folder (made if missing)")
     return app_dir
 
 
@@ -181,7 +189,7 @@ def install_bundle(
             load_weights(weights, "weights to serve")
         except WeightsFileError as e:
             raise BundleFolderError(str(e)) from None
-    with locked_folders(Path(app_dir).resolve()):  # the app folder's lock, held until the install is done
+    with locked_folders(_app_folder(app_dir)):  # the app folder's lock, held until the install is done
         app = ensure_app(app_dir, active_learning=active_learning)
         target = app / "model" / name
         if target.exists() and any(target.iterdir()) and not overwrite:

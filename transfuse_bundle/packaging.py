@@ -304,7 +304,7 @@ def package_bundle(
         weights = Path(weights) if weights is not None else src / "models" / "model.pt"
         if not weights.is_file():
             raise PackagingError(
-                f"weights file {weights} does not exist: train the bundle first (models/model.pt), pass --weights FILE "
+                f"weights file {weights} {'is not a file' if weights.exists() else 'does not exist'}: train the bundle first (models/model.pt), pass --weights FILE "
                 f"or --init-weights"
             )
         try:  # never ship a file that users' torch.load would refuse (pickled code) or could not read

@@ -1,11 +1,13 @@
 """Benchmark TransFuse S / L / L* against the official computation ("official-S") and MONAI's networks.
 
 One process, one thread setting: parameters, GMACs, batch-1 latency, throughput, a training step and peak
-memory per model and size, TransFuse also in its fast inference modes, and our S's speed-ups against
-official-S (what each figure means: transfuse_bundle.benchmarking). Writes OUT.json and OUT.md.
+memory per model and size, TransFuse also in its fast inference modes, our S's speed-ups against
+official-S, and the roofline: each path's GFLOP/s against the machine's fp32 / bf16 matmul peak measured
+in the same run (what each figure means: transfuse_bundle.benchmarking). Writes OUT.json and OUT.md.
 
     transfuse-benchmark --threads 2 --out docs/benchmark
     transfuse-benchmark --tiny --out /tmp/bench      # seconds; what the test suite runs
+    transfuse-benchmark --models S --sizes 352 --compile --batch-sweep 1 8 16 32 64 128 --out /tmp/gpu  # CUDA
     python scripts/benchmark.py --tiny --out /tmp/bench   # the same from a checkout
 """
 
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from ..benchmarking import MODELS, data_pipeline, machine_description, run_benchmark, write_markdown
+from ..benchmarking import (MODELS, add_roofline, data_pipeline, machine_description, machine_peaks, run_benchmark,
+                            write_markdown)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -42,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--throughput-iters", type=int, default=3)
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--train-iters", type=int, default=3)
+    parser.add_argument("--compile", action="store_true",
+                        help="CUDA: also the torch.compile and CUDA-graph paths (minutes of compilation)")
+    parser.add_argument("--batch-sweep", type=int, nargs="+", default=[], metavar="BATCH",
+                        help="batch sizes to try for each path's best throughput, e.g. 1 8 16 32 64 128")
+    parser.add_argument("--peak-size", type=int, default=None,
+                        help="side of the square matmuls that measure the peak (default 8192 on CUDA, 2048 on CPU)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="also measure the training data pipeline on this dataset (folder or datalist.json)")
     parser.add_argument("--data-steps", type=int, default=6)
@@ -53,18 +62,22 @@ def main(argv: list[str] | None = None) -> int:
         args.models = ["official-S", "S", "unet"]
         args.sizes, args.iters, args.warmup = [(32, 32)], 2, 1
         args.throughput_batch, args.throughput_iters, args.train_batch, args.train_iters = 2, 1, 2, 1
+        args.peak_size = 256
     if args.threads:
         torch.set_num_threads(args.threads)
+    peaks = machine_peaks(args.device, args.peak_size)
+    print(json.dumps({"peak_gflop_s": peaks}), flush=True)
     rows = run_benchmark(args.models, args.sizes, args.device, args.iters, args.warmup, args.throughput_batch,
-                         args.throughput_iters, args.train_batch, args.train_iters)
+                         args.throughput_iters, args.train_batch, args.train_iters, args.compile, args.batch_sweep)
+    add_roofline(rows, peaks)
     machine = machine_description(args.device)
-    report = {"machine": machine, "results": rows}
+    report = {"machine": machine, "peak_gflop_s": peaks, "results": rows}
     if args.data_dir is not None:
         report["data_pipeline"] = data_pipeline(args.data_dir, args.sizes[-1], args.train_batch, args.data_steps,
                                                 args.num_workers)
         print(json.dumps(report["data_pipeline"]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    write_markdown(rows, machine, args.out.with_suffix(".md"), report.get("data_pipeline"))
+    write_markdown(rows, machine, args.out.with_suffix(".md"), report.get("data_pipeline"), peaks)
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
     return 0

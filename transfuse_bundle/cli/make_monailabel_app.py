@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         bundle = install_bundle(args.app, name, task=args.task, overrides=dict(args.overrides),
                                 weights=args.weights, init_weights=args.init_weights, overwrite=args.overwrite,
                                 active_learning=not args.stock_app)
-    except (UserInputError, ModuleNotFoundError) as e:  # a refused input, the app folder in use, no monailabel
+    except (UserInputError, ModuleNotFoundError, OSError) as e:  # a refused input, the app folder in use, an unwritable --app
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"bundle folder: {bundle}")

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides[key] = getattr(args, key)
     try:
         table = run_benchmark(args.test_dir, args.bundle_root, args.output_dir, args.config_file, **overrides)
-    except (DatasetError, TaskError, FileNotFoundError, ValueError, ImportError) as err:
+    except (DatasetError, TaskError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError,
+            ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(benchmark_markdown(table))

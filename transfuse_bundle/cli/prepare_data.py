@@ -31,30 +31,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout", choices=sorted(LAYOUTS), help="default: detected from the folder")
     parser.add_argument("--val-fraction", type=float, help="share of training cases kept for validation")
     parser.add_argument("--test-fraction", type=float, help="share of cases kept for testing (split layouts)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, help="seed of the split (default 0)")
     parser.add_argument("--spacing", type=float, nargs=2, metavar=("ROW_MM", "COL_MM"), help="pixel spacing (hip)")
     parser.add_argument("--subset", type=int, nargs=3, metavar=("N_TRAIN", "N_VAL", "N_TEST"),
                         help="folder layout only: a shuffled subset of these sizes (e.g. for a quick CPU run)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.subset is not None:
+        ignored = [f"--{name.replace('_', '-')}" for name in ("layout", "val_fraction", "test_fraction", "spacing")
+                   if getattr(args, name) is not None]
+        if ignored:
+            parser.error(f"--subset splits a folder layout by counts: {', '.join(ignored)} would be ignored")
         try:
-            lists = write_datalist(args.root, args.output, *args.subset, seed=args.seed)
+            lists = write_datalist(args.root, args.output, *args.subset, seed=args.seed or 0)
         except DatasetError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         print(f"{args.output}: " + ", ".join(f"{k} {len(v)}" for k, v in lists.items()))
         return 0
-    options = {"seed": args.seed}
-    if args.val_fraction is not None:
-        options["val_fraction"] = args.val_fraction
-    if args.test_fraction is not None:
-        options["test_fraction"] = args.test_fraction
-    if args.spacing is not None:
-        options["spacing"] = args.spacing
+    options = {name: getattr(args, name) for name in ("seed", "val_fraction", "test_fraction", "spacing")
+               if getattr(args, name) is not None}  # a layout refuses the options it does not take
     try:
         prepare(args.root, args.output, args.layout, **options)
-    except (DatasetError, TypeError) as err:
+    except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

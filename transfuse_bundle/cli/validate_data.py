@@ -1,9 +1,13 @@
 """Check a dataset before training, evaluating or segmenting it: one line per problem, naming the file.
 
 DATASET is what --dataset_dir takes: a folder with images/ + masks/, a folder with datalist.json, the
-JSON file itself, or a folder of images to segment. Checked: unreadable or truncated files, images
+JSON file itself, or a folder of images to segment. Checked: unreadable, truncated or empty files, images
 without masks and masks without images, duplicate stems, image/mask size mismatches, mask values that
-cannot be class ids, NaN/Inf in volumes, 2D files for a 3D config and the reverse.
+cannot be class ids, NaN/Inf in volumes, 2D files for a 3D config and the reverse, label volumes whose
+geometry (orientation, spacing, origin) differs from their image's, EXIF-rotated pictures, datalist entries
+that are not objects of file paths, animated pictures, and every other entry of a folder (files of other
+types, broken symbolic links, link loops, subfolders): only hidden entries and this tool's own outputs
+(.transfuse_outputs.jsonl) are left out.
 Exit status: 0 and a one-line summary when there is no problem, 1 when there is any, 2 on bad arguments.
 
 Examples (from a checkout, ``python scripts/validate_data.py`` does the same):
@@ -28,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spatial-dims", type=int, choices=(2, 3), default=2,
                         help="2 for PNG/JPEG/... images (default), 3 for NIfTI volumes")
     parser.add_argument("--in-channels", type=int, default=None,
-                        help="volumes only: the network's in_channels, e.g. 2 for MSD's T2 + ADC (default: not checked)")
+                        help="the network's in_channels: volumes must have as many (e.g. 2 for MSD's T2 + ADC); "
+                             "pictures are read as 1 (grey) or 3 (RGB), other values are refused (default: not checked)")
     args = parser.parse_args(argv)
     if args.num_classes < 2:
         parser.error(f"--num-classes counts the background too and must be >= 2, got {args.num_classes}")

@@ -10,24 +10,38 @@ Two layouts are accepted for ``dataset_dir``:
 Every problem (missing folder, image without a mask or mask without an image, duplicate stem, empty
 list, missing file) raises a :class:`DatasetError` that names the path, when the config is parsed and
 before any training starts; the files' contents are checked by :mod:`.validate`.
+
+Every entry of a folder that is read is either used or reported: a file of another type, a broken
+symbolic link, a link loop, a subfolder or a pipe is a problem naming it. Only hidden entries (names
+starting with ``.``) and what this package wrote there itself (inference masks, reports: see
+:mod:`transfuse_bundle.outputs`) are left out, the latter with a log line.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import math
 import os
 import random
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import UserInputError
+from ..outputs import MANIFEST_NAME, ours
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "VOLUME_EXTENSIONS",
     "DATALIST_NAME",
+    "input_size",
     "file_stem",
+    "entry_problem",
+    "path_problem",
+    "spacing_problem",
     "DatasetError",
     "DatasetProblem",
     "pair_images_and_masks",
@@ -38,11 +52,15 @@ __all__ = [
     "evaluation_datalist",
     "inference_datalist",
     "write_datalist",
+    "check_datalist_output",
+    "write_datalist_file",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 VOLUME_EXTENSIONS = (".nii.gz", ".nii")
 DATALIST_NAME = "datalist.json"
+
+logger = logging.getLogger(__name__)
 
 
 class DatasetError(UserInputError, ValueError):
@@ -71,6 +89,41 @@ class DatasetProblem:
         return f"{self.path}: {self.message}"
 
 
+def spacing_problem(spacing: Any, spatial_dims: int | None = None) -> str | None:
+    """Why ``spacing`` (mm per pixel or voxel: one number, or one per spatial axis) cannot be used, or None.
+
+    The one rule for a datalist's ``"spacing"`` and ``prepare_data --spacing``: finite numbers > 0, one or
+    ``spatial_dims`` of them (2 for ``[row, col]``)."""
+    values = spacing if isinstance(spacing, (list, tuple)) else [spacing]
+    counts = (1, spatial_dims) if spatial_dims else None
+    if (not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values)
+            or any(not math.isfinite(v) or v <= 0 for v in values) or (counts and len(values) not in counts)):
+        count = f"{spatial_dims} (one per axis)" if spatial_dims else "one per axis"
+        return f"spacing {spacing!r} must be one number or {count}, finite and > 0 (mm per pixel)"
+    return None
+
+
+def entry_problem(entry: Any, spatial_dims: int | None = None) -> str | None:
+    """Why one datalist entry cannot be used, or None: it must be an object (``{"image": path, ...}``) whose
+    ``image``, and ``label`` when present, are non-empty path strings and whose ``spacing``, when present,
+    passes :func:`spacing_problem`. JSON gives ``null``, numbers and lists as easily as strings."""
+    if not isinstance(entry, dict):
+        return f"entry is {type(entry).__name__} {_short(entry)}, not an object like {{\"image\": path, \"label\": path}}"
+    if "image" not in entry:
+        return f"entry has no 'image': {_short(entry)}"
+    for key in ("image", "label"):
+        if key in entry and (not isinstance(entry[key], (str, os.PathLike)) or not str(entry[key])):
+            return f"{key!r} is {_short(entry[key])}, not a file path (entry {_short(entry)})"
+    if "spacing" in entry:
+        return spacing_problem(entry["spacing"], spatial_dims)
+    return None
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, os.PathLike) else repr(str(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def file_stem(name: str, extensions: Sequence[str], suffix: str = "") -> str | None:
     """``name`` without ``suffix`` + its extension (case-insensitive; two-part extensions such as ``.nii.gz``
     included), or None when it ends in none of ``extensions``: ``x_segmentation.png`` -> ``x`` with suffix
@@ -80,17 +133,64 @@ def file_stem(name: str, extensions: Sequence[str], suffix: str = "") -> str | N
     return None if ext is None else name[: len(name) - len(suffix) - len(ext)]
 
 
+def path_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a regular file that can be read, or None. The phrase follows "<what> file":
+    ``does not exist``, ``is a symbolic link to 'x', which does not exist``, ``is a symbolic link loop``,
+    ``is a folder ...``, ``is not a regular file ...``."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        if os.path.islink(path):
+            return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+        return "does not exist" if err.errno == errno.ENOENT else f"cannot be read ({err.strerror})"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file (files in subfolders are not read: move them up, or list them in a datalist.json)"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a pipe, socket or device)"
+    return None
+
+
+def _folder_entries(folder: Path) -> list[Path]:
+    """The entries of ``folder`` a dataset may use, sorted: all but hidden ones (``.name``) and what this
+    package wrote there (recorded in its output manifest, or a subfolder with its own manifest), which are
+    left out with a log line."""
+    written = ours(folder)
+    tops = {name.split(os.sep)[0] for name in written}
+    entries, left_out = [], []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.name in tops or (path.is_dir() and (path / MANIFEST_NAME).is_file()):
+            left_out.append(path.name)
+        else:
+            entries.append(path)
+    if left_out:
+        logger.info("%s: %d entries are this tool's own outputs (%s), not inputs: left out (e.g. %s)", folder,
+                    len(left_out), MANIFEST_NAME, left_out[0])
+    return entries
+
+
 def _files_by_stem(folder: Path, suffix: str, extensions: Sequence[str],
-                   problems: list[DatasetProblem]) -> dict[str, Path]:
+                   problems: list[DatasetProblem], what: str = "image") -> dict[str, Path]:
     """``{stem without suffix: path}`` of the files directly in ``folder`` ending in ``suffix + ext``.
 
-    Suffix-aware (``x_segmentation.png`` -> ``x``; ``t2.nii.gz`` -> ``t2``); a second file with the
-    same stem is appended to ``problems`` and left out.
+    Suffix-aware (``x_segmentation.png`` -> ``x``; ``t2.nii.gz`` -> ``t2``). Every other entry (see
+    :func:`_folder_entries`) is appended to ``problems`` naming it: a file of another type, a broken link,
+    a subfolder, and a second file with the same stem; ``what`` (``image``, ``mask``) is in the messages.
     """
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
+    for path in _folder_entries(folder):
+        problem = path_problem(path)
+        if problem:
+            problems.append(DatasetProblem(str(path), f"{what} file {problem}"))
+            continue
         stem = file_stem(path.name, extensions, suffix)
-        if stem is None or not path.is_file() or path.name.startswith("."):
+        if stem is None:
+            article = "an" if what[0] in "aeiou" else "a"
+            problems.append(DatasetProblem(str(path), f"not {article} {what} file this bundle reads (expected <stem>{suffix} "
+                                                      f"with one of {', '.join(extensions)}): remove it from {folder}"))
             continue
         if stem in found:
             problems.append(DatasetProblem(str(path), f"two files with the stem {stem!r} in {folder}: "
@@ -118,7 +218,7 @@ def pair_images_and_masks(images_dir: str | os.PathLike, masks_dir: str | os.Pat
     if problems:
         return [], problems
     images = _files_by_stem(images_dir, "", extensions, problems)
-    masks = _files_by_stem(masks_dir, mask_suffix, extensions, problems)
+    masks = _files_by_stem(masks_dir, mask_suffix, extensions, problems, what="mask")
     if not images:
         problems.append(DatasetProblem(str(images_dir), f"no images ({', '.join(extensions)}) found in {images_dir}"))
     no_mask = [images[s] for s in sorted(set(images) - set(masks))]
@@ -160,24 +260,23 @@ def find_image_mask_pairs(dataset_dir: str | os.PathLike) -> list[dict[str, str]
     return pairs
 
 
-def find_images(dataset_dir: str | os.PathLike,
-                extensions: Sequence[str] = IMAGE_EXTENSIONS + VOLUME_EXTENSIONS) -> list[dict[str, str]]:
-    """Images of ``DIR/images/`` if that folder exists, else image files directly in ``DIR`` (no masks needed).
+def find_images(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
+    """Every entry of ``DIR/images/`` if that folder exists, else of ``DIR`` (no masks needed), sorted by name.
 
-    Pictures and volumes are both listed, so a volume given to a 2D config (or the reverse) is reported
-    by :func:`~transfuse_bundle.data.validate.screen_images` instead of silently left out.
+    Not only image files: everything but hidden entries and this package's own outputs is listed, so that
+    :func:`~transfuse_bundle.data.validate.screen_images` reports what cannot be segmented (a file of another
+    type, a broken link, a subfolder, a volume given to a 2D config, a duplicate stem) instead of silently
+    leaving it out. Raises ``DatasetError`` when the folder holds nothing.
     """
     root = _check_dir(dataset_dir)
     folder = root / "images" if (root / "images").is_dir() else root
     if not folder.is_dir():
         raise DatasetError(f"{str(folder)!r} is not a folder of images")
-    problems: list[DatasetProblem] = []
-    images = _files_by_stem(folder, "", extensions, problems)
-    if not images:
-        problems.append(DatasetProblem(str(folder), f"no images ({', '.join(extensions)}) found in {folder}"))
-    if problems:
-        raise DatasetError(problems)
-    return [{"image": str(images[s])} for s in sorted(images)]
+    entries = _folder_entries(folder)
+    if not entries:
+        extensions = IMAGE_EXTENSIONS + VOLUME_EXTENSIONS
+        raise DatasetError([DatasetProblem(str(folder), f"no images ({', '.join(extensions)}) found in {folder}")])
+    return [{"image": str(path)} for path in entries]
 
 
 def split_training(items: list[dict[str, Any]], val_fraction: float = 0.2, seed: int = 0,
@@ -207,9 +306,9 @@ def _datalist_file(dataset_dir: str | os.PathLike) -> Path | None:
 def _read_datalist_json(path: Path, need_labels: bool = True) -> dict[str, list[dict[str, str]]]:
     """Reads an MSD-style datalist; returns absolute paths; checks that every referenced file exists."""
     try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"{path} is not valid JSON: {err}") from err
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(content, dict):
         raise DatasetError(f"{path} must hold a JSON object with 'training' / 'validation' / 'test' lists")
     base = path.parent
@@ -220,20 +319,41 @@ def _read_datalist_json(path: Path, need_labels: bool = True) -> dict[str, list[
             raise DatasetError(f"{path}: {split!r} must be a list, got {type(entries).__name__}")
         items = []
         for index, entry in enumerate(entries):
-            entry = {"image": entry} if isinstance(entry, str) else dict(entry)
-            if "image" not in entry:
-                raise DatasetError(f"{path}: {split}[{index}] has no 'image' key: {entry}")
+            entry = {"image": entry} if isinstance(entry, str) else entry
+            problem = entry_problem(entry)
+            if problem:
+                raise DatasetError(f"{path}: {split}[{index}]: {problem}")
+            entry = dict(entry)
             if need_labels and split != "test" and "label" not in entry:
                 raise DatasetError(f"{path}: {split}[{index}] has no 'label' key: {entry}")
             for key in ("image", "label"):
                 if key in entry:
                     file = Path(entry[key]) if os.path.isabs(entry[key]) else base / entry[key]
-                    if not file.is_file():
-                        raise DatasetError(f"{path}: {split}[{index}] {key} file {str(file)!r} does not exist")
+                    problem = path_problem(file)
+                    if problem:
+                        raise DatasetError(f"{path}: {split}[{index}] {key} file {str(file)!r} {problem}")
                     entry[key] = str(file)
             items.append(entry)
         lists[split] = items
     return lists
+
+
+def input_size(dataset_dir: str | os.PathLike, image_size: Sequence[int], multiple: int = 1) -> list[int]:
+    """The size training and evaluation resize images to: ``image_size``, except that a dataset whose
+    datalist.json declares the size of its images (``"image_size": [H, W]``, as the generated synthetic
+    default does: 160x192) is not upsampled beyond it, side by side (each declared side rounded up to
+    ``multiple``, the network's size rule, which the config passes). Upsampling adds no information, and
+    training the synthetic default at 352x352 cost ~3x the compute (TransFuse accepts any input whose
+    sides are multiples of 16; its position embedding stays stored for ``image_size``).
+
+    >>> input_size("a folder whose datalist.json declares [160, 192]", [352, 352], 16)  # doctest: +SKIP
+    [160, 192]
+    """
+    file = _datalist_file(dataset_dir)
+    declared = json.loads(file.read_text()).get("image_size") if file is not None else None
+    if not declared:
+        return list(image_size)
+    return [min(int(side), -(-int(own) // multiple) * multiple) for side, own in zip(image_size, declared)]
 
 
 def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> dict[str, list]:
@@ -293,10 +413,16 @@ def write_datalist(
     seed: int = 0,
 ) -> dict[str, list]:
     """Writes an MSD-style datalist.json from a folder layout: a shuffled, disjoint subset per list.
+    ``output`` is checked first (:func:`check_datalist_output`) and written atomically.
 
     ``num_training=None`` takes every case left after validation and test. Paths are absolute, so
     the JSON can live anywhere (e.g. a temporary folder, not next to read-only data). Returns the lists.
     """
+    counts = {"num_training": num_training, "num_validation": num_validation, "num_test": num_test}
+    negative = [f"{name} {n}" for name, n in counts.items() if n is not None and n < 0]
+    if negative or num_training == 0:
+        raise DatasetError(f"case counts must be >= 0 (and num_training >= 1), got {', '.join(negative) or 'num_training 0'}")
+    check_datalist_output(output)
     pairs = sorted(find_image_mask_pairs(dataset_dir), key=lambda d: d["image"])
     random.Random(seed).shuffle(pairs)
     wanted = num_validation + num_test + (num_training or 0)
@@ -305,6 +431,44 @@ def write_datalist(
     validation, test = pairs[:num_validation], pairs[num_validation : num_validation + num_test]
     rest = pairs[num_validation + num_test :]
     lists = {"training": rest if num_training is None else rest[:num_training], "validation": validation, "test": test}
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    Path(output).write_text(json.dumps(lists, indent=4))
+    write_datalist_file(output, lists)
     return lists
+
+
+def check_datalist_output(output: str | os.PathLike) -> Path:
+    """Returns ``output`` (a datalist file to write) as a path, or raises :class:`DatasetError` before any work:
+    it must be a ``.json`` name in a folder that can be written or created, and an existing file there must be a
+    datalist (re-running replaces it; an image, a config or any other file is never written over)."""
+    from ..utils import require_writable_dir
+
+    output = Path(os.path.abspath(Path(output).expanduser()))
+    if output.is_dir():
+        raise DatasetError(f"--output {str(output)!r} is a folder: give the datalist file to write, e.g. {output / DATALIST_NAME}")
+    if output.suffix.lower() != ".json":
+        raise DatasetError(f"--output {str(output)!r} must be a .json file (the datalist to write)")
+    if output.exists():
+        try:
+            content = json.loads(output.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            content = None
+        if not isinstance(content, dict) or not isinstance(content.get("training"), list):
+            raise DatasetError(f"--output {str(output)!r} exists and is not a datalist: not replaced (choose another name)")
+    try:
+        require_writable_dir(output.parent, "the folder of --output")
+    except OSError as err:
+        raise DatasetError(str(err)) from None
+    return output
+
+
+def write_datalist_file(output: str | os.PathLike, content: dict[str, Any]) -> Path:
+    """Writes ``content`` to ``output`` atomically, after :func:`check_datalist_output`: an interrupted or failed
+    write leaves neither half a datalist nor a temporary file."""
+    output = check_datalist_output(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.partial")
+    try:
+        tmp.write_text(json.dumps(content, indent=4))
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return output

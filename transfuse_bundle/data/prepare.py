@@ -8,13 +8,15 @@ the layout gives one), so the datalist can be written anywhere. Missing or misma
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .datalist import IMAGE_EXTENSIONS, DatasetError, pair_images_and_masks, split_training
+from .datalist import (IMAGE_EXTENSIONS, DatasetError, check_datalist_output, entry_problem, pair_images_and_masks,
+                       spacing_problem, split_training, write_datalist_file)
 
 __all__ = ["LAYOUTS", "detect_layout", "prepare", "polyp_pranet", "pranet_test_cases", "folder_pairs", "isic2017",
            "msd_prostate", "prostate158", "hip", "PRANET_TEST_SETS", "PRANET_SEEN_SETS"]
@@ -75,9 +77,9 @@ def folder_pairs(root: Path, val_fraction: float = 0.1, test_fraction: float = 0
     return _split(_pair(root / "images", root / "masks", root.name), val_fraction, test_fraction, seed)
 
 
-def isic2017(root: Path, **_: Any) -> Datalist:
+def isic2017(root: Path) -> Datalist:
     """ISIC 2017: ``ISIC-2017_{Training,Validation,Test_v2}_Data/*.jpg`` with
-    ``ISIC-2017_<split>_Part1_GroundTruth/<id>_segmentation.png``."""
+    ``ISIC-2017_<split>_Part1_GroundTruth/<id>_segmentation.png`` (its own splits: no fractions, no seed)."""
     lists: Datalist = {}
     for split, name in (("training", "Training"), ("validation", "Validation"), ("test", "Test_v2")):
         lists[split] = _pair(root / f"ISIC-2017_{name}_Data", root / f"ISIC-2017_{name}_Part1_GroundTruth",
@@ -91,9 +93,18 @@ def msd_prostate(root: Path, val_fraction: float = 0.15, test_fraction: float = 
     meta_file = root / "dataset.json"
     if not meta_file.is_file():
         raise DatasetError(f"{meta_file} not found: an MSD task folder has dataset.json, imagesTr/ and labelsTr/")
-    meta = json.loads(meta_file.read_text())
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{meta_file} is not valid JSON: {err}") from None
+    entries = meta.get("training", []) if isinstance(meta, dict) else None
+    if not isinstance(entries, list):
+        raise DatasetError(f"{meta_file} must hold an object with a 'training' list")
     cases = []
-    for index, entry in enumerate(meta.get("training", [])):
+    for index, entry in enumerate(entries):
+        problem = entry_problem(entry) or (None if "label" in entry else "entry has no 'label'")
+        if problem:
+            raise DatasetError(f"{meta_file}: training[{index}]: {problem}")
         case = {key: str((root / entry[key]).resolve()) for key in ("image", "label")}
         for key, path in case.items():
             if not Path(path).is_file():
@@ -125,8 +136,9 @@ def hip(root: Path, spacing: Sequence[float] | None = None, val_fraction: float 
         seed: int = 0) -> Datalist:
     """Hip-style X-rays: ``images/`` + ``masks/`` with integer labels (1 = pelvis, 2 = left femur,
     3 = right femur) and a pixel ``spacing`` in mm (row, column) so HD and ASD come out in mm."""
-    if spacing is None or len(spacing) != 2 or min(spacing) <= 0:
-        raise DatasetError(f"the hip layout needs the pixel spacing in mm as two positive numbers, got {spacing!r}")
+    problem = "it is missing" if spacing is None else spacing_problem(list(spacing), 2)
+    if problem:
+        raise DatasetError(f"the hip layout needs the pixel spacing in mm as --spacing ROW_MM COL_MM: {problem}")
     lists = folder_pairs(root, val_fraction, test_fraction, seed)
     for entries in lists.values():
         for entry in entries:
@@ -165,21 +177,24 @@ def prepare(root: str | os.PathLike, output: str | os.PathLike, layout: str | No
 
     Args:
         root: the dataset's top folder as downloaded.
-        output: the datalist file to write (its folder is created); nothing is written on error.
+        output: the datalist file to write (its folder is created; checked first, see
+            :func:`~.datalist.check_datalist_output`); nothing is written on error.
         layout: one of :data:`LAYOUTS`, detected when None.
         options: passed to the layout function (``val_fraction``, ``test_fraction``, ``seed``, ``spacing``).
     """
     root = Path(os.path.abspath(Path(root).expanduser()))
     if not root.is_dir():
-        raise DatasetError(f"dataset folder {str(root)!r} does not exist")
+        raise DatasetError(f"dataset folder {str(root)!r} {'is a file' if root.exists() else 'does not exist'}: "
+                           f"give the dataset's top folder")
+    check_datalist_output(output)
     layout = layout or detect_layout(root)
     if layout not in LAYOUTS:
         raise DatasetError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)}")
+    taken = list(inspect.signature(LAYOUTS[layout]).parameters)[1:]
+    unused = [name for name in options if name not in taken]
+    if unused:
+        raise DatasetError(f"the {layout} layout takes no {', '.join(unused)} (it takes {', '.join(taken) or 'no options'})")
     lists = LAYOUTS[layout](root, **options)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(output.suffix + ".tmp")
-    tmp.write_text(json.dumps({"layout": layout, "source": str(root), **lists}, indent=4))
-    tmp.replace(output)  # atomic: an interrupted run never leaves half a datalist
+    write_datalist_file(output, {"layout": layout, "source": str(root), **lists})
     logger.info("wrote %s: %s", output, ", ".join(f"{k} {len(v)}" for k, v in lists.items()))
     return lists

@@ -9,11 +9,35 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Resize
 from PIL import Image
 
-__all__ = ["MaskToClassIdsd", "ResizeToSourced", "IMAGENET_MEAN_255", "IMAGENET_STD_255"]
+from ..errors import ConfigValueError
+from .readers import check_picture_channels
+
+__all__ = ["MaskToClassIdsd", "ResizeToSourced", "IMAGENET_MEAN_255", "IMAGENET_STD_255", "imagenet_mean_255",
+           "imagenet_std_255"]
 
 #: ImageNet mean and std per RGB channel, on the 0-255 scale of 8-bit images.
 IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+#: PIL's grey conversion (ITU-R 601 luma), which :func:`~.readers.to_grey` applies to colour pictures.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _per_channel(rgb: tuple[float, float, float], in_channels: int) -> tuple[float, ...]:
+    if check_picture_channels(in_channels) == 3:
+        return rgb
+    # grey: the luma of the RGB statistic (exact for the mean; for the std, an upper bound that is
+    # close because ImageNet's colour channels are strongly correlated)
+    return (sum(w * v for w, v in zip(_LUMA, rgb)),)
+
+
+def imagenet_mean_255(in_channels: int = 3) -> tuple[float, ...]:
+    """ImageNet's mean on the 0-255 scale for pictures read with ``in_channels`` (3: RGB, 1: grey)."""
+    return _per_channel(IMAGENET_MEAN_255, in_channels)
+
+
+def imagenet_std_255(in_channels: int = 3) -> tuple[float, ...]:
+    """ImageNet's std on the 0-255 scale for pictures read with ``in_channels`` (3: RGB, 1: grey)."""
+    return _per_channel(IMAGENET_STD_255, in_channels)
 
 
 class MaskToClassIdsd(MapTransform):
@@ -36,7 +60,7 @@ class MaskToClassIdsd(MapTransform):
     def __init__(self, keys: KeysCollection, num_classes: int = 2, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         if int(num_classes) < 2:
-            raise ValueError(f"num_classes counts the background too and must be >= 2, got {num_classes}")
+            raise ConfigValueError(f"num_classes counts the background too and must be >= 2, got {num_classes}")
         self.num_classes = int(num_classes)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:

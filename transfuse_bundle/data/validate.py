@@ -6,12 +6,18 @@
   the good ones are still segmented, and :meth:`ScreenedImages.raise_if_any` fails the run at the end;
 * :func:`validate_dataset` / ``scripts/validate_data.py``: the same checks on a folder or datalist, as a command.
 
-What is checked, per file: it opens and decodes completely (a truncated JPEG/PNG/NIfTI is caught); it
-is a 2D picture for a 2D config and a 3D volume for a 3D one; a mask has the size of its image; mask
+What is checked, per file: it is a regular file (not a broken symbolic link, a link loop, a folder or a
+pipe) of a type the bundle reads; it opens and decodes completely (a truncated JPEG/PNG/NIfTI is caught);
+a picture has one frame (not an animated GIF/WEBP or a multi-page TIFF); it is a 2D picture for a 2D
+config and a 3D volume for a 3D one; a mask has the size of its image; mask
 values can be class ids (binary: 0/1 or 0/255 with at most a few grey edge pixels; multi-class:
 integers ``0..num_classes-1``, as :class:`~.transforms.MaskToClassIdsd` accepts them); a volume has no
-NaN or Inf and as many channels (4th axis) as the network's ``in_channels``; one file is not listed twice. Grey, palette, RGBA and 16-bit PNGs, empty masks and large
-images are accepted (see :mod:`.readers` for how they are read).
+NaN or Inf and as many channels (4th axis) as the network's ``in_channels``; a label volume has its image's
+geometry (orientation, spacing and origin, within :data:`GEOMETRY_TOLERANCE`: the pipelines pair voxels by
+index, never by position, so a label with a flipped axis or a shifted origin would train mirrored or shifted);
+a picture has no EXIF orientation other than 1 (see :func:`_exif_orientation`); one file is not listed
+twice. Grey, palette, RGBA and 16-bit PNGs, empty masks and large images are accepted (see :mod:`.readers`
+for how they are read).
 """
 
 from __future__ import annotations
@@ -26,17 +32,29 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from .datalist import (DATALIST_NAME, IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, DatasetError, DatasetProblem, file_stem,
-                       find_images, load_datalist, pair_images_and_masks)
-from .readers import MAX_PIXELS
+from ..errors import ConfigValueError
+from ..outputs import is_ours, record
+from .datalist import (DATALIST_NAME, IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, DatasetError, DatasetProblem, entry_problem,
+                       file_stem, find_images, load_datalist, pair_images_and_masks, path_problem)
+from .readers import MAX_PIXELS, check_picture_channels
 
-__all__ = ["validate_datalist", "validate_dataset", "check_dataset", "screen_images", "ScreenedImages", "GREY_MASK_FRACTION"]
+__all__ = ["validate_datalist", "validate_dataset", "check_dataset", "screen_images", "ScreenedImages", "GREY_MASK_FRACTION",
+           "GEOMETRY_TOLERANCE"]
 
 logger = logging.getLogger(__name__)
 
 #: A binary mask may have this share of pixels that are neither near 0 nor near full scale
 #: (anti-aliased edges, JPEG noise); more means the file is a picture, not a mask.
 GREY_MASK_FRACTION = 0.05
+
+#: A label volume's geometry may differ from its image's by this much: spacing (relative) and direction
+#: cosines by 0.001, origin by 0.1 voxel (of the smallest side). Far above the rounding of NIfTI headers written
+#: by different tools, far below a shift or drift of one voxel across a 512-voxel scan.
+GEOMETRY_TOLERANCE = {"spacing": 1e-3, "direction": 1e-3, "origin_voxels": 0.1}
+
+#: EXIF orientation tag values (what a viewer does to the stored pixels before showing them).
+_EXIF_ORIENTATIONS = {2: "mirrored", 3: "rotated 180 degrees", 4: "flipped upside down", 5: "transposed",
+                      6: "rotated 90 degrees clockwise", 7: "transversed", 8: "rotated 90 degrees counter-clockwise"}
 
 Datalist = Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]]
 
@@ -64,6 +82,7 @@ class _File:
     values: np.ndarray | None = None  # mask values (unique), or None
     grey_fraction: float = 0.0
     channels: int = 1  # of a volume: the size of the 4th axis (MSD stores modalities there)
+    affine: np.ndarray | None = None  # of a volume: voxel index -> world mm (4 x 4)
 
 
 class _Unusable(Exception):
@@ -80,7 +99,27 @@ def _open_picture(path: str) -> Image.Image:
     if MAX_PIXELS and image.width * image.height > MAX_PIXELS:
         raise _Unusable(f"too large to read safely ({image.width} x {image.height} pixels, limit "
                         f"{MAX_PIXELS} pixels); downsample it first")
+    _exif_orientation(image)
     return image
+
+
+def _exif_orientation(image: Image.Image) -> None:
+    """Refuses a picture whose EXIF orientation tag is not 1 (as stored).
+
+    Viewers (and annotation tools) show such a picture rotated or mirrored, while every reader here, like
+    MONAI's ``PILReader``, uses the stored pixels. Whether its mask was drawn on the stored or the displayed
+    pixels cannot be told from the files, so the tag is neither applied nor ignored: the file is refused, an
+    image or a mask alike, and the user re-saves both in one orientation.
+    """
+    try:
+        orientation = image.getexif().get(0x0112, 1)  # ExifTags.Base.Orientation
+    except Exception:  # a broken EXIF block: the pixels still decode, and nothing says they are turned
+        return
+    if orientation not in (None, 1):
+        shown = _EXIF_ORIENTATIONS.get(orientation, "an invalid value")
+        raise _Unusable(f"has EXIF orientation {orientation} (viewers show it {shown}), but it is read as stored, "
+                        f"so which way its mask was drawn is unknown: save the image and its mask the way they "
+                        f"were drawn, without the tag (e.g. PIL.ImageOps.exif_transpose, then save)")
 
 
 def _read_picture(path: str, is_mask: bool) -> _File:
@@ -88,6 +127,9 @@ def _read_picture(path: str, is_mask: bool) -> _File:
     ``MaskToClassIdsd`` sees them (max over colour channels, alpha ignored)."""
     with _open_picture(path) as image:
         shape = (image.height, image.width)
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:  # the readers would take the first frame and drop the others
+            raise _Unusable(f"has {frames} frames (an animation or a multi-page file); give one picture per file")
         try:
             if not is_mask and image.format == "JPEG":
                 image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))  # still reads every byte
@@ -112,7 +154,8 @@ def _read_volume(path: str, is_mask: bool) -> _File:
     import nibabel as nib  # only needed for volumes
 
     try:
-        data = np.asanyarray(nib.load(path).dataobj)
+        volume = nib.load(path)
+        data, affine = np.asanyarray(volume.dataobj), np.asarray(volume.affine, dtype=np.float64)
     except Exception as err:
         raise _Unusable(f"unreadable or truncated volume ({type(err).__name__}: {err})") from err
     if not is_mask and np.issubdtype(data.dtype, np.floating):
@@ -122,19 +165,59 @@ def _read_volume(path: str, is_mask: bool) -> _File:
     if is_mask:
         if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
             raise _Unusable("the label volume has NaN or Inf values")
-        return _File(tuple(data.shape[:3]), np.unique(data))
+        if data.ndim > 3 and data[0, 0, 0].size > 1:  # training would read the extra axis as channels
+            raise _Unusable(f"the label volume has {data[0, 0, 0].size} channels (shape {' x '.join(map(str, data.shape))}); "
+                            f"a label holds one class id per voxel")
+        return _File(tuple(data.shape[:3]), np.unique(data), affine=affine)
     if data.ndim < 3:
         return _File(tuple(data.shape))
-    return _File(tuple(data.shape[:3]), channels=int(np.prod(data.shape[3:], dtype=np.int64)))
+    return _File(tuple(data.shape[:3]), channels=int(np.prod(data.shape[3:], dtype=np.int64)), affine=affine)
+
+
+def _geometry_problem(label: np.ndarray, image: np.ndarray) -> str | None:
+    """How a label volume's voxel grid differs from its image's, or None (within :data:`GEOMETRY_TOLERANCE`).
+
+    Args:
+        label, image: the volumes' affines (4 x 4, voxel index -> world mm), as nibabel reads them.
+    """
+    import nibabel as nib
+
+    def parts(affine: np.ndarray) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        return "".join(nib.aff2axcodes(affine)), spacing, affine[:3, :3] / spacing, affine[:3, 3]
+
+    def mm(values: np.ndarray) -> str:
+        return " x ".join(f"{v:.4g}" for v in values)
+
+    (l_axes, l_spacing, l_dirs, l_origin), (i_axes, i_spacing, i_dirs, i_origin) = parts(label), parts(image)
+    found = []
+    if l_axes != i_axes:
+        found.append(f"orientation {l_axes}, the image's {i_axes} (an axis is flipped or swapped)")
+    elif np.abs(l_dirs - i_dirs).max() > GEOMETRY_TOLERANCE["direction"]:
+        angle = np.degrees(np.arccos(np.clip(((l_dirs * i_dirs).sum(axis=0)).min(), -1, 1)))
+        found.append(f"axes rotated by {angle:.2g} degrees from the image's")
+    if np.abs(l_spacing / i_spacing - 1).max() > GEOMETRY_TOLERANCE["spacing"]:
+        found.append(f"spacing {mm(l_spacing)} mm, the image's {mm(i_spacing)} mm")
+    shift = float(np.linalg.norm(l_origin - i_origin))
+    if shift > GEOMETRY_TOLERANCE["origin_voxels"] * i_spacing.min():
+        found.append(f"origin {shift:.3g} mm from the image's")
+    if not found:
+        return None
+    return (f"label geometry differs from its image's: {'; '.join(found)}. Voxels are paired by index, so the "
+            f"label would be used mirrored or shifted: resample it onto the image's grid (e.g. MONAI "
+            f"ResampleToMatch) or export both from the same scan")
 
 
 def _read(path: str, spatial_dims: int, is_mask: bool) -> _File:
     kind = _kind(path)
     what = "mask" if is_mask else "image"
+    problem = path_problem(path)
+    if problem:
+        raise _Unusable(f"{what} file {problem}")
+    if os.path.getsize(path) == 0:
+        raise _Unusable(f"{what} file is empty (0 bytes)")
     if kind is None:
         raise _Unusable(f"not a supported {what} file (expected one of {', '.join(IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)})")
-    if not Path(path).is_file():
-        raise _Unusable(f"{what} file does not exist")
     if kind == "picture" and spatial_dims == 3:
         raise _Unusable(f"a 2D {what}, but this config segments 3D volumes (spatial_dims=3): give .nii/.nii.gz volumes")
     if kind == "volume" and spatial_dims == 2:
@@ -189,13 +272,16 @@ def validate_datalist(datalist: Datalist, num_classes: int = 2, spatial_dims: in
         spatial_dims: 2 for PNG/JPEG/... pictures, 3 for NIfTI volumes.
         unique_stems: also report two images with the same file stem (inference names its outputs by stem).
         in_channels: the network's input channels; a volume with another number of channels is reported
-            (pictures are converted to the configured channels by the transforms).
+            (pictures are read with the configured channels, grey for 1 and RGB for 3; other numbers raise
+            ``ValueError`` at once, see :func:`~.readers.check_picture_channels`).
 
     Returns:
         the problems, in datalist order; empty when the data can be used.
     """
     if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        raise ConfigValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    if spatial_dims == 2 and in_channels is not None:
+        check_picture_channels(in_channels)
     entries = _entries(datalist)
     if not entries:
         return [DatasetProblem("datalist", "no cases to use")]
@@ -204,10 +290,11 @@ def validate_datalist(datalist: Datalist, num_classes: int = 2, spatial_dims: in
     done: set[str] = set()
     stems: dict[str, str] = {}
     for where, entry in entries:
-        image = str(entry.get("image", ""))
-        if not image:
-            problems.append(DatasetProblem(where, f"entry has no 'image': {dict(entry)}"))
+        entry_error = entry_problem(entry, spatial_dims)
+        if entry_error:
+            problems.append(DatasetProblem(where, entry_error))
             continue
+        image = str(entry["image"])
         split = where.split("[")[0]  # the same case in training and validation is allowed (e.g. MONAI Label)
         if (split, image) in seen:
             problems.append(DatasetProblem(image, f"listed twice ({seen[split, image]} and {where})"))
@@ -250,6 +337,10 @@ def _validate_case(image: str, label: str | None, num_classes: int, spatial_dims
         axes = "height x width" if len(mask.shape) == 2 else "shape"
         problems.append(DatasetProblem(label, f"mask {axes} {' x '.join(map(str, mask.shape))} differs from its "
                                               f"image's {' x '.join(map(str, picture.shape))} ({image})"))
+    if picture is not None and picture.affine is not None and mask.affine is not None:
+        geometry = _geometry_problem(mask.affine, picture.affine)
+        if geometry:
+            problems.append(DatasetProblem(label, f"{geometry} (image {image})"))
     value_problem = _mask_value_problem(mask, num_classes)
     if value_problem:
         problems.append(DatasetProblem(label, value_problem))
@@ -295,7 +386,8 @@ def screen_images(datalist: Sequence[Mapping[str, Any]], spatial_dims: int = 2,
     an earlier run is removed). Raises ``DatasetError`` only when no image is usable."""
     problems = validate_datalist(datalist, spatial_dims=spatial_dims, unique_stems=True, in_channels=in_channels)
     bad = {p.path for p in problems}
-    good = [dict(entry) for entry in datalist if str(entry.get("image")) not in bad]
+    good = [dict(entry) for where, entry in _entries(datalist)
+            if where not in bad and str(entry.get("image")) not in bad]
     for problem in problems:
         logger.error("skipping %s", problem)
     if report_file is not None:
@@ -303,7 +395,8 @@ def screen_images(datalist: Sequence[Mapping[str, Any]], spatial_dims: int = 2,
         if problems:
             report.parent.mkdir(parents=True, exist_ok=True)
             report.write_text(json.dumps([{"image": p.path, "problem": p.message} for p in problems], indent=4))
-        elif report.is_file():
+            record(report.parent, [report])
+        elif is_ours(report):  # a stale report of an earlier run (never a file of the user's)
             report.unlink()
     if not good:
         raise DatasetError(problems or [DatasetProblem("datalist", "no images to segment")])
@@ -331,5 +424,5 @@ def validate_dataset(dataset_dir: str | os.PathLike, num_classes: int = 2, spati
             return validate_datalist(lists, num_classes, spatial_dims, in_channels=in_channels), len(_entries(lists))
         items = find_images(root)
         return validate_datalist(items, num_classes, spatial_dims, True, in_channels), len(items)
-    except DatasetError as err:
-        return err.problems or [DatasetProblem(str(root), str(err))], 0
+    except DatasetError as err:  # its message names the file already
+        return err.problems or [DatasetProblem(str(root), str(err).removeprefix(f"{root}: ").removeprefix(f"{root} "))], 0

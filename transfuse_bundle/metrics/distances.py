@@ -77,7 +77,7 @@ def case_spacing(case: Mapping[str, Any], key: str = "label") -> tuple[list[floa
         given = np.asarray(_floats(case["spacing"]), dtype=np.float64)
         if given.size == 1:
             given = np.repeat(given, spatial_dims)
-        if given.size != spatial_dims or (given <= 0).any():
+        if given.size != spatial_dims or not (np.isfinite(given) & (given > 0)).all():
             raise ValueError(f"datalist 'spacing' {case['spacing']!r} must give {spatial_dims} positive numbers (mm per pixel)")
         return (given * scale).tolist(), "mm"
     source = ""

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..data.prepare import PRANET_SEEN_SETS, PRANET_TEST_SETS, pranet_test_cases
+from ..outputs import claim, record
 from ..tasks import config_files as task_config_files
 from ..tasks import task_names
 from .polyp import TOOLBOX_METRICS
@@ -131,8 +132,11 @@ def run_benchmark(test_dir: str | os.PathLike, bundle_root: str | os.PathLike, o
     for file in config_files:
         if not Path(file).is_file():
             raise FileNotFoundError(f"config file {file!r} does not exist (pass --config_file)")
+    written = [output_dir / name for name in ("datalist.json", "polyp_benchmark.json", "polyp_benchmark.md")]
+    claim(output_dir, written, overwrite=overrides.get("overwrite", False))  # the evaluation checks eval/ itself
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "datalist.json").write_text(json.dumps({"test": cases}, indent=2))
+    record(output_dir, written[:1])
     logger.info("evaluating %d images of %s; missing: %s", len(cases), ", ".join(dict.fromkeys(c["dataset"] for c in cases)),
                 ", ".join(missing) or "none")
     evaluation = output_dir / "eval"
@@ -144,5 +148,6 @@ def run_benchmark(test_dir: str | os.PathLike, bundle_root: str | os.PathLike, o
              "evaluation_report": str(evaluation)}
     (output_dir / "polyp_benchmark.json").write_text(json.dumps(table, indent=2))
     (output_dir / "polyp_benchmark.md").write_text(benchmark_markdown(table))
+    record(output_dir, written[1:])
     return table
 

@@ -60,11 +60,14 @@ from skimage.morphology import dilation, disk
 from skimage.segmentation import find_boundaries
 
 from ..data.datalist import file_stem
+from ..outputs import record
+from ..utils import flag
 from .distances import DEFAULT_NSD_TOLERANCE, GEOMETRY_EXTENSIONS, case_spacing, engine_cases
 from .empty import DISTANCE, EMPTY_KINDS, EMPTY_POLICY, OVERLAP, apply_empty_policy, empty_kind, empty_masks, max_distance
 from .polyp import TOOLBOX_METRICS, require_pysodmetrics, toolbox_case, toolbox_summary
 
-__all__ = ["SegmentationReport", "overlay_contours", "DEFAULT_METRIC_NAMES", "volume_slices_to_show"]
+__all__ = ["SegmentationReport", "overlay_contours", "DEFAULT_METRIC_NAMES", "volume_slices_to_show", "REPORT_FILES",
+           "report_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +82,19 @@ ISIC_JACCARD_THRESHOLD = 0.65
 #: per-class metrics of metrics.json / per_case.csv, in order (the summary key is ``mean_<k>`` for dice, iou).
 CLASS_METRICS = ("dice", "iou", "accuracy", "sensitivity", "specificity", "thresholded_jaccard", "hd95", "asd", "nsd")
 
+#: what :class:`SegmentationReport` writes into its ``output_dir`` (paths and glob patterns).
+REPORT_FILES = ("metrics.json", "per_case.csv", "summary.md", "overlays/*.png")
+
 GT_COLOUR = (0, 255, 0)
 PRED_COLOUR = (255, 0, 0)
+
+
+def report_files(*metric_groups: Mapping[str, object]) -> list[str]:
+    """Every file an evaluation writes into its ``output_dir``: :data:`REPORT_FILES`, and MONAI
+    ``MetricsSaver``'s ``metrics.csv``, ``<metric>_raw.csv`` and ``<metric>_summary.csv`` for each metric
+    named in ``metric_groups`` (the evaluator's ``key_val_metric`` and ``additional_metrics`` dicts)."""
+    names = [name for group in metric_groups for name in group]
+    return [*REPORT_FILES, "metrics.csv", *(f"{name}_{kind}.csv" for name in names for kind in ("raw", "summary"))]
 
 
 def overlay_contours(image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -180,7 +194,7 @@ class SegmentationReport:
         self.class_names = list(class_names)
         self.metric_names = dict(metric_names or DEFAULT_METRIC_NAMES)
         self.num_overlays = int(num_overlays)
-        self.polyp_metrics = bool(polyp_metrics)
+        self.polyp_metrics = flag(polyp_metrics, "polyp_metrics")  # "--polyp_metrics false" is a string
         max_distance((1,), None, empty_distance)  # a bad value fails when the config is parsed
         self.empty_distance = empty_distance
         self.nsd_tolerance = float(nsd_tolerance)
@@ -278,12 +292,17 @@ class SegmentationReport:
             return
         stem = self._overlay_stem(source)
         if gt.ndim == 2:
-            Image.fromarray(overlay_contours(image, gt, pred)).save(folder / f"{stem}.png")
+            self._save_picture(overlay_contours(image, gt, pred), folder / f"{stem}.png")
             return
         for k in volume_slices_to_show(gt, pred):
             # shown with the second voxel axis as rows, as nibabel / ITK-SNAP show an axial slice
             picture = overlay_contours(_to_uint8_rgb(image[..., k].T), gt[..., k].T, pred[..., k].T)
-            Image.fromarray(picture).save(folder / f"{stem}_slice{k:03d}.png")
+            self._save_picture(picture, folder / f"{stem}_slice{k:03d}.png")
+
+    def _save_picture(self, picture: np.ndarray, path: Path) -> None:
+        """Writes an ``(H, W, 3)`` uint8 picture and records it as this package's (see :mod:`transfuse_bundle.outputs`)."""
+        Image.fromarray(picture).save(path)
+        record(self.output_dir, [path])
 
     def _class_names(self, num_foreground: int) -> list[str]:
         names = self.class_names[1:]
@@ -366,6 +385,7 @@ class SegmentationReport:
         (self.output_dir / "metrics.json").write_text(json.dumps(summary, indent=4))
         self._write_csv(tables, names)
         (self.output_dir / "summary.md").write_text(self._summary_markdown(tables, names, summary))
+        record(self.output_dir, [self.output_dir / name for name in ("metrics.json", "per_case.csv", "summary.md")])
         logger.info("evaluation report for %d cases written to %s: mean_dice %s", len(self._files), self.output_dir, summary["mean_dice"])
 
     def _write_csv(self, tables: dict[str, np.ndarray], names: list[str]) -> None:
