@@ -6,11 +6,12 @@ with one ``output_dir`` the same report. The configs therefore call :func:`lock_
 folders after their checks and before any work; a second run is refused in one line that names the folder
 and the process holding it.
 
-The lock is an OS file lock (``flock``) on ``FOLDER/.transfuse-run.lock``, which the kernel releases when the
-process ends however it ends (``kill -9`` included): a lock file left behind by a dead run blocks nothing.
-The file is removed at a normal exit. The lock belongs to the process, so locking a folder that this
-process holds already is a no-op (several workflows run one after the other in one Python process). On
-systems without ``fcntl`` (Windows) folders are not locked.
+The lock is an OS file lock (``flock``) on the folder itself, which the kernel releases when the process ends
+however it ends (``kill -9`` included): nothing is written into the folder for it, so nothing is left behind
+to block a later run or to show up among the outputs. The holder's pid comes from ``/proc/locks`` (Linux;
+elsewhere the message has no pid). The lock belongs to the process, so locking a folder that this process
+holds already is a no-op (several workflows run one after the other in one Python process). Where folders
+cannot be locked (Windows, a network file system without ``flock`` on folders) the runs are not locked.
 """
 
 from __future__ import annotations
@@ -29,60 +30,55 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-__all__ = ["LOCK_NAME", "PARTIAL_SUFFIX", "lock_folders", "locked_folders", "release_folders"]
+__all__ = ["PARTIAL_SUFFIX", "lock_folders", "locked_folders", "release_folders"]
 
-LOCK_NAME = ".transfuse-run.lock"
-#: :func:`transfuse_bundle.handlers.save_atomically` writes ``.NAME.XXXXXXXX.partial`` next to its target first
+#: :func:`transfuse_bundle.handlers.save_atomically` writes ``.NAME.PID-XXXXXXXX.partial`` next to its target first
 PARTIAL_SUFFIX = ".partial"
 
 logger = logging.getLogger(__name__)
 
-# real path of a locked folder -> (descriptor of its lock file, the lock file, the pid that locked it)
-_held: dict[str, tuple[int, Path, int]] = {}
+# real path of a locked folder -> (descriptor of the open folder, the pid that locked it)
+_held: dict[str, tuple[int, int]] = {}
 
 
 def _holder(fd: int) -> str:
-    """`` (pid N)`` from a lock file's content, or ``""`` while the holder has not written it yet."""
-    words = os.pread(fd, 64, 0).split()
-    return f" (pid {int(words[0])})" if words and words[0].isdigit() else ""
+    """`` (pid N)``: the process holding the flock on the folder open as ``fd`` (``/proc/locks``), or ``""``."""
+    st = os.fstat(fd)
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as locks:
+            for line in locks:  # "1: FLOCK  ADVISORY  WRITE 4711 fe:00:2146775 0 EOF"
+                words = line.split()
+                if len(words) > 5 and words[1] == "FLOCK" and words[5] == where:
+                    return f" (pid {words[4]})"
+    except OSError:
+        pass
+    return ""
 
 
 def _lock(folder: Path) -> None:
-    lock_path = folder / LOCK_NAME
     if folder.exists() and not folder.is_dir():
         raise NotAFolderError(f"{folder}: is a file, not a folder; give this run a folder (--bundle_root, --output_dir)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _holder(fd)
-                os.close(fd)
-                raise FolderInUseError(
-                    f"{folder}: another run{holder} is writing into this folder; wait for it to finish, or give "
-                    f"this run another folder (--bundle_root, --output_dir)"
-                ) from None
-            # a holder that ended between our open and our lock removed the file: lock the one that is there now
-            try:
-                current = os.stat(lock_path)
-            except FileNotFoundError:
-                current = None
-            opened = os.fstat(fd)
-            if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
-                break
-            os.close(fd)
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError:
-            os.close(fd)  # unlocks
-            raise
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:  # read-only or missing permissions: say so before any work, in one line
         raise UserInputError(f"{folder}: cannot write into this folder ({e.strerror}); give this run a writable "
                              f"folder (--bundle_root, --output_dir)") from None
-    _held[os.path.realpath(folder)] = (fd, lock_path, os.getpid())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise FolderInUseError(
+            f"{folder}: another run{holder} is writing into this folder; wait for it to finish, or give this run "
+            f"another folder (--bundle_root, --output_dir)"
+        ) from None
+    except OSError as e:  # no flock on folders here: run unlocked rather than refuse
+        os.close(fd)
+        logger.debug("%s cannot be locked (%s); running without the lock", folder, e)
+        return
+    _held[os.path.realpath(folder)] = (fd, os.getpid())
     # only the lock holder writes here, so a temporary file of an atomic save is what a killed run left behind
     for stale in folder.glob(f".*{PARTIAL_SUFFIX}"):
         if stale.is_file():
@@ -137,13 +133,12 @@ def locked_folders(folders: str | os.PathLike | Sequence[str | os.PathLike]) -> 
 
 
 def release_folders(folders: Sequence[str] | None = None) -> None:
-    """Unlocks the folders this process locked (all by default, as at exit) and removes their lock files."""
+    """Unlocks the folders this process locked (all by default, as at exit)."""
     for key in list(_held) if folders is None else [os.path.realpath(f) for f in folders]:
-        fd, lock_path, pid = _held.get(key, (None, None, None))
+        fd, pid = _held.get(key, (None, None))
         if fd is None or pid != os.getpid():  # a forked child (a DataLoader worker) leaves its parent's lock alone
             continue
         del _held[key]
-        lock_path.unlink(missing_ok=True)  # before unlocking: a waiting run then sees a new file and locks that one
         os.close(fd)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .bundle_folder import BundleFolderError, check_weights_fit, copy_bundle, write_initial_weights
-from .locking import LOCK_NAME, locked_folders
+from .locking import locked_folders
 from .utils import WeightsFileError, load_weights
 
 __all__ = [
@@ -90,12 +90,12 @@ def ensure_app(app_dir: str | os.PathLike, python: str | None = None, active_lea
     app_dir = _app_folder(app_dir)
     stock = None
     if not (app_dir / "main.py").is_file():
-        if app_dir.exists() and any(p.name != LOCK_NAME for p in app_dir.iterdir()):
+        if app_dir.exists() and any(app_dir.iterdir()):
             raise BundleFolderError(f"{app_dir} exists but has no main.py: not a MONAI Label app folder")
         with tempfile.TemporaryDirectory() as tmp:
             copied = _copy_stock_app(Path(tmp), python)
             stock = (copied / "main.py").read_text()
-            shutil.copytree(copied, app_dir, dirs_exist_ok=True)  # the folder may exist, empty or locked
+            shutil.copytree(copied, app_dir, dirs_exist_ok=True)  # the folder may exist, empty (install_bundle's lock made it)
     (app_dir / "model").mkdir(exist_ok=True)  # the copy has none; the app looks for local bundles there
     if active_learning:
         _make_active_learning_app(app_dir, python, stock)
