@@ -128,6 +128,16 @@ def test_synthetic_dataset_is_deterministic_and_reused(tmp_path: Path):
         synthetic_dataset(tmp_path / "bad", num_cases=3, num_validation=2, num_test=2)
 
 
+def test_synthetic_dataset_where_it_cannot_be_written_is_one_dataset_error(tmp_path: Path):
+    """A bundle_root that is a file, or a folder in the way: the refusal names the folder (not an OSError traceback)."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DatasetError, match=f"^{tmp_path / 'file' / 'syn'}: cannot write the synthetic dataset here"):
+        synthetic_dataset(tmp_path / "file" / "syn", num_cases=8, num_validation=2, num_test=2, size=(40, 56))
+    (tmp_path / "syn" / "other").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=f"^{tmp_path / 'syn'}: exists without a datalist.json"):
+        synthetic_dataset(tmp_path / "syn", num_cases=8, num_validation=2, num_test=2, size=(40, 56))
+
+
 def test_train_config_does_not_upsample_the_synthetic_data(tmp_path: Path):
     """The synthetic datalist declares its images' size; train.json resizes to it (rounded up to the network's
     multiple of 16) when it is smaller than image_size, so the default training is not 4x the pixels it needs;

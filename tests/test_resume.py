@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Engine
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
 
 from transfuse_bundle.data import write_datalist
 from transfuse_bundle.handlers import GradientClipping, TrainingCheckpoint, every_rank_handlers, save_atomically
+from transfuse_bundle.locking import lock_folders, release_folders
 from transfuse_bundle.networks import TransFuse
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,30 +73,57 @@ def _load_complete(path: Path) -> int:
 def test_save_atomically_never_exposes_a_partial_file(tmp_path):
     """A writer process saves in a loop; this process loads the file while it is being replaced, then SIGKILLs
     the writer in the middle of a save. Every load must give a complete file (with a plain ``torch.save`` in
-    the writer, most of these loads fail)."""
-    target, partial = tmp_path / "checkpoint.pt", tmp_path / ".checkpoint.pt.partial"
+    the writer, most of these loads fail). The next run that locks the folder removes the killed save's
+    temporary file (a 300 MB checkpoint's, in a real training)."""
+    target = tmp_path / "checkpoint.pt"
     save_atomically({"step": 0, "values": torch.zeros(1_000_000)}, target)
     # fork: the writer starts at once, with torch already imported
     writer = multiprocessing.get_context("fork").Process(target=_save_forever, args=(target,), daemon=True)
     writer.start()
+    partials = lambda: list(tmp_path.glob(".checkpoint.pt.*.partial"))  # noqa: E731
     try:
         steps, deadline = set(), time.monotonic() + 60
         while len(steps) < 20 and time.monotonic() < deadline:  # loads racing the writer's replacements
             steps.add(_load_complete(target))
         assert len(steps) >= 20 and writer.is_alive()
         for _ in range(3):  # kill inside a save: the temporary file is being written
-            while not partial.exists():
+            while not partials():
                 time.sleep(0.0005)
             os.kill(writer.pid, signal.SIGSTOP)
-            if partial.exists():
+            if partials():
                 break
             os.kill(writer.pid, signal.SIGCONT)
-        assert partial.exists()
+        assert partials()
     finally:
         writer.kill()
         writer.join(timeout=30)
     _load_complete(target)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".checkpoint.pt.partial", "checkpoint.pt"]  # one temp name, reused
+    assert len(partials()) == 1 and sorted(p.name for p in tmp_path.iterdir()) == sorted([partials()[0].name, "checkpoint.pt"])
+    lock_folders(tmp_path)
+    release_folders([tmp_path])
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def _save_steps(path: Path, count: int) -> None:
+    for step in range(count):
+        save_atomically({"step": step, "values": torch.from_numpy(np.full(250_000, step, dtype=np.float32))}, path)
+
+
+def test_concurrent_saves_of_one_file_never_collide(tmp_path):
+    """Two processes save the same file 40 times each (two runs that were not stopped by the folder lock, or
+    ranks that all save). With one shared temporary name, a saver truncates or moves the other's temporary file:
+    ``os.replace`` raises ``FileNotFoundError`` or a torn file is swapped in."""
+    target = tmp_path / "model.pt"
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_save_steps, args=(target, 40)) for _ in range(2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=300)
+    assert [writer.exitcode for writer in writers] == [0, 0]
+    checkpoint = torch.load(target, weights_only=True)
+    assert bool((checkpoint["values"] == checkpoint["step"]).all())
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left behind
 
 
 # --- resume ----------------------------------------------------------------------------------------------------
@@ -110,6 +139,19 @@ def test_resume_without_checkpoint_fails_before_any_work(kvasir, tmp_path):
     assert isinstance(error.value.__cause__, FileNotFoundError)
     assert f"{tmp_path}/models/checkpoint.pt' does not exist" in str(error.value.__cause__)
     assert not (tmp_path / "models").exists()
+
+
+def test_resuming_a_finished_training_says_there_is_nothing_left(tmp_path, caplog):
+    """--resume true on a checkpoint at max_epochs: ignite ends the run at once; the log says why."""
+    network = torch.nn.Linear(2, 1)
+    path = tmp_path / "checkpoint.pt"
+    for resume in (False, True):
+        engine = Engine(lambda engine, batch: None)
+        TrainingCheckpoint(path, {"network": network}, resume=resume).attach(engine)
+        with caplog.at_level("WARNING"):
+            engine.run([0, 1], max_epochs=1)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{path} is at epoch 1 of max_epochs 1: nothing left to train (raise --max_epochs to train on)"]
 
 
 def test_ddp_ranks_other_than_0_run_the_handlers_that_keep_them_in_step(kvasir, tmp_path):

@@ -99,6 +99,8 @@ def test_load_weights_reads_state_dicts_and_refuses_other_content(tmp_path):
         assert str(tmp_path / name) in str(err.value) and expected_message in str(err.value), str(err.value)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         require_weights(tmp_path / "missing.pt", "trained weights")
+    with pytest.raises(FileNotFoundError, match=f"'{tmp_path}' is a folder, not a file"):  # --ckpt_path DIR
+        require_weights(tmp_path, "trained weights")
 
 
 @pytest.mark.slow

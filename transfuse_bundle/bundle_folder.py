@@ -29,6 +29,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .errors import UserInputError
 from .tasks import CHAINS, TaskError, config_files, task_dir
 
 __all__ = [
@@ -55,7 +56,7 @@ MODEL_FILES = ("model.pt", "model.ts", "model.onnx", "large_files.yml")
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".DS_Store")
 
 
-class BundleFolderError(RuntimeError):
+class BundleFolderError(UserInputError, RuntimeError):
     """A bundle folder cannot be made; the message names the file or folder and the problem."""
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -14,6 +16,7 @@ from ignite.handlers import ProgressBar as _IgniteProgressBar
 from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
 
+from transfuse_bundle.locking import PARTIAL_SUFFIX
 from transfuse_bundle.utils import flag, load_checkpoint, raise_misfit
 
 __all__ = [
@@ -78,17 +81,24 @@ def save_atomically(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` so that ``path`` is always either the previous file or the complete new one.
 
     The bytes go to a hidden temporary file in the same folder, are flushed to disk (``fsync``), then
-    ``os.replace`` swaps it in, which is atomic on POSIX and Windows within one file system. A process
-    killed at any moment leaves at worst a stale ``.NAME.partial`` that the next save overwrites.
+    ``os.replace`` swaps it in, which is atomic on POSIX and Windows within one file system. The temporary
+    name is unique (``.NAME.PID-XXXXXXXX.partial``), so two savers never write into or move each other's file.
+    It is removed when the save fails; a process killed at any moment leaves at worst a stale one, which
+    the next run that locks the folder removes (:func:`transfuse_bundle.locking.lock_folders`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "wb") as file:
-        torch.save(obj, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+    try:  # O_EXCL: never another saver's file; mode 0o666 less the umask, as open() gives the file it replaces
+        with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # the save's own error is the one to report
+            partial.unlink()
+        raise
 
 
 def _unwrap(module: Any) -> Any:
@@ -224,8 +234,17 @@ class TrainingCheckpoint:
         if self.resume:
             # map to CPU: load_state_dict copies onto each object's own device (every DDP rank loads the rank-0 file)
             CheckpointLoader(str(self.path), objects, map_location="cpu").attach(engine)
+            engine.add_event_handler(Events.STARTED, self._say_if_finished)
         saver = Checkpoint(objects, AtomicDiskSaver(self.path), filename_pattern=self.path.name, n_saved=1)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), saver)
+
+
+    def _say_if_finished(self, engine: Engine) -> None:
+        """After the restore: a checkpoint already at ``max_epochs`` leaves nothing to train, which would
+        otherwise pass in silence (ignite just ends the run)."""
+        if engine.state.epoch >= engine.state.max_epochs:
+            engine.logger.warning(f"{self.path} is at epoch {engine.state.epoch} of max_epochs {engine.state.max_epochs}: "
+                                  f"nothing left to train (raise --max_epochs to train on)")
 
 
 def every_rank_handlers(handlers: list) -> list:

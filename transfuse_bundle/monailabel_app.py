@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .bundle_folder import BundleFolderError, check_weights_fit, copy_bundle, write_initial_weights
+from .locking import locked_folders
 from .utils import WeightsFileError, load_weights
 
 __all__ = [
@@ -86,9 +87,7 @@ def ensure_app(app_dir: str | os.PathLike, python: str | None = None, active_lea
             ``main.py`` are written. A ``main.py`` that is neither the wheel's nor ours is refused rather than
             replaced. ``False`` leaves ``main.py`` as it is (a new app is then the stock one).
     """
-    app_dir = Path(app_dir).resolve()
-    if app_dir.exists() and not app_dir.is_dir():
-        raise BundleFolderError(f"{app_dir} is a file, not a MONAI Label app folder: pass a folder (made if missing)")
+    app_dir = _app_folder(app_dir)
     stock = None
     if not (app_dir / "main.py").is_file():
         if app_dir.exists() and any(app_dir.iterdir()):
@@ -96,13 +95,18 @@ def ensure_app(app_dir: str | os.PathLike, python: str | None = None, active_lea
         with tempfile.TemporaryDirectory() as tmp:
             copied = _copy_stock_app(Path(tmp), python)
             stock = (copied / "main.py").read_text()
-            app_dir.parent.mkdir(parents=True, exist_ok=True)
-            if app_dir.exists():
-                app_dir.rmdir()
-            shutil.copytree(copied, app_dir)
+            shutil.copytree(copied, app_dir, dirs_exist_ok=True)  # the folder may exist, empty (install_bundle's lock made it)
     (app_dir / "model").mkdir(exist_ok=True)  # the copy has none; the app looks for local bundles there
     if active_learning:
         _make_active_learning_app(app_dir, python, stock)
+    return app_dir
+
+
+def _app_folder(app_dir: str | os.PathLike) -> Path:
+    """``app_dir`` resolved, unless it is a file (refused)."""
+    app_dir = Path(app_dir).resolve()
+    if app_dir.exists() and not app_dir.is_dir():
+        raise BundleFolderError(f"{app_dir} is a file, not a MONAI Label app folder: pass a folder (made if missing)")
     return app_dir
 
 
@@ -168,6 +172,9 @@ def install_bundle(
         init_weights: when the bundle ends up without ``models/model.pt``, write untrained weights of the
             task's network (MONAI Label skips a bundle without weights; train it through ``/train``).
         active_learning: as for :func:`ensure_app` (the app, not the bundle folder, changes).
+
+    The app folder is locked while this runs (:func:`~transfuse_bundle.locking.locked_folders`): a second
+    install into the same app, from another process, is refused instead of racing on the app's files.
     """
     lowered = name.lower()
     if not name or os.sep in name or name.startswith("."):
@@ -182,26 +189,27 @@ def install_bundle(
             load_weights(weights, "weights to serve")
         except WeightsFileError as e:
             raise BundleFolderError(str(e)) from None
-    app = ensure_app(app_dir, active_learning=active_learning)
-    target = app / "model" / name
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise BundleFolderError(f"{target} exists and is not empty (pass overwrite=True / --overwrite)")
-    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=app / "model") as staging:
-        bundle = copy_bundle(Path(staging) / name, task=task, overrides=overrides, weights=weights,
-                             include_models=include_models)
-        if (bundle / "models" / "model.pt").is_file():
-            check_weights_fit(bundle, bundle / "models" / "model.pt")
-        elif not (bundle / "models" / "model.ts").is_file():
-            if not init_weights:
-                raise BundleFolderError(
-                    f"{bundle.parent.parent / name / 'models'} would have no model.pt: train the bundle first, "
-                    f"pass weights, or ask for untrained weights (init_weights=True / --init-weights)"
-                )
-            write_initial_weights(bundle)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(bundle, target)
-    return target
+    with locked_folders(_app_folder(app_dir)):  # the app folder's lock, held until the install is done
+        app = ensure_app(app_dir, active_learning=active_learning)
+        target = app / "model" / name
+        if target.exists() and any(target.iterdir()) and not overwrite:
+            raise BundleFolderError(f"{target} exists and is not empty (pass overwrite=True / --overwrite)")
+        with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=app / "model") as staging:
+            bundle = copy_bundle(Path(staging) / name, task=task, overrides=overrides, weights=weights,
+                                 include_models=include_models)
+            if (bundle / "models" / "model.pt").is_file():
+                check_weights_fit(bundle, bundle / "models" / "model.pt")
+            elif not (bundle / "models" / "model.ts").is_file():
+                if not init_weights:
+                    raise BundleFolderError(
+                        f"{bundle.parent.parent / name / 'models'} would have no model.pt: train the bundle first, "
+                        f"pass weights, or ask for untrained weights (init_weights=True / --init-weights)"
+                    )
+                write_initial_weights(bundle)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(bundle, target)
+        return target
 
 
 def server_command(

@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from .errors import NotAFolderError, NotWritableError, UserInputError
 from .utils import flag
 
 __all__ = ["MANIFEST_NAME", "OutputConflictError", "claim", "record", "ours", "is_ours", "saved_files", "RecordOutputs"]
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = ".transfuse_outputs.jsonl"
 
 
-class OutputConflictError(FileExistsError):
+class OutputConflictError(UserInputError, FileExistsError):
     """An output file exists and this package did not write it; the message names it (one line)."""
 
 
@@ -137,7 +138,7 @@ def claim(output_dir: str | os.PathLike, planned: Iterable[str | os.PathLike], o
     overwrite, planned = flag(overwrite, "overwrite"), list(planned)
     folder = Path(output_dir).expanduser()
     if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"output_dir {str(folder)!r} is a file, not a folder: give a folder to write into")
+        raise NotAFolderError(f"output_dir {str(folder)!r} is a file, not a folder: give a folder to write into")
     recorded = _recorded(folder)
     existing = _planned(folder, planned) if folder.is_dir() else []
     folders = [name for name in existing if (folder / name).is_dir()]
@@ -175,12 +176,12 @@ def _check_writable(folder: Path) -> int:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise NotADirectoryError(f"output_dir {str(folder)!r} cannot be created: {str(existing)!r} is a file")
+        raise NotAFolderError(f"output_dir {str(folder)!r} cannot be created: {str(existing)!r} is a file")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
-        raise PermissionError(f"output_dir {str(folder)!r} cannot be written to ({err.strerror or err})") from None
+        raise NotWritableError(f"output_dir {str(folder)!r} cannot be written to ({err.strerror or err})") from None
     try:
         return os.pathconf(existing, "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):  # not every platform says

@@ -30,6 +30,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import UserInputError
+
 __all__ = ["TASK_DIR", "TASK_FILE", "CHAINS", "TaskError", "task_names", "task_dir", "config_files",
            "config_file_option", "commands"]
 
@@ -49,7 +51,7 @@ CHAINS: dict[str, tuple[str, ...]] = {
 TASK_CONFIGS = frozenset(c.removeprefix(_TASK) for chain in CHAINS.values() for c in chain if c.startswith(_TASK))
 
 
-class TaskError(ValueError):
+class TaskError(UserInputError, ValueError):
     """An unknown task or a malformed task folder; the message names the folder or file."""
 
 

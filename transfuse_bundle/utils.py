@@ -18,17 +18,29 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from .errors import ConfigValueError, MissingFileError, NotAFolderError, NotWritableError, UserInputError
+
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["WeightsFileError", "flag", "load_weights", "load_checkpoint", "weights_misfit", "require_file",
+__all__ = ["WeightsFileError", "available_cpus", "flag", "load_weights", "load_checkpoint", "weights_misfit", "require_file",
            "require_weights", "require_checkpoint", "raise_misfit", "require_writable_dir"]
 
 RESAVE_HINT = "re-save it with torch.save(model.state_dict(), path)"
 
 
-class WeightsFileError(ValueError):
+class WeightsFileError(UserInputError, ValueError):
     """A weights file that is refused: pickled Python objects, not a state dict, or unreadable."""
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which containers and ``taskset`` narrow; ``os.cpu_count()``
+    where the OS has none): what PyTorch's ``DataLoader`` compares ``num_workers`` with. The configs' default
+    ``num_workers`` is ``min(4, available_cpus())``, so a 2-CPU machine gets 2 workers and no warning."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def flag(value: bool | str | int, name: str = "option") -> bool:
@@ -40,13 +52,15 @@ def flag(value: bool | str | int, name: str = "option") -> bool:
     words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
     if isinstance(value, str) and value.strip().lower() in words:
         return words[value.strip().lower()]
-    raise ValueError(f"{name} must be true or false, got {value!r}")
+    raise ConfigValueError(f"{name} must be true or false, got {value!r}")
 
 
 def require_file(path: str | os.PathLike, what: str = "file") -> str:
-    """Returns ``path`` if it is an existing file, else raises ``FileNotFoundError`` naming it and ``what``."""
+    """Returns ``path`` if it is an existing file, else raises ``MissingFileError`` (a ``FileNotFoundError``)
+    naming it and ``what``."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{what}: {str(path)!r} does not exist")
+        problem = "is a folder, not a file" if Path(path).is_dir() else "does not exist"
+        raise MissingFileError(f"{what}: {str(path)!r} {problem}")
     return str(path)
 
 
@@ -60,10 +74,10 @@ def require_writable_dir(path: str | os.PathLike, what: str = "output folder") -
         existing = existing.parent
     if not existing.is_dir():
         where = "is a file" if existing == target else f"cannot be created: {existing} is a file"
-        raise NotADirectoryError(f"{what}: {str(path)!r} {where}, not a folder")
+        raise NotAFolderError(f"{what}: {str(path)!r} {where}, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):  # permissions, or a read-only file system (also for root)
         where = "" if existing == target else f" cannot be created: {existing}"
-        raise PermissionError(f"{what}: {str(path)!r}{where} is not writable by this user")
+        raise NotWritableError(f"{what}: {str(path)!r}{where} is not writable by this user")
     return str(path)
 
 

@@ -19,7 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..bundle_folder import BundleFolderError, parse_override
+from ..bundle_folder import parse_override
+from ..errors import UserInputError
 from ..monailabel_app import install_bundle, server_command
 from ..packaging import bundle_name
 from ..tasks import task_names
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         bundle = install_bundle(args.app, name, task=args.task, overrides=dict(args.overrides),
                                 weights=args.weights, init_weights=args.init_weights, overwrite=args.overwrite,
                                 active_learning=not args.stock_app)
-    except (BundleFolderError, ModuleNotFoundError, OSError) as e:  # OSError: an unwritable --app, a full disk
+    except (UserInputError, ModuleNotFoundError, OSError) as e:  # a refused input, the app folder in use, an unwritable --app
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"bundle folder: {bundle}")

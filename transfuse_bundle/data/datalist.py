@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..errors import UserInputError
 from ..outputs import MANIFEST_NAME, ours
 
 __all__ = [
@@ -62,7 +63,7 @@ DATALIST_NAME = "datalist.json"
 logger = logging.getLogger(__name__)
 
 
-class DatasetError(ValueError):
+class DatasetError(UserInputError, ValueError):
     """A dataset folder or datalist that cannot be used; the message names the path and the problem.
 
     ``problems`` holds every :class:`DatasetProblem` found (one line each in the message), so a user

@@ -15,11 +15,15 @@ converter decides how the pixels are decoded:
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from typing import Callable
 
 import numpy as np
 from PIL import Image
+
+from ..errors import ConfigValueError
 
 __all__ = ["LARGE_IMAGE_PIXELS", "MAX_PIXELS", "PICTURE_MODES", "reduced_size", "to_rgb", "to_grey", "to_mask",
            "picture_converter", "check_picture_channels"]
@@ -73,9 +77,9 @@ def to_grey(image: Image.Image, max_pixels: int = LARGE_IMAGE_PIXELS) -> Image.I
 
 def check_picture_channels(in_channels: int) -> int:
     """Returns ``in_channels`` if 2D pictures can be read with that many channels (:data:`PICTURE_MODES`),
-    else raises a one-line ``ValueError`` before any work."""
+    else raises a one-line ``ConfigValueError`` (a ``ValueError``) before any work."""
     if int(in_channels) not in PICTURE_MODES:
-        raise ValueError(f"in_channels={in_channels}: 2D pictures are read as 1 (grey) or 3 (RGB) channels; "
+        raise ConfigValueError(f"in_channels={in_channels}: 2D pictures are read as 1 (grey) or 3 (RGB) channels; "
                          f"use --in_channels 1 or 3 (other channel counts need volumes with that many channels)")
     return int(in_channels)
 
@@ -90,3 +94,16 @@ def to_mask(image: Image.Image, max_pixels: int = LARGE_IMAGE_PIXELS) -> Image.I
     neighbour, so class ids stay class ids). Shapes: ``(W, H)`` -> ``reduced_size((W, H))``, same mode."""
     target = reduced_size(image.size, max_pixels)
     return image if image.size == target else image.resize(target, Image.Resampling.NEAREST)
+
+
+def _hide_dicom_decoder_warnings() -> None:
+    """MONAI's ``LoadImage`` builds every reader it knows, whichever reader it is given; building the DICOM one
+    (``NvImgCodecPydicomReader``) logs a warning and warns that nvImageCodec, a GPU DICOM decoder, is missing,
+    twice per ``LoadImaged`` of a config. The bundle reads pictures and NIfTI volumes, never DICOM, so those
+    two messages say nothing to its users at every start; only they are hidden."""
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").addFilter(
+        lambda record: "nvImageCodec is not available" not in record.getMessage())
+    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register")
+
+
+_hide_dicom_decoder_warnings()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .datalist import DATALIST_NAME
+from .datalist import DATALIST_NAME, DatasetError
 
 __all__ = ["make_synthetic_case", "synthetic_dataset"]
 
@@ -59,6 +59,11 @@ def make_synthetic_case(seed: int, size: tuple[int, int] = (160, 192)) -> tuple[
     return np.clip(image, 0, 255).astype(np.uint8), (mask * 255).astype(np.uint8)
 
 
+def _cannot_write(root: Path, error: OSError) -> str:
+    return (f"{root}: cannot write the synthetic dataset here ({error.strerror or error}); pass --dataset_dir, "
+            f"or a writable --bundle_root")
+
+
 def synthetic_dataset(
     root: str | os.PathLike,
     num_cases: int = 60,
@@ -79,10 +84,13 @@ def synthetic_dataset(
         return str(root_path)
     if num_cases < num_validation + num_test + 1:
         raise ValueError(f"num_cases={num_cases} leaves no training cases after {num_validation} + {num_test}")
-    if root_path.exists() and any(root_path.iterdir()):
-        raise FileExistsError(f"{root_path} exists without a {DATALIST_NAME}; remove it to regenerate the synthetic data")
-    root_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=root_path.parent))
+    if root_path.is_dir() and any(root_path.iterdir()):
+        raise DatasetError(f"{root_path}: exists without a {DATALIST_NAME}; remove it to regenerate the synthetic data")
+    try:
+        root_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=root_path.parent))
+    except OSError as e:  # a read-only or misspelt bundle_root: one line, before any work
+        raise DatasetError(_cannot_write(root_path, e)) from None
     try:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
@@ -106,10 +114,10 @@ def synthetic_dataset(
         if root_path.exists():
             root_path.rmdir()  # an empty folder (checked above)
         os.rename(tmp, root_path)
-    except OSError:
-        if not (root_path / DATALIST_NAME).is_file():  # a real failure, not another process winning the race
+    except OSError as e:
+        if not (root_path / DATALIST_NAME).is_file():  # a real failure (a full disk), not another process winning the race
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            raise DatasetError(_cannot_write(root_path, e)) from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -9,6 +9,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Resize
 from PIL import Image
 
+from ..errors import ConfigValueError
 from .readers import check_picture_channels
 
 __all__ = ["MaskToClassIdsd", "ResizeToSourced", "IMAGENET_MEAN_255", "IMAGENET_STD_255", "imagenet_mean_255",
@@ -59,7 +60,7 @@ class MaskToClassIdsd(MapTransform):
     def __init__(self, keys: KeysCollection, num_classes: int = 2, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         if int(num_classes) < 2:
-            raise ValueError(f"num_classes counts the background too and must be >= 2, got {num_classes}")
+            raise ConfigValueError(f"num_classes counts the background too and must be >= 2, got {num_classes}")
         self.num_classes = int(num_classes)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:

@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from ..errors import ConfigValueError
 from ..outputs import is_ours, record
 from .datalist import (DATALIST_NAME, IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, DatasetError, DatasetProblem, entry_problem,
                        file_stem, find_images, load_datalist, pair_images_and_masks, path_problem)
@@ -278,7 +279,7 @@ def validate_datalist(datalist: Datalist, num_classes: int = 2, spatial_dims: in
         the problems, in datalist order; empty when the data can be used.
     """
     if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        raise ConfigValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
     if spatial_dims == 2 and in_channels is not None:
         check_picture_channels(in_channels)
     entries = _entries(datalist)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from ..errors import ConfigValueError
+
 __all__ = ["SIZE_MULTIPLE", "padded_size", "check_image_size", "check_input_shape"]
 
 SIZE_MULTIPLE = 16  # the ViT patch size and the deepest CNN stride of TransFuse and TransUNet
@@ -38,7 +40,7 @@ def check_image_size(img_size: int | Sequence[int], model: str = "the network", 
                      reason: str = "") -> tuple[int, int]:
     """``img_size`` (an int or ``(H, W)``) as ``(H, W)``, each side a positive multiple of ``multiple``.
 
-    Raises ``ValueError`` naming ``model``, what was given and the padded size to use (``reason``, when
+    Raises ``ConfigValueError`` (a ``ValueError``) naming ``model``, what was given and the padded size to use (``reason``, when
     given, says why in parentheses), e.g. ``TransFuse: img_size must be (H, W) with sides that are
     multiples of 16, got (200, 300); pad or resize to (208, 304)``.
     """
@@ -46,7 +48,7 @@ def check_image_size(img_size: int | Sequence[int], model: str = "the network", 
     if len(size) != 2 or min(size) < 1 or any(s % multiple for s in size):
         why = f" ({reason})" if reason else ""
         hint = f"; pad or resize to {padded_size(size, multiple)}" if len(size) == 2 else ""
-        raise ValueError(f"{model}: img_size must be (H, W) with sides that are multiples of {multiple}{why}, "
+        raise ConfigValueError(f"{model}: img_size must be (H, W) with sides that are multiples of {multiple}{why}, "
                          f"got {img_size!r}{hint}")
     return size  # type: ignore[return-value]
 

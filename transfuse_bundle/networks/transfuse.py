@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigValueError
 from .backbones import ViTEncoder, create_cnn_encoder
 from .blocks import BiFusion, SegmentationHead, Up, init_decoder_weights
 from .sizes import SIZE_MULTIPLE, check_image_size, check_input_shape
@@ -85,13 +86,13 @@ class TransFuse(nn.Module):
     ):
         super().__init__()
         if variant not in VARIANTS:
-            raise ValueError(f"unknown TransFuse variant {variant!r}; choose one of {sorted(VARIANTS)}")
+            raise ConfigValueError(f"unknown TransFuse variant {variant!r}; choose one of {sorted(VARIANTS)}")
         if int(in_channels) < 1 or int(out_channels) < 1:
-            raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels} and {out_channels}")
+            raise ConfigValueError(f"in_channels and out_channels must be >= 1, got {in_channels} and {out_channels}")
         if dropout is not None:
             drop_rate = dropout
         if not 0.0 <= float(drop_rate) < 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+            raise ConfigValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
         spec = VARIANTS[variant]
         cnn_name = cnn_name or spec.cnn
         vit_name = vit_name or spec.vit

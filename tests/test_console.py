@@ -1,0 +1,80 @@
+"""What a user of ``python -m monai.bundle run`` reads: a refusal in one line without MONAI's traceback, a real crash
+with its traceback, and no warning at every start that does not concern them (issue #14).
+
+Each test runs the user's command in a subprocess (the excepthook and the warnings act on a whole process).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pytest
+from conftest import ONE_THREAD, bundle_cli
+from PIL import Image
+
+TINY = ["--image_size", "[32,32]", "--batch_size", "8"]
+TRAIN = ["--config_file", "configs/train.json"]
+EVALUATE = ["--config_file", "['configs/train.json','configs/evaluate.json']"]
+INFERENCE = ["--config_file", "configs/inference.json"]
+
+
+def _env() -> dict:
+    return {**os.environ, **ONE_THREAD}
+
+
+def _refused(*args) -> list[str]:
+    """Runs a bundle command that must be refused; returns the lines it printed to stderr from the first ``error:`` on."""
+    result = bundle_cli(*args, env=_env(), check=False)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "Failed to evaluate" not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    errors = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    return lines[errors[0]:]
+
+
+@pytest.mark.slow
+def test_refusals_print_one_line_and_crashes_keep_their_traceback(tmp_path):
+    bundle = tmp_path / "bundle"
+    # a file the run needs: MONAI wraps our FileNotFoundError in "Failed to evaluate ConfigExpression"
+    assert _refused("run", *EVALUATE, "--bundle_root", bundle, *TINY) == [
+        f"error: trained weights (run training first or pass --ckpt_path): '{bundle}/models/model.pt' does not exist"]
+    # a dataset with several problems: the first line says how many, one line each follows, nothing else
+    data = tmp_path / "data"
+    for folder, stem in (("images", "a"), ("masks", "b")):
+        (data / folder).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(data / folder / f"{stem}.png")
+    lines = _refused("run", "training", *TRAIN, "--bundle_root", bundle, "--dataset_dir", data, *TINY)
+    assert lines[0] == "error: 2 problems:" and len(lines) == 3
+    assert lines[1].startswith(f"{data / 'images'}: 1 image(s) have no mask") and lines[2].startswith(f"{data / 'masks'}: 1 mask(s)")
+    assert not (bundle / "models").exists()
+    # a config value (on the synthetic default data) the network cannot take
+    assert _refused("run", "training", *TRAIN, "--bundle_root", bundle, "--image_size", "[65,65]") == [
+        "error: TransFuse: img_size must be (H, W) with sides that are multiples of 16, got [65, 65]; pad or resize to (80, 80)"]
+    # a real crash (here torch's refusal of a learning rate, not one of our checks) keeps its traceback, and its
+    # last line is the cause MONAI wrapped, not 'Failed to instantiate component'
+    crash = bundle_cli("run", "training", *TRAIN, "--bundle_root", bundle, "--learning_rate", "-1", *TINY, env=_env(),
+                       check=False)
+    assert crash.returncode == 1 and "Traceback" in crash.stderr, crash.stderr[-3000:]
+    assert crash.stderr.splitlines()[-1] == "error: ValueError: Invalid learning rate: -1", crash.stderr[-3000:]
+
+
+# What used to be printed at every start, none of which concerns a user: PyTorch's DataLoader warning when the
+# default of 4 workers exceeds the CPUs, MONAI's DICOM reader missing nvImageCodec (the log line and the warning).
+NOISE = re.compile(r"This DataLoader will create|nvImageCodec|Warning|WARNING|Traceback")
+
+
+@pytest.mark.slow
+def test_train_evaluate_infer_print_no_warning(tmp_path):
+    """The three commands on the synthetic default with default workers: nothing on stdout or stderr matches NOISE.
+    (MONAI's two lines about the config's trust and the metadata's ``optional_packages_version`` come before any
+    of the bundle's code runs, and stay.)"""
+    bundle = tmp_path / "bundle"
+    outputs = [bundle_cli("run", "training", *TRAIN, "--bundle_root", bundle, "--max_epochs", "1", *TINY, env=_env())]
+    outputs.append(bundle_cli("run", *EVALUATE, "--bundle_root", bundle, *TINY, env=_env()))
+    outputs.append(bundle_cli("run", *INFERENCE, "--bundle_root", bundle, *TINY, env=_env()))
+    for result in outputs:
+        noise = [line for line in (result.stdout + result.stderr).splitlines() if NOISE.search(line)]
+        assert noise == [], "\n".join(noise)
