@@ -138,28 +138,6 @@ def test_synthetic_dataset_where_it_cannot_be_written_is_one_dataset_error(tmp_p
         synthetic_dataset(tmp_path / "syn", num_cases=8, num_validation=2, num_test=2, size=(40, 56))
 
 
-def test_train_config_does_not_upsample_the_synthetic_data(tmp_path: Path):
-    """The synthetic datalist declares its images' size; train.json resizes to it (rounded up to the network's
-    multiple of 16) when it is smaller than image_size, so the default training is not 4x the pixels it needs;
-    datasets without the declaration (every real one) are resized to image_size, as before."""
-    from monai.bundle import ConfigParser
-
-    root = synthetic_dataset(tmp_path / "syn", num_cases=4, num_validation=1, num_test=1, size=(40, 56))
-    assert json.loads((Path(root) / "datalist.json").read_text())["image_size"] == [40, 56]
-    folder = tmp_path / "folder"  # a folder layout: nothing declared
-    for sub in ("images", "masks"):
-        (folder / sub).mkdir(parents=True)
-        Image.fromarray(np.zeros((40, 56), np.uint8)).save(folder / sub / "a.png")
-    sizes = {}
-    for name, dataset in (("synthetic", root), ("folder", str(folder))):
-        parser = ConfigParser()
-        parser.read_config(str(Path(__file__).resolve().parents[1] / "configs" / "train.json"))
-        parser.update({"dataset_dir": dataset, "image_size": [64, 64], "bundle_root": str(tmp_path)})
-        sizes[name] = [list(parser.get_parsed_content(key).resizer.spatial_size) for key in ("resize_image", "resize_label")]
-        assert parser.get_parsed_content("network_def#img_size") == [64, 64]  # the network (and its weights) unchanged
-    assert sizes == {"synthetic": [[48, 64]] * 2, "folder": [[64, 64]] * 2}
-
-
 @pytest.mark.parametrize(
     "values, expected",
     [([0, 255, 254, 3], [0, 1, 1, 0]), ([0, 1, 1, 0], [0, 1, 1, 0]), ([0, 0, 0, 0], [0, 0, 0, 0])],

@@ -519,8 +519,8 @@ def test_training_and_evaluation_stop_before_any_work_and_keep_the_model(tmp_pat
     ("train", {"output_dir": "FILE/eval"}, "output_dir: 'FILE/eval' cannot be created: FILE is a file, not a folder"),
     ("train", {"bundle_root": "FILE/bundle", "output_dir": "OUT"}, "ckpt_dir (the weights are saved there; bundle_root + /models by default): "
                                               "'FILE/bundle/models' cannot be created: FILE is a file"),
-    ("evaluate", {"output_dir": "FILE"}, "output_dir: 'FILE' is a file, not a folder"),
-    ("inference", {"output_dir": "FILE/predictions"}, "output_dir: 'FILE/predictions' cannot be created"),
+    ("evaluate", {"output_dir": "FILE"}, "output_dir 'FILE' is a file, not a folder"),
+    ("inference", {"output_dir": "FILE/predictions"}, "output_dir 'FILE/predictions' cannot be created"),
 ])
 def test_unwritable_output_dir_or_bundle_root_is_refused_before_any_work(tmp_path, config, override, words):
     """Before, training cached the data, built the network and failed at its first save (TensorBoard's folder or
@@ -533,13 +533,18 @@ def test_unwritable_output_dir_or_bundle_root_is_refused_before_any_work(tmp_pat
     kind = {"train": "train", "evaluate": "eval", "inference": "infer"}[config]
     overrides = {"bundle_root": str(tmp_path / "bundle"),
                  **{k: v.replace("FILE", str(blocker)).replace("OUT", str(tmp_path / "out")) for k, v in override.items()}}
+    expected = ["data", "notes.txt"]
+    if config != "train":  # evaluation and inference check their weights first
+        untrained_weights(tmp_path / "bundle", image_size=(32, 32))
+        expected = ["bundle", "data", "notes.txt"]
     workflow = ConfigWorkflow(config_file=[str(CONFIGS / f) for f in files[config]], workflow_type=kind,
                               dataset_dir=str(tmp_path / "data"), image_size=[32, 32], num_workers=0, **overrides)
+    workflow.initialize()
     with pytest.raises(Exception) as err:
-        workflow.initialize()
+        workflow.run()  # the checks are the first steps of run (MONAI puts the bundle root on sys.path there)
     assert isinstance(err.value.__cause__, OSError), repr(err.value)
     assert str(err.value.__cause__).startswith(words.replace("FILE", str(blocker))), str(err.value.__cause__)
-    assert blocker.read_text() == "the user's notes" and sorted(p.name for p in tmp_path.iterdir()) == ["data", "notes.txt"]
+    assert blocker.read_text() == "the user's notes" and sorted(p.name for p in tmp_path.iterdir()) == expected
 
 
 @pytest.mark.slow

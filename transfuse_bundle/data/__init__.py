@@ -10,7 +10,6 @@ from .datalist import (
     find_image_mask_pairs,
     find_images,
     inference_datalist,
-    input_size,
     load_datalist,
     split_training,
     write_datalist,
@@ -23,7 +22,7 @@ from .validate import ScreenedImages, check_dataset, screen_images, validate_dat
 
 __all__ = [
     "DATALIST_NAME", "IMAGE_EXTENSIONS", "DatasetError", "evaluation_datalist", "find_image_mask_pairs",
-    "find_images", "inference_datalist", "input_size", "load_datalist", "split_training", "make_synthetic_case",
+    "find_images", "inference_datalist", "load_datalist", "split_training", "make_synthetic_case",
     "synthetic_dataset", "write_datalist", "IMAGENET_MEAN_255", "IMAGENET_STD_255", "MaskToClassIdsd", "ResizeToSourced",
     "VOLUME_EXTENSIONS", "DatasetProblem", "to_rgb", "to_mask", "ScreenedImages", "check_dataset", "screen_images",
     "validate_datalist", "picture_converter", "to_grey", "imagenet_mean_255", "imagenet_std_255",

@@ -37,7 +37,6 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "VOLUME_EXTENSIONS",
     "DATALIST_NAME",
-    "input_size",
     "file_stem",
     "entry_problem",
     "path_problem",
@@ -336,24 +335,6 @@ def _read_datalist_json(path: Path, need_labels: bool = True) -> dict[str, list[
             items.append(entry)
         lists[split] = items
     return lists
-
-
-def input_size(dataset_dir: str | os.PathLike, image_size: Sequence[int], multiple: int = 1) -> list[int]:
-    """The size training and evaluation resize images to: ``image_size``, except that a dataset whose
-    datalist.json declares the size of its images (``"image_size": [H, W]``, as the generated synthetic
-    default does: 160x192) is not upsampled beyond it, side by side (each declared side rounded up to
-    ``multiple``, the network's size rule, which the config passes). Upsampling adds no information, and
-    training the synthetic default at 352x352 cost ~3x the compute (TransFuse accepts any input whose
-    sides are multiples of 16; its position embedding stays stored for ``image_size``).
-
-    >>> input_size("a folder whose datalist.json declares [160, 192]", [352, 352], 16)  # doctest: +SKIP
-    [160, 192]
-    """
-    file = _datalist_file(dataset_dir)
-    declared = json.loads(file.read_text()).get("image_size") if file is not None else None
-    if not declared:
-        return list(image_size)
-    return [min(int(side), -(-int(own) // multiple) * multiple) for side, own in zip(image_size, declared)]
 
 
 def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> dict[str, list]:

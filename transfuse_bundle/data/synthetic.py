@@ -75,7 +75,7 @@ def synthetic_dataset(
     """Ensures the synthetic dataset exists under ``root`` and returns ``root`` (as a string).
 
     The layout is ``root/images/case_XXX.png``, ``root/masks/case_XXX.png`` (0/255) and
-    ``root/datalist.json`` with ``training`` / ``validation`` / ``test`` lists and the images' ``image_size``. An existing
+    ``root/datalist.json`` with ``training`` / ``validation`` / ``test`` lists. An existing
     ``root/datalist.json`` means "already generated": nothing is rewritten. Generation writes to a
     temporary folder renamed into place, so concurrent processes (DDP ranks) do not see half a dataset.
     """
@@ -104,7 +104,6 @@ def synthetic_dataset(
         n_train = num_cases - num_validation - num_test
         datalist = {
             "description": f"synthetic blobs, {size[0]}x{size[1]} RGB, seed {seed}",
-            "image_size": list(size),  # training does not upsample beyond it (transfuse_bundle.data.input_size)
             "labels": {"0": "background", "1": "lesion"},
             "training": names[:n_train],
             "validation": names[n_train : n_train + num_validation],
