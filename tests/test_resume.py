@@ -134,8 +134,9 @@ def test_resume_without_checkpoint_fails_before_any_work(kvasir, tmp_path):
         config_file=TRAIN, meta_file=META, logging_file=LOGGING, workflow_type="train",
         bundle_root=str(tmp_path), dataset_dir=str(kvasir), resume=True, **TINY,
     )
+    workflow.initialize()
     with pytest.raises(RuntimeError) as error:  # MONAI wraps what a config expression raises
-        workflow.initialize()
+        workflow.run()  # the check is run's first step, before the data is listed
     assert isinstance(error.value.__cause__, FileNotFoundError)
     assert f"{tmp_path}/models/checkpoint.pt' does not exist" in str(error.value.__cause__)
     assert not (tmp_path / "models").exists()

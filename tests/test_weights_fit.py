@@ -86,8 +86,10 @@ def test_truncated_checkpoint_on_resume_is_named_before_data_is_loaded(tmp_path,
     cut = tmp_path / "models" / "checkpoint.pt"
     cut.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
     before = cut.read_bytes()
-    with pytest.raises(Exception) as err:  # in initialize: the data is not even listed yet
-        _resume(tmp_path, kvasir).initialize()
+    workflow = _resume(tmp_path, kvasir)
+    workflow.initialize()
+    with pytest.raises(Exception) as err:  # run's first step: the data is not even listed yet
+        workflow.run()
     message = str(_cause(err.value, WeightsFileError))
     assert message.startswith(f"training checkpoint to resume from (resume=true): {str(cut)!r} is truncated"), message
     assert cut.read_bytes() == before and sorted(p.name for p in tmp_path.rglob("*")) == ["checkpoint.pt", "full.pt", "models"]

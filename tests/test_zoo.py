@@ -465,8 +465,11 @@ def test_monailabel_serves_torchscript_only_bundle(downloaded, cli_masks, kvasir
     # the same TorchScript-only inference.json through MONAI's workflow (what `monai.bundle run` does)
     from monai.bundle import ConfigWorkflow
 
+    images = tmp_path / "ts_images"  # the image alone: the studies folder also holds MONAI Label's datastore files,
+    images.mkdir()                    # which inference would report as unreadable entries (and exit non-zero)
+    shutil.copyfile(image, images / image.name)
     workflow = ConfigWorkflow(config_file=str(bundle / "configs" / "inference.json"), workflow_type="infer",
-                              bundle_root=str(bundle), dataset_dir=str(studies), output_dir=str(tmp_path / "ts_pred"))
+                              bundle_root=str(bundle), dataset_dir=str(images), output_dir=str(tmp_path / "ts_pred"))
     workflow.initialize()
     workflow.run()
     workflow.finalize()
