@@ -119,7 +119,7 @@ def compare_models(dataset_dir: str | os.PathLike, out: str | os.PathLike, model
             "image_size": list(image_size), "num_workers": num_workers, "batch_size": batch_size, **model_overrides},
             epochs)
         parser = ConfigParser()
-        parser.read_config([str(root / "configs" / "train.json"), *[str(root / f) for f in overlays]])
+        parser.read_config([str(f) for f in _chains(None, overlays, root)[0]])
         parser["image_size"] = list(image_size)
         for key, value in model_overrides.items():
             parser[key] = value

@@ -155,16 +155,13 @@ class ModelSaver:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if idist.get_rank() != 0:
-            return
-        if self.keep == "last":
-            save_atomically(_unwrap(self.network).state_dict(), self.path)
-            return
-        if self.validator.state.best_metric_epoch != engine.state.epoch:
+        best = self.keep == "best"
+        if idist.get_rank() != 0 or (best and self.validator.state.best_metric_epoch != engine.state.epoch):
             return
         save_atomically(_unwrap(self.network).state_dict(), self.path)
-        engine.logger.info(f"Saved the best model so far (epoch {engine.state.epoch}, "
-                           f"{self.validator.state.best_metric:.4f}): {self.path}")
+        if best:
+            engine.logger.info(f"Saved the best model so far (epoch {engine.state.epoch}, "
+                               f"{self.validator.state.best_metric:.4f}): {self.path}")
 
 
 class _BestMetric:
