@@ -149,6 +149,32 @@ def test_benchmark_script_tiny_mode(tmp_path):
     assert f"| S | 32x32 | train_fp32 | {ours['train_gflop']} | {ours['gflop_s_train_fp32']} |" in table
 
 
+@pytest.mark.slow
+def test_benchmark_training_loop_tiny(tmp_path):
+    """The bundle's own training loop (single- and multi-scale) against the bare step, on real Kvasir images:
+    the report's rates, ratios and profile, and their Markdown table (no timing asserts)."""
+    datalist = tmp_path / "kvasir4.json"
+    write_datalist(ROOT.parent / "shared" / "data" / "kvasir_seg", datalist, num_training=2, num_validation=1)
+    out = tmp_path / "loop"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--models", "--sizes", "32", "--threads", "1",
+                    "--peak-size", "64", "--data-dir", str(datalist), "--training-loop", "single-scale", "multi-scale",
+                    "--train-batch", "2", "--loop-iterations", "1", "--num-workers", "0", "--data-steps", "1", "--out", str(out)],
+                   check=True, cwd=tmp_path, timeout=600)
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["results"] == [] and "data_pipeline" in report
+    loops = report["training_loop"]
+    assert [loop["multi_scale"] for loop in loops] == [False, True]
+    for loop in loops:
+        assert loop["size"] == "32x32" and loop["batch"] == 2 and loop["epochs"] == 2
+        for key in ("train_img_s_loop", "train_img_s_loop_with_epoch_end", "train_img_s_bare", "dataflow_s", "processing_s"):
+            assert loop[key] > 0, key
+        assert loop["training_loop_ratio"] == pytest.approx(loop["train_img_s_loop"] / loop["train_img_s_bare"], rel=0.01)
+        assert 0 < loop["training_loop_ratio_with_epoch_end"] <= loop["training_loop_ratio"]
+        assert "ValidationHandler@EPOCH_COMPLETED" in loop["handlers_s"]
+    table = out.with_suffix(".md").read_text()
+    assert "| 32x32 | 2 | single | 0 |" in table and "| 32x32 | 2 | multi | 0 |" in table
+
+
 def test_fast_inferer_matches_the_network_and_never_modifies_it():
     from monai.inferers import SimpleInferer
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.bundle import run as bundle_run
+from monai.data import MetaTensor
 from monai.engines.utils import IterationEvents
 from monai.utils import set_determinism
 from PIL import Image
@@ -116,6 +117,21 @@ def test_polyp_task_trains_at_three_sizes_on_kvasir(tmp_path):
     assert metrics["num_cases"] == 3 and 0.0 <= metrics["mean_dice"] <= 1.0
     # overlays are only drawn when the prediction has the original image's size
     assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == 3
+
+
+def test_training_feeds_the_network_plain_tensors_and_validation_metatensors(tmp_path):
+    """Training reads no metadata: the trainer's prepare_batch (engines.plain_batch) hands the network plain
+    tensors, so no operation of the forward pass and loss goes through MetaTensor.__torch_function__;
+    validation keeps MONAI's MetaTensors (Invertd and the distance metrics read their metadata)."""
+    datalist = tmp_path / "datalist.json"
+    write_datalist(DATA / "kvasir_seg", datalist, num_training=2, num_validation=1, seed=3)
+    parser = _parser([str(CONFIGS / "train.json")], dataset_dir=str(datalist), bundle_root=str(tmp_path),
+                     image_size=[32, 32], batch_size=2, num_workers=0, max_epochs=1)
+    trainer = parser.get_parsed_content("train#trainer")
+    inputs: dict[bool, set] = {True: set(), False: set()}
+    trainer.network.register_forward_pre_hook(lambda module, args: inputs[module.training].add(type(args[0])))
+    trainer.run()
+    assert inputs == {True: {torch.Tensor}, False: {MetaTensor}}
 
 
 @pytest.mark.slow

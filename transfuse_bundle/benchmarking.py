@@ -51,7 +51,7 @@ from .networks.fast import fast_autocast_available, optimize_for_inference
 __all__ = [
     "median_ms", "interleaved_median_ms", "gmacs", "parameter_count", "forward_latency_ms",
     "MODELS", "build", "run_benchmark", "data_pipeline", "machine_description", "write_markdown",
-    "machine_peaks", "add_roofline", "throughput_sweep",
+    "machine_peaks", "add_roofline", "throughput_sweep", "training_loop", "training_loop_lines",
 ]
 
 
@@ -460,10 +460,11 @@ def machine_description(device: str | torch.device) -> str:
 
 
 def write_markdown(rows: list[dict], machine: str, path: Path, pipeline: dict | None = None,
-                   peaks: dict[str, float] | None = None) -> None:
-    """The rows as a Markdown table under a line naming the machine, then (with ``peaks``) the roofline table
-    and (if any) the data-pipeline result."""
-    path.write_text("\n".join(markdown_lines(rows, machine, pipeline, peaks)) + "\n")
+                   peaks: dict[str, float] | None = None, loops: Sequence[dict] | None = None) -> None:
+    """The rows as a Markdown table under a line naming the machine, then (with ``peaks``) the roofline table,
+    (if any) the data-pipeline result and (if any) the :func:`training_loop` results."""
+    lines = markdown_lines(rows, machine, pipeline, peaks) + (training_loop_lines(loops) if loops else [])
+    path.write_text("\n".join(lines) + "\n")
 
 
 def markdown_lines(rows: list[dict], machine: str, pipeline: dict | None = None,
@@ -501,3 +502,124 @@ def _fmt(value) -> str:
     if value is None:
         return "-"
     return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def training_loop(dataset_dir: Path, size, batch: int, iterations: int, num_workers: int, multi_scale: bool = False,
+                  epochs: int = 2, device: str | torch.device | None = None, top_handlers: int = 8) -> dict:
+    """Images/s of the bundle's own training loop against the bare training step of the same network and batch.
+
+    The loop is ``train.json``'s ``SupervisedTrainer`` (with ``multi_scale``, overlaid with the polyp task's
+    ``configs/tasks/polyp/train.json``: :class:`~transfuse_bundle.engines.MultiScaleIteration`) as configured:
+    CacheDataset, augmentations, DataLoader, forward, loss, backward, gradient clipping, Adam, the training
+    metric and every handler, with validation on 2 cases. It trains ``epochs`` epochs of ``iterations``
+    iterations on the first ``batch * iterations`` training cases of ``dataset_dir``. After each epoch the
+    bare step, forward + loss + backward + Adam of a copy of the network on the first batch preloaded as
+    plain tensors (at every scale, resized beforehand), runs ``iterations`` times: the two alternate, so
+    load from other processes slows both alike. Epoch 1 warms both up; the rates are the medians over the
+    later epochs, the loop's from the engine's epoch time (``state.times["EPOCH_COMPLETED"]``: data loading,
+    iterations and per-iteration handlers, not the epoch-end handlers), and also from the wall time of the
+    whole epoch including its epoch-end handlers (validation, checkpoint, model save).
+
+    Where the time goes: ignite's ``HandlersTimeProfiler`` over all epochs: ``dataflow_s`` (waiting for the
+    DataLoader), ``processing_s`` (the iteration function: batch to device, forward, loss, backward, step),
+    and the ``top_handlers`` costliest handlers (``"name@EVENT"``: seconds).
+
+    Returns:
+        a dict with ``train_img_s_loop``, ``train_img_s_loop_with_epoch_end``, ``train_img_s_bare``,
+        ``training_loop_ratio`` (loop / bare), ``training_loop_ratio_with_epoch_end``, ``dataflow_s``,
+        ``processing_s``, ``handlers_s`` and the settings.
+    """
+    import copy
+    import tempfile
+
+    from ignite.engine import Events
+    from ignite.handlers.time_profilers import HandlersTimeProfiler
+    from monai.bundle import ConfigParser
+
+    from .bundle_folder import source_root
+    from .data import load_datalist
+    from .engines import scaled_size
+
+    if epochs < 2:
+        raise ValueError(f"epochs must be >= 2 (the first one warms up), got {epochs}")
+    lists = load_datalist(dataset_dir)
+    cases = batch * iterations
+    if len(lists["training"]) < cases:
+        raise ValueError(f"{dataset_dir}: {len(lists['training'])} training cases, the loop needs batch x iterations = {cases}")
+    configs = [source_root() / "configs" / "train.json"]
+    if multi_scale:
+        configs.append(source_root() / "configs" / "tasks" / "polyp" / "train.json")
+    with tempfile.TemporaryDirectory() as bundle_root:
+        parser = ConfigParser()
+        parser.read_config([str(path) for path in configs])
+        parser.update({"bundle_root": bundle_root, "image_size": list(size), "batch_size": batch,
+                       "num_workers": num_workers, "max_epochs": epochs,
+                       "datalist": {"training": lists["training"][:cases], "validation": lists["validation"][:2], "test": []}})
+        if device is not None:
+            parser["device"] = f"$torch.device({str(device)!r})"
+        trainer = parser.get_parsed_content("train#trainer")
+        inferer, loss_fn = parser.get_parsed_content("train#inferer"), parser.get_parsed_content("loss")
+        update = parser.get_parsed_content("iteration_update") if multi_scale else None
+        rates, multiple = (update.rates, update.size_multiple) if update else ([1.0], 1)
+        loader = parser.get_parsed_content("train#dataloader")
+        first = loader.collate_fn([loader.dataset[i] for i in range(batch)])  # in this process: no workers left behind
+        images = torch.as_tensor(first["image"]).to(trainer.state.device)  # plain tensors, no metadata
+        labels = torch.as_tensor(first["label"]).to(trainer.state.device)
+        scaled = []  # (images, labels) at each rate, resized as MultiScaleIteration resizes them
+        for shape in (scaled_size(images.shape[2:], rate, multiple) for rate in rates):
+            same = tuple(shape) == tuple(images.shape[2:])
+            scaled.append((images, labels) if same else (
+                torch.nn.functional.interpolate(images, size=shape, mode="bilinear", align_corners=True),
+                torch.nn.functional.interpolate(labels.float(), size=shape, mode="nearest").to(labels.dtype)))
+        bare_net = copy.deepcopy(trainer.network).train()
+        bare_optimizer = torch.optim.Adam(bare_net.parameters(), **{k: v for k, v in trainer.optimizer.defaults.items()
+                                                                   if k in ("lr", "betas", "eps", "weight_decay")})
+
+        def bare_step():
+            for x, y in scaled:
+                bare_optimizer.zero_grad(set_to_none=True)
+                loss_fn(inferer(x, bare_net), y).mean().backward()
+                bare_optimizer.step()
+
+        loop_s, wall_s, bare_s, started = [], [], [], []
+        trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: started.append(time.perf_counter()))
+
+        def bare_steps(engine):
+            wall_s.append(time.perf_counter() - started[-1])
+            loop_s.append(engine.state.times["EPOCH_COMPLETED"])
+            start = time.perf_counter()
+            for _ in range(iterations):
+                bare_step()
+            _sync(engine.state.device)
+            bare_s.append(time.perf_counter() - start)
+
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, bare_steps)
+        profiler = HandlersTimeProfiler()
+        profiler.attach(trainer)
+        trainer.run()
+    profile = {f"{name}@{event}": total for name, event, total, *_ in profiler.get_results()
+               if event not in ("", "None") and isinstance(total, float) and "bare_steps" not in str(name)}
+    totals = {name: total for name, event, total, *_ in profiler.get_results() if event in ("", "None")}
+    loop, wall, bare = (cases / statistics.median(times[1:]) for times in (loop_s, wall_s, bare_s))
+    return {"dataset_dir": str(dataset_dir), "size": f"{size[0]}x{size[1]}", "batch": batch, "iterations": iterations,
+            "epochs": epochs, "num_workers": num_workers, "multi_scale": multi_scale, "threads": torch.get_num_threads(),
+            "train_img_s_loop": round(loop, 3), "train_img_s_loop_with_epoch_end": round(wall, 3),
+            "train_img_s_bare": round(bare, 3), "training_loop_ratio": round(loop / bare, 3),
+            "training_loop_ratio_with_epoch_end": round(wall / bare, 3),
+            "dataflow_s": totals.get("Dataflow"), "processing_s": totals.get("Processing"),
+            "handlers_s": dict(sorted(profile.items(), key=lambda item: -item[1])[:top_handlers])}
+
+
+def training_loop_lines(loops: Sequence[dict]) -> list[str]:
+    """Markdown table of :func:`training_loop` results: images/s of the loop and of the bare step, their ratios."""
+    lines = ["", "Training loop (train.json's trainer) against the bare step (forward + loss + backward + Adam on "
+             "preloaded tensors), images/s, same process, alternating epochs:", "",
+             "| size | batch | scales | workers | loop | bare step | ratio | with epoch end | ratio | "
+             "dataflow s | processing s | costliest handlers (s) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in loops:
+        handlers = ", ".join(f"{name} {seconds:.2f}" for name, seconds in list(r["handlers_s"].items())[:3])
+        lines.append(f"| {r['size']} | {r['batch']} | {'multi' if r['multi_scale'] else 'single'} | {r['num_workers']} "
+                     f"| {r['train_img_s_loop']} | {r['train_img_s_bare']} | {r['training_loop_ratio']} "
+                     f"| {r['train_img_s_loop_with_epoch_end']} | {r['training_loop_ratio_with_epoch_end']} "
+                     f"| {r['dataflow_s']} | {r['processing_s']} | {handlers} |")
+    return lines

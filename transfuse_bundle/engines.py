@@ -9,7 +9,8 @@ trainer as ``SupervisedTrainer(iteration_update=MultiScaleIteration(...))``; in 
 
 :func:`resolve_amp_dtype` turns the configs' ``amp_dtype`` into the autocast dtype of training and
 validation (``transfuse_bundle.inferers.AutocastInferer`` applies it); MONAI's ``amp`` flag, which
-also creates a ``GradScaler``, is set only for float16.
+also creates a ``GradScaler``, is set only for float16. :func:`plain_batch` is the trainer's
+``prepare_batch``: the batch without its metadata, which training does not use.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.engines.utils import IterationEvents
+from monai.data import MetaTensor
+from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 
 from .networks.fast import fast_autocast_available
 
-__all__ = ["AMP_DTYPES", "MultiScaleIteration", "resolve_amp_dtype", "scaled_size"]
+__all__ = ["AMP_DTYPES", "MultiScaleIteration", "plain_batch", "resolve_amp_dtype", "scaled_size"]
 
 AMP_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -63,6 +65,22 @@ def scaled_size(size: Sequence[int], rate: float, multiple: int = 32) -> tuple[i
     ((256, 256), (448, 448))
     """
     return tuple(max(multiple, int(round(side * rate / multiple) * multiple)) for side in size)
+
+
+def plain_batch(batchdata: Any, device: torch.device | str | None = None, non_blocking: bool = False,
+                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """MONAI's ``default_prepare_batch`` returning plain ``torch.Tensor``s instead of ``MetaTensor``s.
+
+    The values are the same; only the metadata (affine, file names, applied transforms) is dropped. Fed a
+    ``MetaTensor``, every operation of the forward pass and of the loss goes through
+    ``MetaTensor.__torch_function__``, which wraps each output and copies the metadata onto it: Python work per
+    operation that training, which never reads the metadata, pays for in every iteration. Validation and
+    evaluation keep MONAI's default (``Invertd`` and the distance metrics read the metadata).
+
+    Shapes: ``image`` ``(B, C, H, W)``, ``label`` ``(B, 1, H, W)`` (or ``None``), as the batch holds them.
+    """
+    prepared = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+    return tuple(x.as_tensor() if isinstance(x, MetaTensor) else x for x in prepared)  # type: ignore[return-value]
 
 
 class MultiScaleIteration:

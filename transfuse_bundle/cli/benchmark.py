@@ -7,6 +7,7 @@ in the same run (what each figure means: transfuse_bundle.benchmarking). Writes 
 
     transfuse-benchmark --threads 2 --out docs/benchmark
     transfuse-benchmark --tiny --out /tmp/bench      # seconds; what the test suite runs
+    transfuse-benchmark --models --threads 2 --data-dir DATA --training-loop single-scale multi-scale --out /tmp/loop
     transfuse-benchmark --models S --sizes 352 --compile --batch-sweep 1 8 16 32 64 128 --out /tmp/gpu  # CUDA
     python scripts/benchmark.py --tiny --out /tmp/bench   # the same from a checkout
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..benchmarking import (MODELS, add_roofline, data_pipeline, machine_description, machine_peaks, run_benchmark,
-                            write_markdown)
+                            training_loop, write_markdown)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -34,8 +35,8 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), metavar="MODEL",
-                        help=f"benchmark names (default: all of {', '.join(MODELS)})")
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS), metavar="MODEL",
+                        help=f"benchmark names (default: all of {', '.join(MODELS)}; none: only --data-dir's measurements)")
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(192, 256), (352, 352)])
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -55,9 +56,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure the training data pipeline on this dataset (folder or datalist.json)")
     parser.add_argument("--data-steps", type=int, default=6)
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--training-loop", nargs="+", default=[], choices=["single-scale", "multi-scale"],
+                        help="also measure the bundle's own training loop on --data-dir at each size against the bare "
+                             "training step (multi-scale: the polyp task's MultiScaleIteration); see training_loop")
+    parser.add_argument("--loop-iterations", type=int, default=4, help="training-loop iterations per epoch")
+    parser.add_argument("--loop-epochs", type=int, default=2, help="training-loop epochs (the first warms up)")
     parser.add_argument("--tiny", action="store_true", help="one small size, few iterations, three models")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmark"), help="writes OUT.json and OUT.md")
     args = parser.parse_args(argv)
+    if args.training_loop and args.data_dir is None:
+        parser.error("--training-loop needs --data-dir (a dataset with at least train-batch x loop-iterations training cases)")
     if args.tiny:
         args.models = ["official-S", "S", "unet"]
         args.sizes, args.iters, args.warmup = [(32, 32)], 2, 1
@@ -76,8 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         report["data_pipeline"] = data_pipeline(args.data_dir, args.sizes[-1], args.train_batch, args.data_steps,
                                                 args.num_workers)
         print(json.dumps(report["data_pipeline"]), flush=True)
+    for mode in args.training_loop:
+        for size in args.sizes:
+            loop = training_loop(args.data_dir, size, args.train_batch, args.loop_iterations, args.num_workers,
+                                 multi_scale=mode == "multi-scale", epochs=args.loop_epochs)
+            report.setdefault("training_loop", []).append(loop)
+            print(json.dumps(loop), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    write_markdown(rows, machine, args.out.with_suffix(".md"), report.get("data_pipeline"), peaks)
+    write_markdown(rows, machine, args.out.with_suffix(".md"), report.get("data_pipeline"), peaks,
+                   report.get("training_loop"))
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
     return 0
