@@ -323,3 +323,21 @@ def test_cli_tracking_mlflow_records_metrics(synthetic, tmp_path):
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert {"train_loss", "val_mean_dice", "val_mean_iou", "val_hd95", "val_asd"} <= set(runs[0].data.metrics)
+
+
+def test_synthetic_default_trains_fewer_epochs_than_real_data(tmp_path):
+    """The main command on the synthetic default trains synthetic_max_epochs (minutes on a 2-core CPU); any other
+    dataset keeps the real-data default, and an explicit --max_epochs wins over both. The LR schedule follows."""
+    from monai.bundle import ConfigParser
+
+    def epochs(**overrides):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / "train.json"))
+        parser.update({"bundle_root": str(tmp_path), **overrides})
+        return parser.get_parsed_content("train#trainer#max_epochs"), parser.get_parsed_content("lr_scheduler#T_max")
+
+    kvasir = str(REPO.parent / "shared" / "data" / "kvasir_seg")
+    assert epochs() == (8, 8)
+    assert epochs(dataset_dir=str(tmp_path / "data" / "synthetic")) == (8, 8)  # the same folder, named explicitly
+    assert epochs(dataset_dir=kvasir) == (25, 25)
+    assert epochs(max_epochs=3) == (3, 3) and epochs(dataset_dir=kvasir, max_epochs=3) == (3, 3)

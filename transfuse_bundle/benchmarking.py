@@ -505,7 +505,8 @@ def _fmt(value) -> str:
 
 
 def training_loop(dataset_dir: Path, size, batch: int, iterations: int, num_workers: int, multi_scale: bool = False,
-                  epochs: int = 2, device: str | torch.device | None = None, top_handlers: int = 8) -> dict:
+                  epochs: int = 2, device: str | torch.device | None = None, top_handlers: int = 8,
+                  overrides: dict | None = None) -> dict:
     """Images/s of the bundle's own training loop against the bare training step of the same network and batch.
 
     The loop is ``train.json``'s ``SupervisedTrainer`` (with ``multi_scale``, overlaid with the polyp task's
@@ -519,6 +520,9 @@ def training_loop(dataset_dir: Path, size, batch: int, iterations: int, num_work
     later epochs, the loop's from the engine's epoch time (``state.times["EPOCH_COMPLETED"]``: data loading,
     iterations and per-iteration handlers, not the epoch-end handlers), and also from the wall time of the
     whole epoch including its epoch-end handlers (validation, checkpoint, model save).
+
+    ``overrides`` are config ids set last, e.g. ``{"train#trainer#prepare_batch":
+    "$monai.engines.default_prepare_batch"}`` measures the loop with MetaTensor batches, as it was.
 
     Where the time goes: ignite's ``HandlersTimeProfiler`` over all epochs: ``dataflow_s`` (waiting for the
     DataLoader), ``processing_s`` (the iteration function: batch to device, forward, loss, backward, step),
@@ -557,6 +561,7 @@ def training_loop(dataset_dir: Path, size, batch: int, iterations: int, num_work
                        "datalist": {"training": lists["training"][:cases], "validation": lists["validation"][:2], "test": []}})
         if device is not None:
             parser["device"] = f"$torch.device({str(device)!r})"
+        parser.update(overrides or {})
         trainer = parser.get_parsed_content("train#trainer")
         inferer, loss_fn = parser.get_parsed_content("train#inferer"), parser.get_parsed_content("loss")
         update = parser.get_parsed_content("iteration_update") if multi_scale else None

@@ -64,8 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="one small size, few iterations, three models")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmark"), help="writes OUT.json and OUT.md")
     args = parser.parse_args(argv)
-    if args.training_loop and args.data_dir is None:
-        parser.error("--training-loop needs --data-dir (a dataset with at least train-batch x loop-iterations training cases)")
+    if args.training_loop:  # checked before any measurement, not after minutes of them
+        if args.data_dir is None:
+            parser.error("--training-loop needs --data-dir (a dataset with at least train-batch x loop-iterations training cases)")
+        from ..data import load_datalist
+
+        found, needed = len(load_datalist(args.data_dir)["training"]), args.train_batch * args.loop_iterations
+        if found < needed:
+            parser.error(f"{args.data_dir}: {found} training cases; --training-loop needs train-batch x loop-iterations = {needed}")
     if args.tiny:
         args.models = ["official-S", "S", "unet"]
         args.sizes, args.iters, args.warmup = [(32, 32)], 2, 1
