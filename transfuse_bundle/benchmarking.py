@@ -51,7 +51,8 @@ from .networks.fast import fast_autocast_available, optimize_for_inference
 __all__ = [
     "median_ms", "interleaved_median_ms", "gmacs", "parameter_count", "forward_latency_ms",
     "MODELS", "build", "run_benchmark", "data_pipeline", "machine_description", "write_markdown",
-    "machine_peaks", "add_roofline", "throughput_sweep", "training_loop", "training_loop_lines",
+    "machine_peaks", "add_roofline", "throughput_sweep", "training_loop", "training_loop_datalist",
+    "training_loop_lines",
 ]
 
 
@@ -504,6 +505,18 @@ def _fmt(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def training_loop_datalist(dataset_dir: Path, batch: int, iterations: int) -> dict[str, list]:
+    """``dataset_dir``'s lists, checked to hold the ``batch * iterations`` training cases :func:`training_loop` uses
+    (a ``ValueError`` naming the dataset otherwise)."""
+    from .data import load_datalist
+
+    lists = load_datalist(dataset_dir)
+    if len(lists["training"]) < batch * iterations:
+        raise ValueError(f"{dataset_dir}: {len(lists['training'])} training cases; the training loop needs "
+                         f"batch x iterations = {batch * iterations}")
+    return lists
+
+
 def training_loop(dataset_dir: Path, size, batch: int, iterations: int, num_workers: int, multi_scale: bool = False,
                   epochs: int = 2, device: str | torch.device | None = None, top_handlers: int = 8,
                   overrides: dict | None = None) -> dict:
@@ -541,15 +554,11 @@ def training_loop(dataset_dir: Path, size, batch: int, iterations: int, num_work
     from monai.bundle import ConfigParser
 
     from .bundle_folder import source_root
-    from .data import load_datalist
     from .engines import scaled_size
 
     if epochs < 2:
         raise ValueError(f"epochs must be >= 2 (the first one warms up), got {epochs}")
-    lists = load_datalist(dataset_dir)
-    cases = batch * iterations
-    if len(lists["training"]) < cases:
-        raise ValueError(f"{dataset_dir}: {len(lists['training'])} training cases, the loop needs batch x iterations = {cases}")
+    lists, cases = training_loop_datalist(dataset_dir, batch, iterations), batch * iterations
     configs = [source_root() / "configs" / "train.json"]
     if multi_scale:
         configs.append(source_root() / "configs" / "tasks" / "polyp" / "train.json")

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..benchmarking import (MODELS, add_roofline, data_pipeline, machine_description, machine_peaks, run_benchmark,
-                            training_loop, write_markdown)
+                            training_loop, training_loop_datalist, write_markdown)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -67,11 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.training_loop:  # checked before any measurement, not after minutes of them
         if args.data_dir is None:
             parser.error("--training-loop needs --data-dir (a dataset with at least train-batch x loop-iterations training cases)")
-        from ..data import load_datalist
-
-        found, needed = len(load_datalist(args.data_dir)["training"]), args.train_batch * args.loop_iterations
-        if found < needed:
-            parser.error(f"{args.data_dir}: {found} training cases; --training-loop needs train-batch x loop-iterations = {needed}")
+        try:
+            training_loop_datalist(args.data_dir, args.train_batch, args.loop_iterations)
+        except ValueError as error:
+            parser.error(f"{error} (--train-batch x --loop-iterations)")
     if args.tiny:
         args.models = ["official-S", "S", "unet"]
         args.sizes, args.iters, args.warmup = [(32, 32)], 2, 1
