@@ -40,6 +40,19 @@ def pytest_report_header(config):
     return f"free disk for temporary files: {free_gb:.1f} GB (the suite needs about {SUITE_DISK_GB} GB){warning}"
 
 
+# The files that take longest (minutes: trainings, the MONAI Label server, packaged bundles), longest first.
+# pytest-xdist's loadfile mode hands files to the workers in collection order; starting the long ones first
+# keeps one worker from being left with a long file at the end while the other is idle.
+LONGEST_FIRST = ("test_monailabel.py", "test_compare_models.py", "test_zoo.py", "test_resume.py", "test_kvasir.py",
+                 "test_bundle.py", "test_prostate.py", "test_locking.py", "test_console.py", "test_tasks.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Runs the files of :data:`LONGEST_FIRST` first, in that order; the others keep their order (stable sort)."""
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def _hip_case(rng, h: int = 96, w: int = 128):
     """A grey (H, W) uint8 image and its (H, W) class-id mask: pelvis band at the top, left and
     right femoral heads below it, each bone brighter than the soft tissue with its own texture."""

@@ -21,7 +21,7 @@ KVASIR = ROOT.parent / "shared" / "data" / "kvasir_seg"
 @pytest.mark.slow
 def test_compare_models_trains_each_network_on_real_images(tmp_path):
     datalist = tmp_path / "kvasir.json"
-    write_datalist(ROOT.parent / "shared" / "data" / "kvasir_seg", datalist, num_training=6, num_validation=2, num_test=3)
+    write_datalist(ROOT.parent / "shared" / "data" / "kvasir_seg", datalist, num_training=3, num_validation=1, num_test=2)
     models = ["MedT", "TransFuse-S concat+res (E.5)"]  # TransUNet (100M parameters) is built in test_other_networks
     subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_models.py"), "--dataset_dir", str(datalist),
                     "--models", *models, "--epochs", "1", "--batch_size", "3", "--num_workers", "0",
@@ -34,7 +34,7 @@ def test_compare_models_trains_each_network_on_real_images(tmp_path):
         assert row["latency_ms"] > 0 and row["train_s"] > 0
         # each model was evaluated by the bundle on every test image
         per_case = tmp_path / "out" / re.sub(r"[^a-z0-9]+", "-", row["model"].lower()).strip("-") / "eval" / "per_case.csv"
-        assert len(per_case.read_text().strip().splitlines()) == 1 + 3
+        assert len(per_case.read_text().strip().splitlines()) == 1 + 2
     table = (tmp_path / "out" / "comparison.md").read_text()
     assert all(f"| {m} |" in table for m in models)
 
@@ -63,3 +63,21 @@ def test_recipe_comparison_carves_a_test_split_and_evaluates_every_run_on_it(tmp
         assert sorted(Path(p).name for p in test) == sorted(Path(line.split(",")[0]).name for line in per_case.strip().splitlines()[1:])
     table = (out / "recipes.md").read_text()
     assert "| **default**, mean (spread) | 1 seeds |" in table and "| official | 3 |" in table
+
+
+def test_comparison_never_replaces_earlier_results(tmp_path, capsys):
+    """A non-empty --out (hours of earlier runs) is refused in one line before any work; so is an --out that is a file."""
+    from transfuse_bundle.cli.compare_models import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "recipes.md").write_text("earlier results\n")
+    arguments = ["--recipes", "default", "--dataset_dir", str(KVASIR), "--epochs", "1", "--seeds", "0", "--out"]
+    assert main([*arguments, str(out)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: --out {out}: holds earlier results; give another folder, or --overwrite to replace them"]
+    assert sorted(p.name for p in out.iterdir()) == ["recipes.md"] and (out / "recipes.md").read_text() == "earlier results\n"
+    file_out = tmp_path / "file"
+    file_out.write_text("not a folder")
+    assert main([*arguments, str(file_out)]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {file_out}: is a file") and file_out.read_text() == "not a folder"

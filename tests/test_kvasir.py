@@ -46,7 +46,8 @@ def test_kvasir_short_training_beats_trivial_baselines(tmp_path):
     common = ["--dataset_dir", str(tmp_path / "datalist.json"), "--bundle_root", str(tmp_path / "bundle"),
               "--image_size", "[64,64]", "--num_workers", "0"]
     bundle_cli("run", "training", "--config_file", "configs/train.json", *common,
-            "--batch_size", "8", "--train#trainer#max_epochs", "5", "--val_interval", "5")
+            "--batch_size", "8", "--train#trainer#max_epochs", "5", "--val_interval", "5",
+               "--checkpoint_interval", "5")
     out = tmp_path / "eval"
     bundle_cli("run", "--config_file", "['configs/train.json','configs/evaluate.json']", *common, "--output_dir", str(out))
 

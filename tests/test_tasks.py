@@ -83,7 +83,7 @@ def test_polyp_task_trains_at_three_sizes_on_kvasir(tmp_path):
     common = {"dataset_dir": str(datalist), "bundle_root": str(tmp_path), "image_size": [64, 64],
               "num_workers": 0, "num_overlays": 3, "output_dir": str(tmp_path / "eval")}
     parser = _parser(_configs("train.json", "polyp"), **common, multi_scale_multiple=16, batch_size=4,
-                     max_epochs=4, val_interval=4)
+                     max_epochs=4, val_interval=4, checkpoint_interval=4)
     set_determinism(seed=123)
     trainer = parser.get_parsed_content("train#trainer")
     assert isinstance(parser.get_parsed_content("iteration_update"), MultiScaleIteration)

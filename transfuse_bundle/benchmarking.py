@@ -637,3 +637,148 @@ def training_loop_lines(loops: Sequence[dict]) -> list[str]:
                      f"| {r['train_img_s_loop_with_epoch_end']} | {r['training_loop_ratio_with_epoch_end']} "
                      f"| {r['dataflow_s']} | {r['processing_s']} | {handlers} |")
     return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation cost: evaluate.json at the original resolution against the forward passes it needs.
+
+#: the evaluation command's config chain (README "Commands").
+EVALUATION_CONFIGS = ("configs/train.json", "configs/evaluate.json")
+#: stages of :func:`evaluation_split`, in the order of one case's path through the evaluation.
+EVALUATION_STAGES = ("start", "loading", "inference", "postprocessing", "metrics", "report_metrics", "pictures",
+                     "writing", "other")
+
+
+def evaluation_overrides(dataset_dir: str | Path, bundle_root: str | Path, output_dir: str | Path,
+                         image_size: Sequence[int]) -> dict:
+    """The command-line overrides of the benchmarked evaluation (README "Commands", ``--num_workers 0``)."""
+    return {"dataset_dir": str(dataset_dir), "bundle_root": str(bundle_root), "output_dir": str(output_dir),
+            "image_size": [int(s) for s in image_size], "num_workers": 0}
+
+
+def _evaluation_stage(event: str, handler: str) -> str:
+    """The stage of :data:`EVALUATION_STAGES` an evaluator handler (ignite event, qualified name) belongs to."""
+    if event == "MODEL_COMPLETED":
+        return "postprocessing"  # decollate, Invertd (resize back), sigmoid, threshold, one-hot
+    if handler.endswith(("iteration_completed", "Metric.completed", "Metric.started")):
+        return "metrics"  # MONAI / ignite metric handlers: Dice, IoU, HD95, ASD, NSD
+    if handler.startswith("SegmentationReport."):
+        return {"_collect": "report_metrics", "_overlays": "pictures"}.get(handler.split(".")[-1], "writing")
+    if handler.startswith(("MetricsSaver", "RecordOutputs")):
+        return "writing"
+    if handler.startswith("CheckpointLoader"):
+        return "start"
+    return "other"
+
+
+def evaluation_split(overrides: dict) -> dict:
+    """Seconds per stage of one evaluation run in this process, measured by ignite's ``HandlersTimeProfiler``.
+
+    The workflow is the one ``python -m monai.bundle run`` builds from :data:`EVALUATION_CONFIGS` and
+    ``overrides``. Returns ``{"num_cases", "engine_s" (the evaluator's run), "stages": {stage: seconds},
+    "handlers_s": {"EVENT:handler": seconds}}`` with the stages of :data:`EVALUATION_STAGES` (``start`` has
+    only the weights' loading here; the imports and config parsing before the run only the whole command shows):
+    loading = the DataLoader (PIL decoding, resizing the image to the network size); inference = the
+    evaluator's iteration less its postprocessing handlers; postprocessing = decollating, ``Invertd``
+    (resize back), sigmoid, threshold and one-hot; metrics = the metric handlers; report_metrics = the
+    report's per-case metrics (accuracy, sensitivity, specificity, polyp toolbox); pictures = overlays;
+    writing = metrics.json, per_case.csv, summary.md and MONAI's CSVs; other = the rest of the evaluator's
+    run (other handlers, ignite's own work), so that the stages add up to ``engine_s``.
+    """
+    from ignite.handlers.time_profilers import HandlersTimeProfiler
+    from monai.bundle import ConfigWorkflow
+
+    from .bundle_folder import source_root
+
+    root = source_root()
+    workflow = ConfigWorkflow(config_file=[str(root / name) for name in EVALUATION_CONFIGS],
+                              meta_file=str(root / "configs" / "metadata.json"), workflow_type="infer", **overrides)
+    workflow.initialize()
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    profiler = HandlersTimeProfiler()
+    profiler.attach(evaluator)
+    start = time.perf_counter()
+    workflow.run()
+    engine_s = time.perf_counter() - start
+    workflow.finalize()
+    stages = dict.fromkeys(EVALUATION_STAGES, 0.0)
+    handler_s: dict[str, float] = {}
+    stages["loading"] = sum(profiler.dataflow_times)
+    stages["inference"] = sum(profiler.processing_times)
+    for event, handlers in profiler.event_handlers_times.items():
+        name = getattr(event, "name", str(event))
+        for handler, times in handlers.items():
+            stage = _evaluation_stage(name, handler)
+            stages[stage] += sum(times)
+            handler_s[f"{name}:{handler}"] = handler_s.get(f"{name}:{handler}", 0.0) + sum(times)
+            if stage == "postprocessing":
+                stages["inference"] -= sum(times)  # MONAI fires MODEL_COMPLETED inside the iteration
+    stages["other"] += max(engine_s - sum(stages.values()), 0.0)  # the engine's own work between the handlers
+    return {"num_cases": len(profiler.processing_times), "engine_s": engine_s, "stages": stages,
+            "handlers_s": {name: round(seconds, 3) for name, seconds in handler_s.items() if seconds >= 0.001}}
+
+
+def evaluation_forward_ms(image_size: Sequence[int], iters: int = 10, warmup: int = 2) -> float:
+    """Median time (ms) of one batch-1 forward at ``image_size`` through the evaluation's own network and
+    inferer (``validate#inferer`` of :data:`EVALUATION_CONFIGS`: the fast path), random weights and input."""
+    from monai.bundle import ConfigParser
+
+    from .bundle_folder import source_root
+
+    parser = ConfigParser()
+    parser.read_config([str(source_root() / name) for name in EVALUATION_CONFIGS])
+    parser.update({"image_size": [int(s) for s in image_size], "device": "$torch.device('cpu')"})
+    torch.manual_seed(0)
+    network, inferer = parser.get_parsed_content("network").eval(), parser.get_parsed_content("validate#inferer")
+    x = torch.rand(1, parser["in_channels"], *image_size)
+
+    def forward():
+        with torch.no_grad():
+            return inferer(x, network)
+
+    return median_ms(forward, iters, warmup)
+
+
+def evaluation_benchmark(dataset_dir: str | Path, bundle_root: str | Path, output_dir: str | Path,
+                         image_size: Sequence[int] = (192, 256), forward_iters: int = 10,
+                         threads: int | None = None) -> dict:
+    """The evaluation's cost against the forward passes it needs (issue #17, item 3).
+
+    Runs :func:`evaluation_split` in a child process, the evaluation ``python -m monai.bundle run`` runs with
+    the overrides of :func:`evaluation_overrides`, and times the child whole (process start included);
+    then measures the default inferer's batch-1 forward at ``image_size`` here (:func:`evaluation_forward_ms`).
+    ``bundle_root/models/model.pt`` holds the weights; ``dataset_dir`` is what evaluate.json evaluates (a
+    folder, or a datalist's test list); the report goes to ``output_dir``. ``threads``: torch's CPU threads
+    in both processes (``OMP_NUM_THREADS`` for the child; default: torch's choice).
+
+    Returns ``num_cases``, ``wall_s`` (the child), ``forward_ms``, ``ratio`` = wall_s / (num_cases x
+    forward), ``per_case_ms`` per stage of :data:`EVALUATION_STAGES` (``start``: the wall time less the
+    evaluator's run: imports, parsing the configs, building the network) and ``stage_ratio`` (each
+    stage's time per case over the forward time; they add up to ``ratio``).
+    """
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    if threads:
+        torch.set_num_threads(threads)
+        env["OMP_NUM_THREADS"] = str(threads)
+    overrides = evaluation_overrides(dataset_dir, bundle_root, output_dir, image_size)
+    child = ("import json, sys; from transfuse_bundle.benchmarking import evaluation_split; "
+             "print(json.dumps(evaluation_split(json.loads(sys.argv[1]))))")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", child, json.dumps(overrides)], check=True, stdout=subprocess.PIPE,
+                          text=True, env=env)
+    wall_s = time.perf_counter() - start
+    split = json.loads(done.stdout.strip().splitlines()[-1])
+    forward_ms = evaluation_forward_ms(image_size, forward_iters)
+    n = split["num_cases"]
+    stages = dict(split["stages"])
+    stages["start"] += max(wall_s - split["engine_s"], 0.0)
+    per_case_ms = {stage: round(1000 * seconds / n, 1) for stage, seconds in stages.items()}
+    return {"num_cases": n, "size": f"{image_size[0]}x{image_size[1]}", "wall_s": round(wall_s, 2),
+            "forward_ms": round(forward_ms, 2), "ratio": round(wall_s * 1000 / (n * forward_ms), 2),
+            "per_case_ms": per_case_ms,
+            "stage_ratio": {stage: round(ms / forward_ms, 2) for stage, ms in per_case_ms.items()},
+            "handlers_s": split["handlers_s"]}

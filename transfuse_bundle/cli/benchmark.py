@@ -8,6 +8,7 @@ in the same run (what each figure means: transfuse_bundle.benchmarking). Writes 
     transfuse-benchmark --threads 2 --out docs/benchmark
     transfuse-benchmark --tiny --out /tmp/bench      # seconds; what the test suite runs
     transfuse-benchmark --models --threads 2 --data-dir DATA --training-loop single-scale multi-scale --out /tmp/loop
+    transfuse-benchmark --evaluation DATALIST --bundle-root B --out /tmp/eval   # evaluate.json's cost per stage
     transfuse-benchmark --models S --sizes 352 --compile --batch-sweep 1 8 16 32 64 128 --out /tmp/gpu  # CUDA
     python scripts/benchmark.py --tiny --out /tmp/bench   # the same from a checkout
 """
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ..benchmarking import (MODELS, add_roofline, data_pipeline, machine_description, machine_peaks, run_benchmark,
-                            training_loop, training_loop_datalist, write_markdown)
+from ..benchmarking import (MODELS, add_roofline, data_pipeline, evaluation_benchmark, machine_description,
+                            machine_peaks, run_benchmark, training_loop, training_loop_datalist, write_markdown)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -63,7 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop-epochs", type=int, default=2, help="training-loop epochs (the first warms up)")
     parser.add_argument("--tiny", action="store_true", help="one small size, few iterations, three models")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmark"), help="writes OUT.json and OUT.md")
+    parser.add_argument("--evaluation", type=Path, default=None, metavar="DATASET",
+                        help="instead: the cost of evaluate.json on DATASET (a folder, or a datalist's test list) at its "
+                             "original resolution, per stage, against the forward passes; writes OUT.json")
+    parser.add_argument("--bundle-root", type=Path, default=Path("."), help="--evaluation: holds models/model.pt")
     args = parser.parse_args(argv)
+    if args.evaluation is not None:
+        return _evaluation(args)
     if args.training_loop:  # checked before any measurement, not after minutes of them
         if args.data_dir is None:
             parser.error("--training-loop needs --data-dir (a dataset with at least train-batch x loop-iterations training cases)")
@@ -100,4 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     write_markdown(rows, machine, args.out.with_suffix(".md"), report.get("data_pipeline"), peaks,
                    report.get("training_loop"))
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+def _evaluation(args: argparse.Namespace) -> int:
+    """``--evaluation``: :func:`~transfuse_bundle.benchmarking.evaluation_benchmark` at the first size; the
+    evaluation's report goes to OUT_report/, the result to OUT.json and standard output."""
+    result = evaluation_benchmark(args.evaluation, args.bundle_root, args.out.with_name(args.out.name + "_report"),
+                                  args.sizes[0], args.iters, args.threads)
+    result["machine"] = machine_description("cpu")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result), flush=True)
     return 0

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 
 from ..comparison import MODELS, RECIPES, compare_models, compare_recipes, write_recipe_table, write_table
+from ..errors import UserInputError
+from ..locking import lock_folders
 from ..tasks import task_names
 
 
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency_iters", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/comparison"))
+    parser.add_argument("--overwrite", action="store_true", help="replace the earlier results of a non-empty --out")
     args = parser.parse_args(argv)
     if args.task and not args.recipes:
         parser.error("--task applies to --recipes")
@@ -56,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the training and evaluation processes too
     out = args.out.resolve()
     try:
+        if out.is_dir() and any(out.iterdir()) and not args.overwrite:  # hours of runs: never replaced unasked
+            raise UserInputError(f"--out {out}: holds earlier results; give another folder, or --overwrite to replace them")
+        lock_folders(out)  # one comparison per folder (its runs write into it for hours)
         if args.recipes:
             if not args.dataset_dir.is_dir():
                 parser.error(f"--dataset_dir {args.dataset_dir}: recipes need a folder (images/ + masks/) to carve a test split from")
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             name, write = "comparison", write_table
             heading = (f"{args.epochs} epochs, batch {args.batch_size}, {image_size[0]}x{image_size[1]}, "
                        f"data {args.dataset_dir.resolve()}, {torch.get_num_threads()} CPU threads")
-    except (RuntimeError, OSError, ValueError) as e:  # a failed bundle run (its log is named), bad data, no configs/
+    except (RuntimeError, OSError, ValueError, UserInputError) as e:  # a failed bundle run (its log is named), bad data, no configs/
         print(f"error: {e}", file=sys.stderr)
         return 1
     out.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from monai.utils import MetricReduction
 
 from .empty import DISTANCE, OVERLAP, apply_empty_policy, empty_masks, max_distance
 
-__all__ = ["GEOMETRY_EXTENSIONS", "case_spacing", "engine_cases", "HausdorffDistanceMM",
+__all__ = ["GEOMETRY_EXTENSIONS", "case_spacing", "engine_cases", "union_window", "HausdorffDistanceMM",
            "SurfaceDistanceMM", "SurfaceDiceMM", "DEFAULT_NSD_TOLERANCE"]
 
 #: NSD tolerance in the report's unit (mm when the spacing is known, else pixels of the original image).
@@ -99,27 +99,57 @@ def engine_cases(engine: Any) -> list[dict[str, Any]]:
     return [{**(b if isinstance(b, Mapping) else {}), **o} for b, o in zip(batch, outputs)]
 
 
+def union_window(y_pred: torch.Tensor, y: torch.Tensor, first: int = 0, margin: int = 1) -> tuple[slice, ...] | None:
+    """Index of ``(B, C, *spatial)`` tensors that keeps every non-zero voxel of ``y_pred[:, first:]`` and
+    ``y[:, first:]`` (all cases, all those classes) and ``margin`` voxels around them, clipped to the
+    image; None when there are none.
+
+    MONAI's surface metrics crop each class to the bounding box of ``pred | truth`` plus one voxel
+    (``get_mask_edges(crop=True)``, zero-padded where the box leaves the image) before their erosions,
+    convolutions and distances, so computing them on this window gives the very same numbers: the window
+    holds that box with its margin, or reaches the image border exactly where the box does. What it
+    saves is MONAI's work on the full image (type conversions, the foreground search, one copy per class
+    and metric), which at 1920x1072 costs more than the distances themselves.
+    """
+    nonzero = (y_pred[:, first:] != 0) | (y[:, first:] != 0)
+    spatial = nonzero.flatten(0, 1).any(0) if nonzero.shape[1] else nonzero.new_zeros(y.shape[2:])
+    if not spatial.any():
+        return None
+    window = [slice(None), slice(None)]
+    for axis, size in enumerate(spatial.shape):
+        others = tuple(a for a in range(spatial.ndim) if a != axis)
+        present = torch.nonzero(spatial.any(others) if others else spatial).flatten()
+        window.append(slice(max(int(present[0]) - margin, 0), min(int(present[-1]) + 1 + margin, size)))
+    return tuple(window)
+
+
 class _EmptyPolicy:
     """Mixin for a MONAI surface metric: MONAI's values, then :func:`~.empty.apply_empty_policy`.
 
     ``_compute_tensor(y_pred, y, spacing=...)`` takes one-hot ``(B, C, *spatial)`` tensors and returns
-    ``(B, C')`` values, ``C' = C - 1`` without the background. MONAI's warnings about empty masks are
-    silenced: the policy, not a NaN, answers them. ``spacing`` as MONAI takes it (None, a number, one
-    value per axis, or one of those per case).
+    ``(B, C')`` values, ``C' = C - 1`` without the background. MONAI computes on :func:`union_window`
+    (the same values, without its full-image work); the policy's maximum distance is the full image's.
+    MONAI's warnings about empty masks are silenced: the policy, not a NaN, answers them. ``spacing`` as
+    MONAI takes it (None, a number, one value per axis, or one of those per case).
     """
 
     family = DISTANCE
     empty_distance: str | float = "diagonal"
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        first = 0 if self.include_background else 1  # type: ignore[attr-defined]
+        spatial = tuple(y.shape[2:])
+        # plain tensors: slicing a MetaTensor would also rewrite its affine, which nothing here reads
+        y_pred, y = (t.as_tensor() if isinstance(t, MetaTensor) else t for t in (y_pred, y))
+        window = union_window(y_pred, y, first)
+        if window is not None:
+            y_pred, y = y_pred[window], y[window]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"the (ground truth|prediction) of class .* is all 0")
             # MONAI 1.6's own compute_surface_dice still passes this deprecated argument, once per case
             warnings.filterwarnings("ignore", message=r".*always_return_as_numpy", category=FutureWarning)
             values = super()._compute_tensor(y_pred, y, **kwargs)  # type: ignore[misc]
-        first = 0 if self.include_background else 1  # type: ignore[attr-defined]
-        pred_empty, truth_empty = empty_masks(y_pred[:, first:], y[:, first:])
-        spatial = tuple(y.shape[2:])
+        pred_empty, truth_empty = empty_masks(y_pred[:, first:], y[:, first:])  # the window holds every voxel > 0.5
         spacings = prepare_spacing(spacing=kwargs.get("spacing"), batch_size=y.shape[0], img_dim=len(spatial))
         maximum = [max_distance(spatial, s, self.empty_distance) for s in spacings]
         return apply_empty_policy(values, pred_empty, truth_empty, self.family, maximum)

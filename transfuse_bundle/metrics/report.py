@@ -53,6 +53,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.data import MetaTensor
 from monai.metrics import compute_confusion_matrix_metric, get_confusion_matrix
 from monai.transforms import LoadImage
 from PIL import Image
@@ -140,6 +141,14 @@ def _to_uint8_rgb(slice_2d: np.ndarray) -> np.ndarray:
     return np.repeat(scaled.astype(np.uint8)[..., None], 3, axis=-1)
 
 
+def _plain(tensor) -> torch.Tensor:
+    """A contiguous CPU ``torch.Tensor`` of an engine output (MetaTensor or not; the evaluation's are
+    transposed views): full-image reductions over it are several times faster, and as they count 0 / 1
+    values, exactly the same."""
+    tensor = torch.as_tensor(tensor).detach().cpu()
+    return (tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor).contiguous()
+
+
 def _nan_mean(values: np.ndarray) -> float | None:
     finite = values[np.isfinite(values)]
     return float(finite.mean()) if finite.size else None
@@ -205,6 +214,7 @@ class SegmentationReport:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._overlays)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
 
     def _reset(self, engine: Engine | None) -> None:
@@ -221,17 +231,19 @@ class SegmentationReport:
         self._warned_no_prob = False
         self._volumes = False
         self._overlay_names: set[str] = set()
+        self._pending_overlays: list[tuple[str, np.ndarray, np.ndarray]] = []  # (source, gt ids, pred ids)
 
     def _collect(self, engine: Engine) -> None:
         for case in engine_cases(engine):
-            pred, label = torch.as_tensor(case["pred"]).detach().cpu(), torch.as_tensor(case["label"]).detach().cpu()
+            pred, label = (_plain(case[key]) for key in ("pred", "label"))
             if pred.shape != label.shape or pred.ndim not in (3, 4):
                 raise ValueError(
                     "report needs one-hot (C, H, W) or (C, H, W, D) pred and label of one shape, "
                     f"got {tuple(pred.shape)} and {tuple(label.shape)}"
                 )
             self._volumes = pred.ndim == 4
-            pred_ids, label_ids = pred.argmax(0).numpy(), label.argmax(0).numpy()
+            # numpy's argmax over the class axis (the same ids, first maximum) is ~10x faster than torch's
+            pred_ids, label_ids = np.argmax(pred.numpy(), 0), np.argmax(label.numpy(), 0)
             per_class = [float(((pred[c] > 0.5) == (label[c] > 0.5)).float().mean()) for c in range(1, pred.shape[0])]
             self._accuracy.append([float((pred_ids == label_ids).mean()), *per_class])
             pred_empty, truth_empty = empty_masks(pred[None, 1:], label[None, 1:])
@@ -250,7 +262,14 @@ class SegmentationReport:
             self._max_distance.append(max_distance(label.shape[1:], spacing, self.empty_distance))
             self._toolbox.append(self._toolbox_case(case, label))
             if len(self._files) <= self.num_overlays:
-                self._save_overlays(source, label_ids, pred_ids)
+                self._pending_overlays.append((source, label_ids, pred_ids))
+
+    def _overlays(self, engine: Engine) -> None:
+        """The overlay pictures of the cases :meth:`_collect` just kept for them (a handler of its own, so
+        that a profiler tells the pictures' time from the metrics')."""
+        for source, gt, pred in self._pending_overlays:
+            self._save_overlays(source, gt, pred)
+        self._pending_overlays = []
 
     def _toolbox_case(self, case: Mapping, label: torch.Tensor) -> dict | None:
         """The polyp toolbox metrics of one case (None when off, not binary 2D, or without ``prob``)."""
