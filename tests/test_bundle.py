@@ -337,7 +337,7 @@ def test_synthetic_default_trains_fewer_epochs_than_real_data(tmp_path):
         return parser.get_parsed_content("train#trainer#max_epochs"), parser.get_parsed_content("lr_scheduler#T_max")
 
     kvasir = str(REPO.parent / "shared" / "data" / "kvasir_seg")
-    assert epochs() == (8, 8)
-    assert epochs(dataset_dir=str(tmp_path / "data" / "synthetic")) == (8, 8)  # the same folder, named explicitly
+    assert epochs() == (5, 5)
+    assert epochs(dataset_dir=str(tmp_path / "data" / "synthetic")) == (5, 5)  # the same folder, named explicitly
     assert epochs(dataset_dir=kvasir) == (25, 25)
     assert epochs(max_epochs=3) == (3, 3) and epochs(dataset_dir=kvasir, max_epochs=3) == (3, 3)
