@@ -23,7 +23,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
-from conftest import run_command, run_workflow
+from conftest import console_noise, run_command, run_workflow
 from transfuse_bundle.data import make_synthetic_case, synthetic_dataset
 from transfuse_bundle.networks import TransFuse
 
@@ -169,11 +169,13 @@ def test_network_def_is_identical_in_train_and_inference():
 
 @pytest.mark.slow
 def test_cli_user_command_trains_on_generated_synthetic_data(tmp_path):
-    """The README's command, exactly, plus small overrides; the default dataset is generated under bundle_root."""
+    """The README's command, exactly, plus small overrides (default workers); the default dataset is generated under
+    bundle_root; nothing is printed that does not concern the user (no DataLoader, nvImageCodec or other warning)."""
     result = _cli(
         "run", "training", "--config_file", "configs/train.json",
-        "--bundle_root", str(tmp_path), "--train#trainer#max_epochs", "1", *CLI_SMALL, "--batch_size", "8",
+        "--bundle_root", str(tmp_path), "--train#trainer#max_epochs", "1", "--image_size", "[64,64]", "--batch_size", "8",
     )
+    assert console_noise(result) == []
     datalist = json.loads((tmp_path / "data" / "synthetic" / "datalist.json").read_text())
     assert [len(datalist[k]) for k in ("training", "validation", "test")] == [40, 10, 10]
     assert (tmp_path / "models" / "model.pt").is_file()
@@ -189,10 +191,11 @@ def test_cli_evaluate_folder_dataset_evaluates_every_image(trained, tmp_path):
         Image.fromarray(image).save(folder / "images" / f"img{index}{ext}", quality=95)
         _save_mask_png(folder / "masks" / f"img{index}.png", mask)
     out = tmp_path / "out"
-    _cli(
+    result = _cli(
         "run", "--config_file", "['configs/train.json','configs/evaluate.json']",
         "--dataset_dir", str(folder), "--output_dir", str(out), "--bundle_root", str(trained["root"]), *CLI_SMALL,
     )
+    assert console_noise(result) == []
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_cases"] == 4
     assert {"mean_dice", "mean_iou", "accuracy", "hd95", "asd", "per_class"} <= set(metrics)
@@ -202,10 +205,11 @@ def test_cli_evaluate_folder_dataset_evaluates_every_image(trained, tmp_path):
 
 def test_cli_inference_writes_one_png_per_image(trained, synthetic, tmp_path):
     out = tmp_path / "pred"
-    _cli(
+    result = _cli(
         "run", "--config_file", "configs/inference.json", "--dataset_dir", str(synthetic / "images"),
         "--output_dir", str(out), "--bundle_root", str(trained["root"]), *CLI_SMALL,
     )
+    assert console_noise(result) == []
     assert len(list(out.glob("*_seg.png"))) == 10  # a folder of images: every one of them
 
 

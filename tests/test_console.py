@@ -1,5 +1,6 @@
 """What a user of ``python -m monai.bundle run`` reads: a refusal in one line without MONAI's traceback, a real crash
-with its traceback, and no warning at every start that does not concern them (issue #14).
+with its traceback (issue #14). That the user's commands print no warning that does not concern them is checked
+on the commands of test_bundle.py (``conftest.console_noise``).
 
 Each test runs the user's command in a subprocess (the excepthook and the warnings act on a whole process).
 """
@@ -7,7 +8,6 @@ Each test runs the user's command in a subprocess (the excepthook and the warnin
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 import pytest
@@ -59,22 +59,3 @@ def test_refusals_print_one_line_and_crashes_keep_their_traceback(tmp_path):
                        check=False)
     assert crash.returncode == 1 and "Traceback" in crash.stderr, crash.stderr[-3000:]
     assert crash.stderr.splitlines()[-1] == "error: ValueError: Invalid learning rate: -1", crash.stderr[-3000:]
-
-
-# What used to be printed at every start, none of which concerns a user: PyTorch's DataLoader warning when the
-# default of 4 workers exceeds the CPUs, MONAI's DICOM reader missing nvImageCodec (the log line and the warning).
-NOISE = re.compile(r"This DataLoader will create|nvImageCodec|Warning|WARNING|Traceback")
-
-
-@pytest.mark.slow
-def test_train_evaluate_infer_print_no_warning(tmp_path):
-    """The three commands on the synthetic default with default workers: nothing on stdout or stderr matches NOISE.
-    (MONAI's two lines about the config's trust and the metadata's ``optional_packages_version`` come before any
-    of the bundle's code runs, and stay.)"""
-    bundle = tmp_path / "bundle"
-    outputs = [bundle_cli("run", "training", *TRAIN, "--bundle_root", bundle, "--max_epochs", "1", *TINY, env=_env())]
-    outputs.append(bundle_cli("run", *EVALUATE, "--bundle_root", bundle, *TINY, env=_env()))
-    outputs.append(bundle_cli("run", *INFERENCE, "--bundle_root", bundle, *TINY, env=_env()))
-    for result in outputs:
-        noise = [line for line in (result.stdout + result.stderr).splitlines() if NOISE.search(line)]
-        assert noise == [], "\n".join(noise)
