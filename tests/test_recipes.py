@@ -57,7 +57,11 @@ def test_official_recipe_overlay_changes_exactly_the_official_parts_and_trains(t
     datalist = official.get_parsed_content("datalist")
     assert official.get_parsed_content("train#dataset#data") == datalist["training"] + datalist["validation"]
     assert default.get_parsed_content("train#dataset#data") == datalist["training"]
-    assert (official["keep_model"], default["keep_model"]) == ("last", "best")
+    assert official["keep_model"] == default["keep_model"] == "last"
+    # the official augmentation: shift/scale/rotate with zero padding (ours too), both flips, colour jitter half the time
+    affine = official.get_parsed_content("train#augment")[0]
+    assert affine.rand_affine.rand_affine_grid.rotate_range == (0.4363,)  # 25 degrees
+    assert set(affine.padding_mode) == {"zeros"}
 
     before = net.vit.pos_embed.detach().clone()
     trainer = official.get_parsed_content("train#trainer")
