@@ -110,3 +110,15 @@ def test_evaluation_benchmark_on_kvasir(tmp_path):
     report = json.loads((tmp_path / "eval_report" / "metrics.json").read_text())
     assert report["num_cases"] == 3 and 0 <= report["mean_dice"] <= 1
     assert len(list((tmp_path / "eval_report" / "overlays").glob("*.png"))) == 3
+
+
+def test_evaluation_benchmark_with_missing_weights_says_why_in_one_line(tmp_path, capfd):
+    datalist = tmp_path / "datalist.json"
+    write_datalist(KVASIR, datalist, num_training=1, num_test=2, seed=0)
+    out = tmp_path / "eval"
+    assert benchmark_main(["--evaluation", str(datalist), "--bundle-root", str(tmp_path / "nothing"), "--sizes", "64",
+                           "--iters", "2", "--threads", "1", "--out", str(out)]) == 1
+    said = capfd.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(said)
+    assert said[-1].startswith("error: ") and str(tmp_path / "nothing" / "models" / "model.pt") in said[-1]
+    assert not out.with_suffix(".json").exists()

@@ -148,7 +148,7 @@ def _downscaled(image_src: Path, mask_src: Path | None, image_dst: Path, mask_ds
 
 def _short_training(bundle: Path, names: list[str], studies: Path, root: Path) -> None:
     """Trains the polyp bundle folder with its own CLI on ``names`` (validated on the same images): the
-    best-Dice checkpoint goes to ``bundle/models/model.pt`` as in any bundle training."""
+    weights go to ``bundle/models/model.pt`` as in any bundle training."""
     config = bundle / "configs" / "train.json"
     items = [{"image": str(studies / f"{n}.jpg"), "label": str(studies / "labels" / "final" / f"{n}.png")} for n in names]
     datalist = root / "pretrain_datalist.json"

@@ -754,7 +754,8 @@ def evaluation_benchmark(dataset_dir: str | Path, bundle_root: str | Path, outpu
     Returns ``num_cases``, ``wall_s`` (the child), ``forward_ms``, ``ratio`` = wall_s / (num_cases x
     forward), ``per_case_ms`` per stage of :data:`EVALUATION_STAGES` (``start``: the wall time less the
     evaluator's run: imports, parsing the configs, building the network) and ``stage_ratio`` (each
-    stage's time per case over the forward time; they add up to ``ratio``).
+    stage's time per case over the forward time; they add up to ``ratio``). A child that fails (bad weights or
+    data: it has printed its one-line ``error:``) raises ``subprocess.CalledProcessError``.
     """
     import os
     import subprocess

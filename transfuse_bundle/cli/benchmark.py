@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 from pathlib import Path
 
 import torch
@@ -113,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluation(args: argparse.Namespace) -> int:
     """``--evaluation``: :func:`~transfuse_bundle.benchmarking.evaluation_benchmark` at the first size; the
     evaluation's report goes to OUT_report/, the result to OUT.json and standard output."""
-    result = evaluation_benchmark(args.evaluation, args.bundle_root, args.out.with_name(args.out.name + "_report"),
-                                  args.sizes[0], args.iters, args.threads)
+    try:
+        result = evaluation_benchmark(args.evaluation, args.bundle_root, args.out.with_name(args.out.name + "_report"),
+                                      args.sizes[0], args.iters, args.threads)
+    except subprocess.CalledProcessError as failed:  # the evaluation has said why in one line: no traceback on top
+        return failed.returncode
     result["machine"] = machine_description("cpu")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
