@@ -31,7 +31,7 @@ def test_compare_models_trains_each_network_on_real_images(tmp_path):
     assert 100e6 > rows["TransFuse-S concat+res (E.5)"]["params"] > 20e6 > rows["MedT"]["params"]
     for row in rows.values():
         assert 0.0 <= row["mean_dice"] <= 1.0 and 0.0 <= row["mean_iou"] <= row["mean_dice"] + 1e-6
-        assert row["latency_ms"] > 0 and row["train_s"] > 0
+        assert row["latency_ms"] > 0 and row["train_s"] > 0 and 0.0 <= row["nsd"] <= 1.0
         # each model was evaluated by the bundle on every test image
         per_case = tmp_path / "out" / re.sub(r"[^a-z0-9]+", "-", row["model"].lower()).strip("-") / "eval" / "per_case.csv"
         assert len(per_case.read_text().strip().splitlines()) == 1 + 2
@@ -59,6 +59,7 @@ def test_recipe_comparison_carves_a_test_split_and_evaluates_every_run_on_it(tmp
     assert [(r["recipe"], r["seed"]) for r in rows] == [("default", 3), ("official", 3)]
     for row in rows:
         assert 0.0 <= row["mean_iou"] <= row["mean_dice"] <= 1.0 and row["train_s"] > 0
+        assert 0.0 <= row["nsd"] <= 1.0 and 0 <= row["empty_predictions"] <= 3
         per_case = (out / f"{row['recipe']}-seed3" / "eval" / "per_case.csv").read_text()
         assert sorted(Path(p).name for p in test) == sorted(Path(line.split(",")[0]).name for line in per_case.strip().splitlines()[1:])
     table = (out / "recipes.md").read_text()

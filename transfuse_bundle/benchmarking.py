@@ -372,18 +372,26 @@ def interleaved_speedups(official: nn.Module, modes: dict[str, tuple[nn.Module, 
     return {f"speedup_interleaved_vs_official_{mode}": round(ms["official"] / ms[mode], 3) for mode in modes}
 
 
-def data_pipeline(dataset_dir: Path, size, batch: int, steps: int, num_workers: int) -> dict:
-    """Training images/s with the bundle's own data pipeline (real images from disk: train.json's
-    CacheDataset, augmentations and DataLoader) against the same training step on tensors already in
-    memory. The ratio says whether data loading holds training back."""
+def _bundle_parser(config_names: Sequence[str], overrides: dict):
+    """A ``ConfigParser`` of this repository's ``config_names`` (paths relative to its root, merged in order)
+    with ``overrides`` (config ids -> values) on top."""
     from monai.bundle import ConfigParser
 
     from .bundle_folder import source_root
 
     parser = ConfigParser()
-    parser.read_config(str(source_root() / "configs" / "train.json"))
-    parser.update({"dataset_dir": str(dataset_dir), "image_size": list(size), "batch_size": batch,
-                   "num_workers": num_workers, "device": "$torch.device('cpu')", "amp": False})
+    parser.read_config([str(source_root() / name) for name in config_names])
+    parser.update(overrides)
+    return parser
+
+
+def data_pipeline(dataset_dir: Path, size, batch: int, steps: int, num_workers: int) -> dict:
+    """Training images/s with the bundle's own data pipeline (real images from disk: train.json's
+    CacheDataset, augmentations and DataLoader) against the same training step on tensors already in
+    memory. The ratio says whether data loading holds training back."""
+    parser = _bundle_parser(["configs/train.json"], {
+        "dataset_dir": str(dataset_dir), "image_size": list(size), "batch_size": batch, "num_workers": num_workers,
+        "device": "$torch.device('cpu')", "amp": False})
     loader = parser.get_parsed_content("train#dataloader")
     network, loss_fn = parser.get_parsed_content("network"), parser.get_parsed_content("loss")
     optimizer = parser.get_parsed_content("optimizer")
@@ -551,23 +559,17 @@ def training_loop(dataset_dir: Path, size, batch: int, iterations: int, num_work
 
     from ignite.engine import Events
     from ignite.handlers.time_profilers import HandlersTimeProfiler
-    from monai.bundle import ConfigParser
-
-    from .bundle_folder import source_root
     from .engines import scaled_size
 
     if epochs < 2:
         raise ValueError(f"epochs must be >= 2 (the first one warms up), got {epochs}")
     lists, cases = training_loop_datalist(dataset_dir, batch, iterations), batch * iterations
-    configs = [source_root() / "configs" / "train.json"]
-    if multi_scale:
-        configs.append(source_root() / "configs" / "tasks" / "polyp" / "train.json")
+    configs = ["configs/train.json", *(["configs/tasks/polyp/train.json"] if multi_scale else [])]
     with tempfile.TemporaryDirectory() as bundle_root:
-        parser = ConfigParser()
-        parser.read_config([str(path) for path in configs])
-        parser.update({"bundle_root": bundle_root, "image_size": list(size), "batch_size": batch,
-                       "num_workers": num_workers, "max_epochs": epochs,
-                       "datalist": {"training": lists["training"][:cases], "validation": lists["validation"][:2], "test": []}})
+        parser = _bundle_parser(configs, {
+            "bundle_root": bundle_root, "image_size": list(size), "batch_size": batch, "num_workers": num_workers,
+            "max_epochs": epochs,
+            "datalist": {"training": lists["training"][:cases], "validation": lists["validation"][:2], "test": []}})
         if device is not None:
             parser["device"] = f"$torch.device({str(device)!r})"
         parser.update(overrides or {})
@@ -721,13 +723,8 @@ def evaluation_split(overrides: dict) -> dict:
 def evaluation_forward_ms(image_size: Sequence[int], iters: int = 10, warmup: int = 2) -> float:
     """Median time (ms) of one batch-1 forward at ``image_size`` through the evaluation's own network and
     inferer (``validate#inferer`` of :data:`EVALUATION_CONFIGS`: the fast path), random weights and input."""
-    from monai.bundle import ConfigParser
-
-    from .bundle_folder import source_root
-
-    parser = ConfigParser()
-    parser.read_config([str(source_root() / name) for name in EVALUATION_CONFIGS])
-    parser.update({"image_size": [int(s) for s in image_size], "device": "$torch.device('cpu')"})
+    parser = _bundle_parser(EVALUATION_CONFIGS, {"image_size": [int(s) for s in image_size],
+                                                 "device": "$torch.device('cpu')"})
     torch.manual_seed(0)
     network, inferer = parser.get_parsed_content("network").eval(), parser.get_parsed_content("validate#inferer")
     x = torch.rand(1, parser["in_channels"], *image_size)

@@ -34,7 +34,10 @@ from .tasks import config_files
 
 __all__ = ["MODELS", "RECIPES", "compare_models", "compare_recipes", "write_recipe_table", "write_table"]
 
-REPORTED = ("mean_dice", "mean_iou", "hd95", "asd")  # the evaluation report's keys in each row
+REPORTED = ("mean_dice", "mean_iou", "hd95", "asd", "nsd")  # the evaluation report's keys in each row
+#: the columns of each row after the metrics: test images with an empty prediction (their HD95 / ASD count at the
+#: image diagonal, see metrics/empty.py), training wall time
+COUNTED = ("empty_predictions", "train_s")
 
 # name -> (config overlays relative to the repository, config overrides {id: value})
 MODELS: dict[str, tuple[list[str], dict[str, Any]]] = {
@@ -75,8 +78,8 @@ def _chains(task: str | None, overlays: Sequence[str], root: Path) -> tuple[list
 def _train_and_evaluate(root: Path, work: Path, dataset_dir: str | os.PathLike, task: str | None,
                         overlays: Sequence[str], overrides: Mapping[str, Any], epochs: int) -> dict[str, Any]:
     """Trains ``task``'s configs + ``overlays`` for ``epochs`` in ``work`` (``models/``, ``train/``, logs), evaluates
-    its ``model.pt`` with ``evaluate.json`` at the original resolution (``work/eval``) and returns ``train_s`` and
-    the report's ``mean_dice``, ``mean_iou``, ``hd95``, ``asd``."""
+    its ``model.pt`` with ``evaluate.json`` at the original resolution (``work/eval``) and returns ``train_s``, the
+    report's metrics of :data:`REPORTED` and ``empty_predictions``."""
     work.mkdir(parents=True, exist_ok=True)
     train_files, eval_files = _chains(task, overlays, root)
     common = {"dataset_dir": str(Path(dataset_dir).resolve()), "ckpt_dir": str(work / "models"), **overrides}
@@ -84,7 +87,8 @@ def _train_and_evaluate(root: Path, work: Path, dataset_dir: str | os.PathLike, 
                           {**common, "output_dir": str(work / "train"), "max_epochs": epochs}, work / "train.log")
     _run_bundle(root, "run", eval_files, {**common, "output_dir": str(work / "eval")}, work / "eval.log")
     metrics = json.loads((work / "eval" / "metrics.json").read_text())
-    return {"train_s": round(train_s, 1), **{k: metrics.get(k) for k in REPORTED}}
+    return {"train_s": round(train_s, 1), **{k: metrics.get(k) for k in REPORTED},
+            "empty_predictions": metrics["empty_cases"]["prediction_empty"]}
 
 
 def compare_models(dataset_dir: str | os.PathLike, out: str | os.PathLike, models: Sequence[str] = tuple(MODELS),
@@ -101,8 +105,8 @@ def compare_models(dataset_dir: str | os.PathLike, out: str | os.PathLike, model
         latency_iters: timed batch-1 forwards for the median latency.
         root: the repository with ``configs/`` (default :func:`~transfuse_bundle.bundle_folder.source_root`).
 
-    Returns one row per model: ``model``, ``params``, ``latency_ms``, ``train_s``, ``mean_dice``,
-    ``mean_iou``, ``hd95``, ``asd``. A failing bundle run raises ``RuntimeError`` naming its log.
+    Returns one row per model: ``model``, ``params``, ``latency_ms`` and the keys of :data:`REPORTED` and
+    :data:`COUNTED`. A failing bundle run raises ``RuntimeError`` naming its log.
     """
     from monai.bundle import ConfigParser
 
@@ -165,7 +169,7 @@ def compare_recipes(dataset_dir: str | os.PathLike, out: str | os.PathLike, reci
         seeds: the ``seed`` of each run (weights, augmentation, batch order); the splits stay fixed.
         test_fraction, split_seed: the held-out share of the pairs and its draw.
 
-    Returns one row per run: ``recipe``, ``seed``, ``train_s``, ``mean_dice``, ``mean_iou``, ``hd95``, ``asd``.
+    Returns one row per run: ``recipe``, ``seed`` and the keys of :data:`REPORTED` and :data:`COUNTED`.
     """
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
@@ -188,13 +192,14 @@ def compare_recipes(dataset_dir: str | os.PathLike, out: str | os.PathLike, reci
 def write_recipe_table(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, heading: str) -> None:
     """The rows of :func:`compare_recipes` as Markdown under ``heading``: one line per run, then per recipe the mean
     over seeds and the spread (max - min) in brackets."""
-    lines = [heading, "", "| recipe | seed | Dice | IoU | HD95 | ASD | training (s) |", "|---|---|---|---|---|---|---|"]
+    lines = [heading, "", "| recipe | seed | Dice | IoU | HD95 | ASD | NSD | empty predictions | training (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['recipe']} | {r['seed']} | " + " | ".join(_fmt(r[k]) for k in REPORTED) + f" | {r['train_s']} |")
+        lines.append(f"| {r['recipe']} | {r['seed']} | " + " | ".join(_fmt(r[k]) for k in (*REPORTED, *COUNTED)) + " |")
     for recipe in dict.fromkeys(r["recipe"] for r in rows):
         runs = [r for r in rows if r["recipe"] == recipe]
         cells = []
-        for key in (*REPORTED, "train_s"):
+        for key in (*REPORTED, *COUNTED):
             values = [r[key] for r in runs if r[key] is not None]
             cells.append(f"{_fmt(sum(values) / len(values))} ({_fmt(max(values) - min(values))})" if values else "-")
         lines.append(f"| **{recipe}**, mean (spread) | {len(runs)} seeds | " + " | ".join(cells) + " |")
@@ -202,15 +207,18 @@ def write_recipe_table(rows: Sequence[Mapping[str, Any]], path: str | os.PathLik
 
 
 def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+    """Three decimals for scores, one for distances and seconds."""
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return "-" if value is None else str(value)
 
 
 def write_table(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, heading: str) -> None:
     """The rows of :func:`compare_models` as a Markdown table under the line ``heading`` (the budget and data)."""
     lines = [heading, "",
-             "| model | parameters | latency (ms) | Dice | IoU | HD95 | ASD | training (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | parameters | latency (ms) | Dice | IoU | HD95 | ASD | NSD | empty predictions | training (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['params']:,} | {r['latency_ms']} | {_fmt(r['mean_dice'])} | "
-                     f"{_fmt(r['mean_iou'])} | {_fmt(r['hd95'])} | {_fmt(r['asd'])} | {r['train_s']} |")
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['latency_ms']} | "
+                     + " | ".join(_fmt(r[k]) for k in (*REPORTED, *COUNTED)) + " |")
     Path(path).write_text("\n".join(lines) + "\n")
