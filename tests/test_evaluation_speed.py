@@ -122,3 +122,26 @@ def test_evaluation_benchmark_with_missing_weights_says_why_in_one_line(tmp_path
     assert "Traceback" not in "\n".join(said)
     assert said[-1].startswith("error: ") and str(tmp_path / "nothing" / "models" / "model.pt") in said[-1]
     assert not out.with_suffix(".json").exists()
+
+
+def test_shared_edge_distances_never_mix_up_cases():
+    """HD95, ASD and NSD share MONAI's edge distances per case; masks of equal size and area (rolled copies) and
+    several classes, metric after metric and case after case, each still give MONAI's own values."""
+    truth = _kvasir_mask()
+    rolled = [np.roll(truth, (dy, dx), (0, 1)) for dy, dx in ((9, 0), (0, 9), (-9, 4))]  # same area, same shape
+    three_classes = np.zeros(truth.shape, np.int64)
+    three_classes[truth] = 1
+    three_classes[np.roll(truth, (40, 40), (0, 1)) & ~truth] = 2
+
+    def classes(ids):
+        return torch.as_tensor(np.stack([ids == c for c in range(3)]))[None].float()
+
+    cases = [(_one_hot(p), _one_hot(truth)) for p in rolled] + [(_one_hot(truth), _one_hot(rolled[0]))]
+    cases.append((classes(np.roll(three_classes, (5, -7), (0, 1))), classes(three_classes)))
+    ours = [_HausdorffDistanceMetric(percentile=95), _SurfaceDistanceMetric(symmetric=True), _SurfaceDiceMetric(2.0)]
+    for pred, truth_one_hot in cases + cases[::-1]:
+        monai = [HausdorffDistanceMetric(percentile=95), SurfaceDistanceMetric(symmetric=True),
+                 SurfaceDiceMetric(class_thresholds=[2.0] * (pred.shape[1] - 1))]
+        for metric, reference in zip(ours, monai):
+            expected = reference(pred, truth_one_hot, spacing=[0.7, 1.3])
+            assert torch.equal(metric(pred, truth_one_hot, spacing=[0.7, 1.3]), expected), type(metric).__name__
