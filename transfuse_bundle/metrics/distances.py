@@ -1,8 +1,9 @@
 """Boundary distances (HD95, ASD) and normalised surface Dice (NSD) in millimetres when the spacing is known.
 
 MONAI's ``HausdorffDistance`` and ``SurfaceDistance`` handlers call their metric without ``spacing``, so
-their distances are in pixels of whatever grid the evaluator compares. The two handlers here pass each
-case's spacing (see :func:`case_spacing`) to the same MONAI metrics, one case at a time:
+their distances are in pixels of whatever grid the evaluator compares. The handlers here measure each case
+with its own spacing (see :func:`case_spacing`), MONAI's edge distances reduced as MONAI's metrics reduce
+them (computed once per case for HD95, ASD and NSD: :class:`_CaseDistances`):
 
 * a ``"spacing"`` entry of the datalist (``[row, col]`` mm per pixel of the original 2D image, e.g.
   hip X-rays written by ``scripts/prepare_data.py --layout hip``) -> mm;
@@ -137,8 +138,8 @@ class _CaseDistances:
     """
 
     def __init__(self, size: int = 4) -> None:
-        self._entries: collections.OrderedDict[tuple, list] = collections.OrderedDict()
-        self._size, self._lock = size, threading.Lock()
+        self._entries: collections.deque[tuple] = collections.deque(maxlen=size)  # (key, y_pred, y, result)
+        self._lock = threading.Lock()
 
     def __call__(self, y_pred: torch.Tensor, y: torch.Tensor, first: int, spacings: Sequence[Any],
                  distance_metric: str) -> tuple[list[list[tuple[torch.Tensor, torch.Tensor]]], torch.Tensor, torch.Tensor]:
@@ -147,8 +148,8 @@ class _CaseDistances:
         key = (tuple(y.shape), first, distance_metric,
                tuple(None if s is None else tuple(np.ravel(s).tolist()) for s in spacings))
         with self._lock:
-            for old_pred, old_y, result in self._entries.get(key, []):
-                if torch.equal(old_pred, y_pred) and torch.equal(old_y, y):
+            for old_key, old_pred, old_y, result in self._entries:
+                if old_key == key and torch.equal(old_pred, y_pred) and torch.equal(old_y, y):
                     return result
         window = union_window(y_pred, y, first)  # MONAI's values, without its work on the full image
         pred, truth = (y_pred[window], y[window]) if window is not None else (y_pred, y)
@@ -159,13 +160,7 @@ class _CaseDistances:
                           for c in range(first, y.shape[1])] for b in range(y.shape[0])]
         result = (distances, *empty_masks(pred[:, first:], truth[:, first:]))  # the window holds every voxel > 0.5
         with self._lock:
-            self._entries.setdefault(key, []).append((y_pred.clone(), y.clone(), result))
-            self._entries.move_to_end(key)
-            while sum(map(len, self._entries.values())) > self._size:
-                oldest = next(iter(self._entries))
-                self._entries[oldest].pop(0)
-                if not self._entries[oldest]:
-                    del self._entries[oldest]
+            self._entries.append((key, y_pred.clone(), y.clone(), result))
         return result
 
 
@@ -186,7 +181,7 @@ class _EmptyPolicy:
     family = DISTANCE
     empty_distance: str | float = "diagonal"
 
-    def _reduce(self, distances: tuple[torch.Tensor, torch.Tensor], class_index: int) -> torch.Tensor:
+    def _reduce(self, distances: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """The metric of one class of one case from its ``(prediction -> truth, truth -> prediction)`` distances."""
         raise NotImplementedError
 
@@ -200,7 +195,7 @@ class _EmptyPolicy:
         spacings = prepare_spacing(spacing=kwargs.get("spacing"), batch_size=y.shape[0], img_dim=len(spatial))
         distances, pred_empty, truth_empty = _CASE_DISTANCES(y_pred, y, first, spacings,
                                                              self.distance_metric)  # type: ignore[attr-defined]
-        values = torch.tensor([[float(self._reduce(d, c)) for c, d in enumerate(case)] for case in distances],
+        values = torch.tensor([[float(self._reduce(d)) for d in case] for case in distances],
                               dtype=torch.float).reshape(y.shape[0], y.shape[1] - first)
         maximum = [max_distance(spatial, s, self.empty_distance) for s in spacings]
         return apply_empty_policy(values, pred_empty, truth_empty, self.family, maximum)
@@ -209,7 +204,7 @@ class _EmptyPolicy:
 class _HausdorffDistanceMetric(_EmptyPolicy, HausdorffDistanceMetric):
     """MONAI's ``HausdorffDistanceMetric`` with the empty-mask policy."""
 
-    def _reduce(self, distances: tuple[torch.Tensor, torch.Tensor], class_index: int) -> torch.Tensor:
+    def _reduce(self, distances: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         # compute_hausdorff_distance: the percentile of each direction (NaN when empty), the larger one
         directions = distances[:1] if self.directed else distances
         return torch.max(torch.stack([_compute_percentile_hausdorff_distance(d, self.percentile) for d in directions]))
@@ -218,7 +213,7 @@ class _HausdorffDistanceMetric(_EmptyPolicy, HausdorffDistanceMetric):
 class _SurfaceDistanceMetric(_EmptyPolicy, SurfaceDistanceMetric):
     """MONAI's ``SurfaceDistanceMetric`` with the empty-mask policy."""
 
-    def _reduce(self, distances: tuple[torch.Tensor, torch.Tensor], class_index: int) -> torch.Tensor:
+    def _reduce(self, distances: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         # compute_average_surface_distance: the mean over both directions' distances (one when not symmetric)
         surface = torch.cat(distances if self.symmetric else distances[:1])
         return surface.mean() if surface.numel() else torch.tensor(float("nan"))
@@ -236,7 +231,7 @@ class _SurfaceDiceMetric(_EmptyPolicy, SurfaceDiceMetric):
         super().__init__(class_thresholds=[], include_background=include_background, reduction=reduction)
         self.tolerance = float(tolerance)
 
-    def _reduce(self, distances: tuple[torch.Tensor, torch.Tensor], class_index: int) -> torch.Tensor:
+    def _reduce(self, distances: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         # compute_surface_dice without subvoxels: the share of both edges within the tolerance of the other
         complete = sum(len(d) for d in distances)
         if complete == 0:
