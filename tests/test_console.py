@@ -8,6 +8,7 @@ Each test runs the user's command in a subprocess (the excepthook and the warnin
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,3 +60,18 @@ def test_refusals_print_one_line_and_crashes_keep_their_traceback(tmp_path):
                        check=False)
     assert crash.returncode == 1 and "Traceback" in crash.stderr, crash.stderr[-3000:]
     assert crash.stderr.splitlines()[-1] == "error: ValueError: Invalid learning rate: -1", crash.stderr[-3000:]
+
+
+def test_loader_workers_leave_a_small_cpu_to_the_compute_threads():
+    """train.json's default num_workers: none when training on a CPU of at most 4 cores (its threads use every core),
+    else up to 4 within the usable CPUs, which DataLoader compares it with (no warning)."""
+    from monai.bundle import ConfigParser
+
+    from transfuse_bundle.utils import available_cpus, loader_workers
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[1] / "configs" / "train.json"))
+    parser["device"] = "$torch.device('cpu')"
+    cpus = available_cpus()
+    assert parser.get_parsed_content("num_workers") == (0 if cpus <= 4 else 4)
+    assert loader_workers("cuda:0") == min(4, cpus) and loader_workers("cpu") == (0 if cpus <= 4 else 4)

@@ -23,7 +23,7 @@ from .errors import ConfigValueError, MissingFileError, NotAFolderError, NotWrit
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["WeightsFileError", "available_cpus", "flag", "load_weights", "load_checkpoint", "weights_misfit", "require_file",
+__all__ = ["WeightsFileError", "available_cpus", "loader_workers", "flag", "load_weights", "load_checkpoint", "weights_misfit", "require_file",
            "require_weights", "require_checkpoint", "raise_misfit", "require_writable_dir"]
 
 RESAVE_HINT = "re-save it with torch.save(model.state_dict(), path)"
@@ -35,12 +35,23 @@ class WeightsFileError(UserInputError, ValueError):
 
 def available_cpus() -> int:
     """The CPUs this process may run on (its affinity, which containers and ``taskset`` narrow; ``os.cpu_count()``
-    where the OS has none): what PyTorch's ``DataLoader`` compares ``num_workers`` with. The configs' default
-    ``num_workers`` is ``min(4, available_cpus())``, so a 2-CPU machine gets 2 workers and no warning."""
+    where the OS has none): what PyTorch's ``DataLoader`` compares ``num_workers`` with (:func:`loader_workers` stays within it, so
+    no warning)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def loader_workers(device: torch.device | str) -> int:
+    """The configs' default ``num_workers``: ``min(4, available_cpus())`` worker processes, but none when the
+    compute runs on a CPU of at most 4 cores. There PyTorch's threads already use every core, and worker
+    processes take cores from them: on 2 cores, 2 workers slowed a 192x256 training step from 5.7 to 6.9 s while
+    augmenting its batch in the main process costs ~0.2 s (docs/README.md, training loop)."""
+    import torch
+
+    cpus = available_cpus()
+    return 0 if torch.device(device).type == "cpu" and cpus <= 4 else min(4, cpus)
 
 
 def flag(value: bool | str | int, name: str = "option") -> bool:
