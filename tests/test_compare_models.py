@@ -50,7 +50,7 @@ def test_recipe_comparison_carves_a_test_split_and_evaluates_every_run_on_it(tmp
     out = tmp_path / "out"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_models.py"), "--recipes", "default", "official",
                     "--dataset_dir", str(tmp_path / "data"), "--image_size", "64", "64", "--epochs", "1", "--seeds", "3",
-                    "--test_fraction", "0.25", "--num_workers", "0", "--out", str(out)], check=True, cwd=tmp_path,
+                    "--test_fraction", "0.25", "--out", str(out)], check=True, cwd=tmp_path,
                    timeout=900)
     lists = json.loads((out / "datalist.json").read_text())
     test = {case["image"] for case in lists["test"]}
@@ -60,7 +60,10 @@ def test_recipe_comparison_carves_a_test_split_and_evaluates_every_run_on_it(tmp
     for row in rows:
         assert 0.0 <= row["mean_iou"] <= row["mean_dice"] <= 1.0 and row["train_s"] > 0
         assert 0.0 <= row["nsd"] <= 1.0 and 0 <= row["empty_predictions"] <= 3
-        per_case = (out / f"{row['recipe']}-seed3" / "eval" / "per_case.csv").read_text()
+        run = out / f"{row['recipe']}-seed3"
+        # no --num_workers: the configs' own default (loader_workers) applies, so none is passed to the runs
+        assert "> num_workers:" not in (run / "train.log").read_text() + (run / "eval.log").read_text()
+        per_case = (run / "eval" / "per_case.csv").read_text()
         assert sorted(Path(p).name for p in test) == sorted(Path(line.split(",")[0]).name for line in per_case.strip().splitlines()[1:])
     table = (out / "recipes.md").read_text()
     assert "| **default**, mean (spread) | 1 seeds |" in table and "| official | 3 |" in table

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test_fraction", type=float, default=0.1, help="recipes: the held-out share of the pairs")
     parser.add_argument("--split_seed", type=int, default=0, help="recipes: the draw of the test split")
     parser.add_argument("--batch_size", type=int, default=8, help="networks only (a recipe sets its own)")
-    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--num_workers", type=int, default=None,
+                        help="data loader workers (default: the configs' own, none on a CPU of at most 4 cores)")
     parser.add_argument("--latency_iters", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/comparison"))
