@@ -85,3 +85,21 @@ def test_comparison_never_replaces_earlier_results(tmp_path, capsys):
     file_out.write_text("not a folder")
     assert main([*arguments, str(file_out)]) == 1
     assert capsys.readouterr().err.startswith(f"error: {file_out}: is a file") and file_out.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--num_workers", "-1"], "argument --num_workers: must be at least 0, got -1"),
+    (["--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
+    (["--threads", "two"], "argument --threads: expected an integer, got 'two'"),
+    (["--test_fraction", "1.5"], "--test_fraction must be between 0 and 1, got 1.5"),
+])
+def test_comparison_refuses_bad_numbers_before_any_work(bad, message, tmp_path, capsys):
+    """A negative worker count or an empty budget stops in one line naming the option; --out is not even created."""
+    from transfuse_bundle.cli.compare_models import main
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--recipes", "default", "--dataset_dir", str(KVASIR), "--seeds", "0", "--out", str(out), *bad])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
+    assert not out.exists()

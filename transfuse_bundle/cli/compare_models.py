@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from . import int_at_least
 from ..comparison import MODELS, RECIPES, compare_models, compare_recipes, write_recipe_table, write_table
 from ..errors import UserInputError
 from ..locking import lock_folders
@@ -39,22 +40,24 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--models", nargs="+", choices=list(MODELS), help="networks to compare (default: all)")
     what.add_argument("--recipes", nargs="+", choices=list(RECIPES), help="training recipes to compare instead")
     parser.add_argument("--task", choices=task_names(), help="recipes: the task configs they overlay")
-    parser.add_argument("--image_size", type=int, nargs=2, default=None,
+    parser.add_argument("--image_size", type=int_at_least(1), nargs=2, default=None,
                         help="networks: default 128 128 (multiples of 128 so MedT fits); recipes: default the task's")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="recipes: one run per seed")
+    parser.add_argument("--epochs", type=int_at_least(1), default=5)
+    parser.add_argument("--seeds", type=int_at_least(0), nargs="+", default=[0, 1], help="recipes: one run per seed")
     parser.add_argument("--test_fraction", type=float, default=0.1, help="recipes: the held-out share of the pairs")
-    parser.add_argument("--split_seed", type=int, default=0, help="recipes: the draw of the test split")
-    parser.add_argument("--batch_size", type=int, default=8, help="networks only (a recipe sets its own)")
-    parser.add_argument("--num_workers", type=int, default=None,
+    parser.add_argument("--split_seed", type=int_at_least(0), default=0, help="recipes: the draw of the test split")
+    parser.add_argument("--batch_size", type=int_at_least(1), default=8, help="networks only (a recipe sets its own)")
+    parser.add_argument("--num_workers", type=int_at_least(0), default=None,
                         help="data loader workers (default: the configs' own, none on a CPU of at most 4 cores)")
-    parser.add_argument("--latency_iters", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--latency_iters", type=int_at_least(1), default=20)
+    parser.add_argument("--threads", type=int_at_least(1), default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/comparison"))
     parser.add_argument("--overwrite", action="store_true", help="replace the earlier results of a non-empty --out")
     args = parser.parse_args(argv)
     if args.task and not args.recipes:
         parser.error("--task applies to --recipes")
+    if args.recipes and not 0.0 < args.test_fraction < 1.0:
+        parser.error(f"--test_fraction must be between 0 and 1, got {args.test_fraction}")
     if args.threads:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the training and evaluation processes too
