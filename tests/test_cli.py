@@ -32,6 +32,21 @@ def test_console_command_answers_help(command, capsys):
     assert capsys.readouterr().out.startswith("usage: ")
 
 
+@pytest.mark.parametrize("module, arguments, message", [
+    ("benchmark", ["--num-workers", "-2"], "argument --num-workers: must be at least 0, got -2"),
+    ("benchmark", ["--loop-epochs", "1"], "argument --loop-epochs: must be at least 2, got 1"),
+    ("gpu_check", ["--tiny", "--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
+    ("load_test", ["--requests", "many"], "argument --requests: expected an integer, got 'many'"),
+    ("prepare_data", ["in", "out.json", "--subset", "8", "-1", "2"], "argument --subset: must be at least 0, got -1"),
+])
+def test_counts_out_of_range_stop_in_one_line_before_any_work(module, arguments, message, capsys):
+    main = importlib.import_module(f"transfuse_bundle.cli.{module}").main
+    with pytest.raises(SystemExit) as exit_:
+        main(arguments)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
+
+
 def test_every_cli_module_is_a_console_command_and_a_script():
     assert sorted(target.partition(":")[0].removeprefix("transfuse_bundle.cli.") for target in COMMANDS.values()) \
         == CLI_MODULES

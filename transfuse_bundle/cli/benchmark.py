@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from . import int_at_least
 from ..benchmarking import (MODELS, add_roofline, data_pipeline, evaluation_benchmark, machine_description,
                             machine_peaks, run_benchmark, training_loop, training_loop_datalist, write_markdown)
 
@@ -40,29 +41,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS), metavar="MODEL",
                         help=f"benchmark names (default: all of {', '.join(MODELS)}; none: only --data-dir's measurements)")
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(192, 256), (352, 352)])
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--threads", type=int_at_least(1), default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--iters", type=int, default=20, help="timed batch-1 forwards (median)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--throughput-batch", type=int, default=16)
-    parser.add_argument("--throughput-iters", type=int, default=3)
-    parser.add_argument("--train-batch", type=int, default=8)
-    parser.add_argument("--train-iters", type=int, default=3)
+    parser.add_argument("--iters", type=int_at_least(1), default=20, help="timed batch-1 forwards (median)")
+    parser.add_argument("--warmup", type=int_at_least(0), default=3)
+    parser.add_argument("--throughput-batch", type=int_at_least(1), default=16)
+    parser.add_argument("--throughput-iters", type=int_at_least(1), default=3)
+    parser.add_argument("--train-batch", type=int_at_least(1), default=8)
+    parser.add_argument("--train-iters", type=int_at_least(1), default=3)
     parser.add_argument("--compile", action="store_true",
                         help="CUDA: also the torch.compile and CUDA-graph paths (minutes of compilation)")
-    parser.add_argument("--batch-sweep", type=int, nargs="+", default=[], metavar="BATCH",
+    parser.add_argument("--batch-sweep", type=int_at_least(1), nargs="+", default=[], metavar="BATCH",
                         help="batch sizes to try for each path's best throughput, e.g. 1 8 16 32 64 128")
-    parser.add_argument("--peak-size", type=int, default=None,
+    parser.add_argument("--peak-size", type=int_at_least(1), default=None,
                         help="side of the square matmuls that measure the peak (default 8192 on CUDA, 2048 on CPU)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="also measure the training data pipeline on this dataset (folder or datalist.json)")
-    parser.add_argument("--data-steps", type=int, default=6)
-    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--data-steps", type=int_at_least(1), default=6)
+    parser.add_argument("--num-workers", type=int_at_least(0), default=2)
     parser.add_argument("--training-loop", nargs="+", default=[], choices=["single-scale", "multi-scale"],
                         help="also measure the bundle's own training loop on --data-dir at each size against the bare "
                              "training step (multi-scale: the polyp task's MultiScaleIteration); see training_loop")
-    parser.add_argument("--loop-iterations", type=int, default=4, help="training-loop iterations per epoch")
-    parser.add_argument("--loop-epochs", type=int, default=2, help="training-loop epochs (the first warms up)")
+    parser.add_argument("--loop-iterations", type=int_at_least(1), default=4, help="training-loop iterations per epoch")
+    parser.add_argument("--loop-epochs", type=int_at_least(2), default=2, help="training-loop epochs (the first warms up)")
     parser.add_argument("--tiny", action="store_true", help="one small size, few iterations, three models")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmark"), help="writes OUT.json and OUT.md")
     parser.add_argument("--evaluation", type=Path, default=None, metavar="DATASET",

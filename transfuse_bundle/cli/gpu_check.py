@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from . import int_at_least
 from ..bundle_folder import source_root
 from ..data import DatasetError
 from ..gpu_check import REPORT_NAME, run_gpu_check, settings_for
@@ -28,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="Kvasir-SEG folder with images/ and masks/ (default: ../shared/data/kvasir_seg)")
     parser.add_argument("--tiny", action="store_true", help="CPU, tiny sizes, 1 epoch, few images (the test suite's run)")
     parser.add_argument("--device", default=None, help="default: cuda (cpu with --tiny)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 10; tiny 1)")
+    parser.add_argument("--epochs", type=int_at_least(1), default=None, help="training epochs (default 10; tiny 1)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile and CUDA-graph paths")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--threads", type=int_at_least(1), default=None, help="CPU threads (torch.set_num_threads)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

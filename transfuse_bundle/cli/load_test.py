@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import int_at_least
 from ..monailabel_load import collect_images, format_report, run_load_test
 
 
@@ -26,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True, help="server URL, e.g. http://127.0.0.1:8000")
     parser.add_argument("--model", required=True, help="MONAI Label model name, e.g. transfuse_polyp")
     parser.add_argument("--images", nargs="+", required=True, help="image files and/or folders of images")
-    parser.add_argument("--requests", type=int, default=40, help="number of inference requests (default 40)")
-    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
+    parser.add_argument("--requests", type=int_at_least(1), default=40, help="number of inference requests (default 40)")
+    parser.add_argument("--concurrency", type=int_at_least(1), default=4, help="requests in flight at once (default 4)")
     parser.add_argument("--pid", type=int, help="server process id, to report its memory before and after")
     parser.add_argument("--timeout", type=float, default=300.0, help="per-request timeout in seconds")
     parser.add_argument("--json", help="also write the report to this JSON file")

@@ -15,6 +15,7 @@ import logging
 import sys
 from typing import Any
 
+from . import int_at_least
 from ..data.datalist import DatasetError
 from ..metrics.polyp_benchmark import benchmark_markdown, run_benchmark
 from ..tasks import TaskError
@@ -27,9 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", required=True, help="where to write polyp_benchmark.{md,json} and eval/")
     parser.add_argument("--config_file", nargs="+", help="evaluation configs (default: the polyp task's "
                         "evaluate chain of the bundle root, else its train.json + evaluate.json)")
-    parser.add_argument("--image_size", type=int, nargs=2, metavar=("H", "W"), help="network input size")
+    parser.add_argument("--image_size", type=int_at_least(1), nargs=2, metavar=("H", "W"), help="network input size")
     parser.add_argument("--ckpt_path", help="weights (default: BUNDLE_ROOT/models/model.pt)")
-    parser.add_argument("--num_workers", type=int, help="data loader workers")
+    parser.add_argument("--num_workers", type=int_at_least(0), help="data loader workers")
     parser.add_argument("--set", action="append", default=[], metavar="ID=VALUE",
                         help="any other config override, the value as JSON (repeatable), e.g. --set variant='\"L\"'")
     args = parser.parse_args(argv)

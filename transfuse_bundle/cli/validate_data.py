@@ -21,6 +21,7 @@ import argparse
 import sys
 import time
 
+from . import int_at_least
 from ..data.validate import validate_dataset
 
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="classes including background, as the config's num_classes (default 2: binary)")
     parser.add_argument("--spatial-dims", type=int, choices=(2, 3), default=2,
                         help="2 for PNG/JPEG/... images (default), 3 for NIfTI volumes")
-    parser.add_argument("--in-channels", type=int, default=None,
+    parser.add_argument("--in-channels", type=int_at_least(1), default=None,
                         help="the network's in_channels: volumes must have as many (e.g. 2 for MSD's T2 + ADC); "
                              "pictures are read as 1 (grey) or 3 (RGB), other values are refused (default: not checked)")
     args = parser.parse_args(argv)
