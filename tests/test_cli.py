@@ -37,7 +37,7 @@ def test_console_command_answers_help(command, capsys):
     ("benchmark", ["--loop-epochs", "1"], "argument --loop-epochs: must be at least 2, got 1"),
     ("gpu_check", ["--tiny", "--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
     ("load_test", ["--requests", "many"], "argument --requests: expected an integer, got 'many'"),
-    ("prepare_data", ["in", "out.json", "--subset", "8", "-1", "2"], "argument --subset: must be at least 0, got -1"),
+    ("prepare_data", ["in", "out.json", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
 ])
 def test_counts_out_of_range_stop_in_one_line_before_any_work(module, arguments, message, capsys):
     main = importlib.import_module(f"transfuse_bundle.cli.{module}").main

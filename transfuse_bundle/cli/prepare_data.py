@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-fraction", type=float, help="share of cases kept for testing (split layouts)")
     parser.add_argument("--seed", type=int_at_least(0), help="seed of the split (default 0)")
     parser.add_argument("--spacing", type=float, nargs=2, metavar=("ROW_MM", "COL_MM"), help="pixel spacing (hip)")
-    parser.add_argument("--subset", type=int_at_least(0), nargs=3, metavar=("N_TRAIN", "N_VAL", "N_TEST"),
+    parser.add_argument("--subset", type=int, nargs=3, metavar=("N_TRAIN", "N_VAL", "N_TEST"),
                         help="folder layout only: a shuffled subset of these sizes (e.g. for a quick CPU run)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
