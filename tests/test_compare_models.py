@@ -91,7 +91,7 @@ def test_comparison_never_replaces_earlier_results(tmp_path, capsys):
     (["--num_workers", "-1"], "argument --num_workers: must be at least 0, got -1"),
     (["--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
     (["--threads", "two"], "argument --threads: expected an integer, got 'two'"),
-    (["--test_fraction", "1.5"], "--test_fraction must be between 0 and 1, got 1.5"),
+    (["--test_fraction", "1.5"], "--test_fraction must be in (0, 1), got 1.5"),
 ])
 def test_comparison_refuses_bad_numbers_before_any_work(bad, message, tmp_path, capsys):
     """A negative worker count or an empty budget stops in one line naming the option; --out is not even created."""

@@ -149,13 +149,19 @@ RECIPES: dict[str, list[str]] = {
 }
 
 
+def check_test_fraction(test_fraction: float) -> float:
+    """Returns ``test_fraction`` if it is a share strictly between 0 and 1, else raises ``ValueError``."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    return test_fraction
+
+
 def carve_test_split(dataset_dir: str | os.PathLike, output: str | os.PathLike, test_fraction: float = 0.1,
                      seed: int = 0) -> dict[str, list]:
     """Writes a datalist whose ``test`` list is ``test_fraction`` of the folder's image/mask pairs, drawn by
     ``seed`` and never used for training or checkpoint selection; every other pair is ``training`` (each
     recipe carves its own validation from it, or trains on all of it). Returns the lists."""
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    check_test_fraction(test_fraction)
     num_pairs = len(find_image_mask_pairs(dataset_dir))
     return write_datalist(dataset_dir, output, num_validation=0, num_test=max(1, round(test_fraction * num_pairs)), seed=seed)
 

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from . import int_at_least
-from ..comparison import MODELS, RECIPES, compare_models, compare_recipes, write_recipe_table, write_table
+from ..comparison import (MODELS, RECIPES, check_test_fraction, compare_models, compare_recipes, write_recipe_table,
+                          write_table)
 from ..errors import UserInputError
 from ..locking import lock_folders
 from ..tasks import task_names
@@ -56,8 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.task and not args.recipes:
         parser.error("--task applies to --recipes")
-    if args.recipes and not 0.0 < args.test_fraction < 1.0:
-        parser.error(f"--test_fraction must be between 0 and 1, got {args.test_fraction}")
+    if args.recipes:
+        try:
+            check_test_fraction(args.test_fraction)
+        except ValueError as e:  # before the folder is locked and the split carved
+            parser.error(f"--{e}")
     if args.threads:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the training and evaluation processes too
