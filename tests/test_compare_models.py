@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from transfuse_bundle.data import write_datalist
 
@@ -50,7 +51,7 @@ def test_recipe_comparison_carves_a_test_split_and_evaluates_every_run_on_it(tmp
     out = tmp_path / "out"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_models.py"), "--recipes", "default", "official",
                     "--dataset_dir", str(tmp_path / "data"), "--image_size", "64", "64", "--epochs", "1", "--seeds", "3",
-                    "--test_fraction", "0.25", "--out", str(out)], check=True, cwd=tmp_path,
+                    "--test_fraction", "0.25", "--amp_dtype", "float32", "--out", str(out)], check=True, cwd=tmp_path,
                    timeout=900)
     lists = json.loads((out / "datalist.json").read_text())
     test = {case["image"] for case in lists["test"]}
@@ -63,10 +64,12 @@ def test_recipe_comparison_carves_a_test_split_and_evaluates_every_run_on_it(tmp
         run = out / f"{row['recipe']}-seed3"
         # no --num_workers: the configs' own default (loader_workers) applies, so none is passed to the runs
         assert "> num_workers:" not in (run / "train.log").read_text() + (run / "eval.log").read_text()
+        assert "> amp_dtype: 'float32'" in (run / "train.log").read_text()  # fp32 even on a CPU with native bf16
         per_case = (run / "eval" / "per_case.csv").read_text()
         assert sorted(Path(p).name for p in test) == sorted(Path(line.split(",")[0]).name for line in per_case.strip().splitlines()[1:])
     table = (out / "recipes.md").read_text()
     assert "| **default**, mean (spread) | 1 seeds |" in table and "| official | 3 |" in table
+    assert table.splitlines()[0].endswith("CPU threads, training in float32")
 
 
 def test_comparison_never_replaces_earlier_results(tmp_path, capsys):
@@ -102,4 +105,19 @@ def test_comparison_refuses_bad_numbers_before_any_work(bad, message, tmp_path, 
         main(["--recipes", "default", "--dataset_dir", str(KVASIR), "--seeds", "0", "--out", str(out), *bad])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="float16 autocast is valid on a CUDA device")
+def test_comparison_refuses_float16_on_a_cpu_before_any_work(tmp_path, capsys):
+    """fp16 autocast needs CUDA's GradScaler: on a CPU it stops in one line before --out is created."""
+    from transfuse_bundle.cli.compare_models import main
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--recipes", "default", "--dataset_dir", str(KVASIR), "--amp_dtype", "float16", "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "error: --amp_dtype: amp_dtype 'float16' needs a CUDA device (its GradScaler is CUDA's), the device is cpu; "
+        "use 'bfloat16' or 'float32'")
     assert not out.exists()

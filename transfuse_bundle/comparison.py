@@ -64,9 +64,10 @@ def _run_bundle(root: Path, run_id: str, files: Sequence[str | Path], overrides:
     return time.time() - start
 
 
-def _workers(num_workers: int | None) -> dict[str, int]:
-    """The ``num_workers`` override, none when ``None``: the configs' ``loader_workers`` default then applies."""
-    return {} if num_workers is None else {"num_workers": num_workers}
+def _runtime_overrides(num_workers: int | None, amp_dtype: str | None) -> dict[str, Any]:
+    """The ``num_workers`` and ``amp_dtype`` overrides; ``None`` passes none, so the configs' own apply
+    (``loader_workers``; ``"auto"``: bf16 where the CPU or GPU has it natively, which changes the numbers a little)."""
+    return {key: value for key, value in (("num_workers", num_workers), ("amp_dtype", amp_dtype)) if value is not None}
 
 
 def _slug(name: str) -> str:
@@ -98,7 +99,7 @@ def _train_and_evaluate(root: Path, work: Path, dataset_dir: str | os.PathLike, 
 
 def compare_models(dataset_dir: str | os.PathLike, out: str | os.PathLike, models: Sequence[str] = tuple(MODELS),
                    image_size: Sequence[int] = (128, 128), epochs: int = 5, batch_size: int = 8,
-                   num_workers: int | None = None, latency_iters: int = 20,
+                   num_workers: int | None = None, latency_iters: int = 20, amp_dtype: str | None = None,
                    root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Trains and evaluates each of ``models`` (names of :data:`MODELS`) in ``out/<slug of the name>/``.
 
@@ -110,6 +111,7 @@ def compare_models(dataset_dir: str | os.PathLike, out: str | os.PathLike, model
         epochs, batch_size: the training budget, the same for every model.
         num_workers: data loader workers; ``None`` keeps the configs' own (none on a CPU of at most 4 cores).
         latency_iters: timed batch-1 forwards for the median latency.
+        amp_dtype: the training precision (``amp_dtype`` of train.json); ``None`` keeps the configs' ``"auto"``.
         root: the repository with ``configs/`` (default :func:`~transfuse_bundle.bundle_folder.source_root`).
 
     Returns one row per model: ``model``, ``params``, ``latency_ms`` and the keys of :data:`REPORTED` and
@@ -127,7 +129,7 @@ def compare_models(dataset_dir: str | os.PathLike, out: str | os.PathLike, model
         work = out / _slug(name)
         print(f"[{name}] training {epochs} epochs, then evaluating ...", flush=True)
         result = _train_and_evaluate(root, work, dataset_dir, None, overlays, {
-            "image_size": list(image_size), **_workers(num_workers), "batch_size": batch_size, **model_overrides},
+            "image_size": list(image_size), **_runtime_overrides(num_workers, amp_dtype), "batch_size": batch_size, **model_overrides},
             epochs)
         parser = ConfigParser()
         parser.read_config([str(f) for f in _chains(None, overlays, root)[0]])
@@ -169,7 +171,8 @@ def carve_test_split(dataset_dir: str | os.PathLike, output: str | os.PathLike, 
 def compare_recipes(dataset_dir: str | os.PathLike, out: str | os.PathLike, recipes: Sequence[str] = tuple(RECIPES),
                     task: str | None = None, image_size: Sequence[int] | None = None, epochs: int = 4,
                     seeds: Sequence[int] = (0, 1), test_fraction: float = 0.1, split_seed: int = 0,
-                    num_workers: int | None = None, root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+                    num_workers: int | None = None, amp_dtype: str | None = None,
+                    root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Trains each recipe of ``recipes`` (names of :data:`RECIPES`) once per seed on the same images and evaluates
     every run on the same carved test split (:func:`carve_test_split`, ``out/datalist.json``).
 
@@ -182,6 +185,7 @@ def compare_recipes(dataset_dir: str | os.PathLike, out: str | os.PathLike, reci
         seeds: the ``seed`` of each run (weights, augmentation, batch order); the splits stay fixed.
         test_fraction, split_seed: the held-out share of the pairs and its draw.
         num_workers: data loader workers; ``None`` keeps the configs' own (none on a CPU of at most 4 cores).
+        amp_dtype: the training precision of every run (``amp_dtype`` of train.json); ``None`` keeps the configs'.
 
     Returns one row per run: ``recipe``, ``seed`` and the keys of :data:`REPORTED` and :data:`COUNTED`.
     """
@@ -191,7 +195,7 @@ def compare_recipes(dataset_dir: str | os.PathLike, out: str | os.PathLike, reci
     root, out = source_root(root).resolve(), Path(out).resolve()
     datalist = out / "datalist.json"
     carve_test_split(dataset_dir, datalist, test_fraction, split_seed)
-    overrides = {**_workers(num_workers), **({"image_size": list(image_size)} if image_size else {})}
+    overrides = {**_runtime_overrides(num_workers, amp_dtype), **({"image_size": list(image_size)} if image_size else {})}
     rows = []
     for seed in seeds:  # seed-major: an interrupted comparison still has every recipe of its first seeds
         for recipe in recipes:
