@@ -46,7 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .losses import DEEP_SUPERVISION_WEIGHTS, official_structure_loss, transfuse_deep_supervision_loss
 from .networks import TransFuse
-from .networks.fast import fast_autocast_available, optimize_for_inference
+from .networks.fast import OneDNNLinear, fast_autocast_available, optimize_for_inference
 
 __all__ = [
     "median_ms", "interleaved_median_ms", "gmacs", "parameter_count", "forward_latency_ms",
@@ -107,16 +107,23 @@ def machine_peaks(device: torch.device | str, n: int | None = None, iters: int =
     """The practical peak, GFLOP/s of an ``n x n`` by ``n x n`` matmul in fp32 and in bf16 (median of ``iters``).
 
     ``n`` defaults to 8192 on CUDA and 2048 on a CPU; a bf16 matmul on a CPU without native bf16 is emulated,
-    ~100x slower, so it is measured at ``min(n, 512)`` (its "peak" is what emulated bf16 reaches). On CUDA, fp32
-    means true fp32 (TF32 off, torch's default for matmuls; convolutions may use TF32, so an fp32 model path
-    can pass this peak)."""
+    ~100x slower, so it is measured at ``min(n, 512)`` (its "peak" is what emulated bf16 reaches). On a CPU the
+    fp32 peak is the faster of torch's matmul (MKL's sgemm, about half of oneDNN's speed on AMD CPUs) and the same
+    matmul on oneDNN (:class:`~transfuse_bundle.networks.fast.OneDNNLinear`, what the fast path's linears run on),
+    so that no path passes it. On CUDA, fp32 means true fp32 (TF32 off, torch's default for matmuls; convolutions
+    may use TF32, so an fp32 model path can pass this peak)."""
     device = torch.device(device)
     n = n or (8192 if device.type == "cuda" else 2048)
     peaks = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         side = n if dtype == torch.float32 or fast_autocast_available(device) else min(n, 512)
         a, b = (torch.randn(side, side, device=device, dtype=dtype) for _ in range(2))
-        peaks[name] = round(2 * side**3 / median_ms(lambda: a @ b, iters, 1, device) / 1e6, 1)
+        matmuls = [lambda: a @ b]
+        if dtype == torch.float32 and device.type == "cpu":
+            onednn = OneDNNLinear.from_linear(nn.Linear(side, side, bias=False, device=device))
+            matmuls.append(lambda: onednn(a))  # ``a @ weight.T``; a plain tensor, so oneDNN applies
+        with torch.inference_mode():
+            peaks[name] = round(max(2 * side**3 / median_ms(matmul, iters, 1, device) / 1e6 for matmul in matmuls), 1)
     return peaks
 
 
