@@ -129,8 +129,8 @@ def compare_models(dataset_dir: str | os.PathLike, out: str | os.PathLike, model
         work = out / _slug(name)
         print(f"[{name}] training {epochs} epochs, then evaluating ...", flush=True)
         result = _train_and_evaluate(root, work, dataset_dir, None, overlays, {
-            "image_size": list(image_size), **_runtime_overrides(num_workers, amp_dtype), "batch_size": batch_size, **model_overrides},
-            epochs)
+            "image_size": list(image_size), **_runtime_overrides(num_workers, amp_dtype), "batch_size": batch_size,
+            **model_overrides}, epochs)
         parser = ConfigParser()
         parser.read_config([str(f) for f in _chains(None, overlays, root)[0]])
         parser["image_size"] = list(image_size)
