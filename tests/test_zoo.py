@@ -138,17 +138,21 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def package(server, weights):
+def package(server, weights, tmp_path_factory):
     """The package: exports made, weights (pt/ts/onnx) as large files served next to the zip."""
-    system_tmp = Path(tempfile.gettempdir())
-    before = set(system_tmp.iterdir())
-    t0 = time.monotonic()
-    result = package_bundle("polyp", out=server["dist"], weights=weights, overrides=SMALL, export=True,
-                            large_files_url=server["url"], schema=SCHEMA)
-    TIMINGS["package_bundle (copy, ckpt_export, onnx_export, zip)"] = time.monotonic() - t0
-    # nothing left in the system's temporary folder (MONAI's onnx_export leaves the weights there by itself)
-    left = sorted(p.name for p in set(system_tmp.iterdir()) - before if not p.name.startswith("pytest-of-"))
-    assert left == [], f"packaging left {left} in {system_tmp}"
+    # a temporary folder of its own (in-process and for the export commands): the system's /tmp is shared
+    # with the other xdist worker, whose own temporary files would show up in a before/after listing
+    own_tmp = tmp_path_factory.mktemp("system_tmp")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(own_tmp))
+        patch.setenv("TMPDIR", str(own_tmp))
+        t0 = time.monotonic()
+        result = package_bundle("polyp", out=server["dist"], weights=weights, overrides=SMALL, export=True,
+                                large_files_url=server["url"], schema=SCHEMA)
+        TIMINGS["package_bundle (copy, ckpt_export, onnx_export, zip)"] = time.monotonic() - t0
+    # nothing left in the temporary folder (MONAI's onnx_export leaves the weights there by itself)
+    left = sorted(p.name for p in own_tmp.iterdir())
+    assert left == [], f"packaging left {left} in its temporary folder {own_tmp}"
     return result
 
 
