@@ -50,6 +50,11 @@ def test_official_recipe_overlay_changes_exactly_the_official_parts_and_trains(t
     assert (official.get_parsed_content("batch_size"), default.get_parsed_content("batch_size")) == (16, 8)
 
     net = official.get_parsed_content("network")
+    # the official network's Dropout2d (0.2 on the branches, 0.1 after BiFusion); ours trains without it
+    def drop_rates(network):
+        return sorted({m.p for m in network.modules() if isinstance(m, torch.nn.Dropout2d)})
+    assert drop_rates(net) == [0.1, 0.2]
+    assert drop_rates(default.get_parsed_content("network")) == [0.0]
     assert torch.count_nonzero(net.vit.pos_embed) == 0  # official: zeros without pretraining
     assert torch.count_nonzero(default.get_parsed_content("network").vit.pos_embed) > 0
 

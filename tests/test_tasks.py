@@ -54,9 +54,9 @@ def test_official_multi_scale_sizes():
         MultiScaleIteration(rates=[])
 
 
-@pytest.mark.parametrize("task, size, classes, lr", [
-    ("polyp", [352, 352], 1, 1e-4), ("isic2017", [192, 256], 1, 7e-5), ("hip", [352, 352], 4, 1e-4)])
-def test_tasks_compose_with_evaluate_and_inference(task, size, classes, lr):
+@pytest.mark.parametrize("task, size, classes, lr, drop_rate", [
+    ("polyp", [352, 352], 1, 1e-4, 0.2), ("isic2017", [192, 256], 1, 7e-5, 0.0), ("hip", [352, 352], 4, 1e-4, 0.0)])
+def test_tasks_compose_with_evaluate_and_inference(task, size, classes, lr, drop_rate):
     """The registry's merge order ``[train, task, evaluate]`` keeps the task's network and sizes, and the
     task's shared settings (task.json) also apply on top of inference.json."""
     for config in ("train.json", "evaluate.json"):
@@ -66,6 +66,8 @@ def test_tasks_compose_with_evaluate_and_inference(task, size, classes, lr):
         assert parser.get_parsed_content("resize_image#spatial_size") == size
         assert len(parser.get_parsed_content("class_names")) == max(classes, 2)
         assert parser.get_parsed_content("optimizer#lr") == pytest.approx(lr)
+    # the paper's polyp regime keeps the official dropout; the from-scratch default trains without it
+    assert _parser(_configs("train.json", task)).get_parsed_content("network_def#drop_rate") == drop_rate
     parser = _parser(_configs("inference.json", task))
     assert list(parser.get_parsed_content("resize")[0].resizer.spatial_size) == size
     assert parser.get_parsed_content("network_def#out_channels") == classes
