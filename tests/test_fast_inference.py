@@ -206,6 +206,27 @@ def test_fast_inferer_matches_the_network_and_never_modifies_it():
     assert list(net.state_dict()) == keys_before  # MONAI Label reloads model.pt into this network
 
 
+def test_fast_inferer_runs_a_metatensor_as_a_plain_tensor_and_keeps_its_metadata():
+    """The evaluation's input is a collated MetaTensor: the forward must give the plain tensor's values, and the
+    output the input's metadata and transform history (``Invertd`` resizes the prediction back with them)."""
+    from monai.data import MetaTensor, list_data_collate
+    from monai.transforms import Resized
+
+    from transfuse_bundle.inferers import FastInferer
+
+    torch.manual_seed(0)
+    net = TransFuse("S", img_size=(32, 32)).eval()
+    image = MetaTensor(torch.rand(3, 40, 48), meta={"filename_or_obj": "case.png"})
+    batch = list_data_collate([Resized("image", (32, 32))({"image": image})])["image"]
+    inferer = FastInferer(bf16=False)
+    with torch.no_grad():
+        plain, meta = inferer(batch.as_tensor(), net), inferer(batch, net)
+    assert type(plain) is torch.Tensor and isinstance(meta, MetaTensor)
+    assert torch.equal(meta.as_tensor(), plain)
+    assert meta.is_batch and meta.meta["filename_or_obj"] == ["case.png"]
+    assert [op["class"] for op in meta.applied_operations[0]] == ["Resize"]
+
+
 def test_fast_inferer_follows_reloaded_weights():
     from transfuse_bundle.inferers import FastInferer
 

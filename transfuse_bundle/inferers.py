@@ -6,7 +6,9 @@ import copy
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
 from monai.inferers import Inferer
+from monai.utils import convert_to_dst_type
 from torch import nn
 
 from .networks.fast import fast_autocast_available, optimize_for_inference
@@ -20,6 +22,15 @@ def _as_float32(outputs: Any) -> Any:
         return outputs.float()
     if isinstance(outputs, (tuple, list)):
         return type(outputs)(_as_float32(o) for o in outputs)
+    return outputs
+
+
+def _with_meta(outputs: Any, meta: MetaTensor) -> Any:
+    """Tensors (alone, or in a tuple / list) as MetaTensors carrying ``meta``'s metadata."""
+    if isinstance(outputs, torch.Tensor):
+        return convert_to_dst_type(outputs, meta)[0]
+    if isinstance(outputs, (tuple, list)):
+        return type(outputs)(_with_meta(o, meta) for o in outputs)
     return outputs
 
 
@@ -59,7 +70,9 @@ class FastInferer(Inferer):
     The network itself is never modified, so MONAI Label can keep reloading weights into it: the
     copy is rebuilt whenever the network's parameters or buffers change. A network in training
     mode, or with any layer in training mode (MC dropout: only the dropout layers sampling), or a
-    TorchScript module (``models/model.ts``) runs as it is.
+    TorchScript module (``models/model.ts``) runs as it is. A MetaTensor input runs as a plain tensor
+    (MONAI's metadata tracking costs ~15 ms per TransFuse-S forward on a CPU, the same values) and its
+    metadata is given to the outputs, as MONAI's ``sliding_window_inference`` does.
 
     Args:
         bf16: ``"auto"`` (where native), ``True`` or ``False``.
@@ -99,11 +112,14 @@ class FastInferer(Inferer):
         if isinstance(network, torch.jit.ScriptModule) or any(m.training for m in network.modules()):
             return network(inputs, *args, **kwargs)
         fast = self.optimized(network)
+        meta = MetaTensor([]).copy_meta_from(inputs, copy_attr=False) if isinstance(inputs, MetaTensor) else None
+        if meta is not None:
+            inputs = inputs.as_tensor()
         if self.channels_last and inputs.ndim == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         use_bf16 = fast_autocast_available(inputs.device) if self.bf16 == "auto" else bool(self.bf16)
         with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             outputs = fast(inputs, *args, **kwargs)
         if isinstance(outputs, torch.Tensor):
-            return outputs.float().contiguous()
-        return outputs
+            outputs = outputs.float().contiguous()
+        return outputs if meta is None else _with_meta(outputs, meta)
