@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from monai.data import MetaTensor
@@ -16,21 +16,13 @@ from .networks.fast import fast_autocast_available, optimize_for_inference
 __all__ = ["AutocastInferer", "FastInferer"]
 
 
-def _as_float32(outputs: Any) -> Any:
-    """Tensors (alone, or in a tuple / list such as the deep-supervision heads) cast to float32."""
+def _map_tensors(outputs: Any, function: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``function`` applied to the tensors of a network's output: one tensor, or a tuple / list of them
+    (the deep-supervision heads); anything else is returned as it is."""
     if isinstance(outputs, torch.Tensor):
-        return outputs.float()
+        return function(outputs)
     if isinstance(outputs, (tuple, list)):
-        return type(outputs)(_as_float32(o) for o in outputs)
-    return outputs
-
-
-def _with_meta(outputs: Any, meta: MetaTensor) -> Any:
-    """Tensors (alone, or in a tuple / list) as MetaTensors carrying ``meta``'s metadata."""
-    if isinstance(outputs, torch.Tensor):
-        return convert_to_dst_type(outputs, meta)[0]
-    if isinstance(outputs, (tuple, list)):
-        return type(outputs)(_with_meta(o, meta) for o in outputs)
+        return type(outputs)(_map_tensors(o, function) for o in outputs)
     return outputs
 
 
@@ -57,7 +49,7 @@ class AutocastInferer(Inferer):
         if self.dtype == torch.float32:
             return network(inputs, *args, **kwargs)
         with torch.autocast(inputs.device.type, dtype=self.dtype):
-            return _as_float32(network(inputs, *args, **kwargs))
+            return _map_tensors(network(inputs, *args, **kwargs), torch.Tensor.float)
 
 
 class FastInferer(Inferer):
@@ -123,4 +115,4 @@ class FastInferer(Inferer):
             outputs = fast(inputs, *args, **kwargs)
         if isinstance(outputs, torch.Tensor):
             outputs = outputs.float().contiguous()
-        return outputs if meta is None else _with_meta(outputs, meta)
+        return outputs if meta is None else _map_tensors(outputs, lambda t: convert_to_dst_type(t, meta)[0])
