@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""``transfuse-benchmark`` from a checkout (after ``pip install -e .``); options: ``--help``, code: transfuse_bundle/cli/benchmark.py."""
+"""``transfuse-benchmark`` from a checkout (after ``pip install -e .``); options: ``--help``, code: transfuse_bundle/tools/cli/benchmark.py."""
 import sys
 
-from transfuse_bundle.cli.benchmark import main
+from transfuse_bundle.tools.cli.benchmark import main
 
 if __name__ == "__main__":
     sys.exit(main())

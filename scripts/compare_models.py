@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""``transfuse-compare`` from a checkout (after ``pip install -e .``); options: ``--help``, code: transfuse_bundle/cli/compare_models.py."""
+"""``transfuse-compare`` from a checkout (after ``pip install -e .``); options: ``--help``, code: transfuse_bundle/tools/cli/compare_models.py."""
 import sys
 
-from transfuse_bundle.cli.compare_models import main
+from transfuse_bundle.tools.cli.compare_models import main
 
 if __name__ == "__main__":
     sys.exit(main())

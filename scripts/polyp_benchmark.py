@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""``transfuse-polyp-benchmark`` from a checkout (after ``pip install -e .``); options: ``--help``, code: transfuse_bundle/cli/polyp_benchmark.py."""
+"""``transfuse-polyp-benchmark`` from a checkout (after ``pip install -e .``); options: ``--help``, code: transfuse_bundle/tools/cli/polyp_benchmark.py."""
 import sys
 
-from transfuse_bundle.cli.polyp_benchmark import main
+from transfuse_bundle.tools.cli.polyp_benchmark import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -178,7 +178,7 @@ def require_monailabel() -> str:
     """The monailabel version; fails (never skips) with the install command when MONAI Label is missing."""
     import pytest
 
-    from transfuse_bundle.monailabel_app import require_monailabel as installed_version
+    from transfuse_bundle.monailabel.app import require_monailabel as installed_version
 
     try:
         version = installed_version()
@@ -201,7 +201,7 @@ class MonaiLabelServer:
     def __init__(self, app: Path, studies: Path, models: list[str], log: Path, conf: dict | None = None,
                  env: dict | None = None):
         """``conf``: more ``--conf KEY VALUE`` pairs (e.g. ``epistemic_model``); ``env``: more environment variables."""
-        from transfuse_bundle.monailabel_app import server_command, server_env
+        from transfuse_bundle.monailabel.app import server_command, server_env
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -1,4 +1,4 @@
-"""Bundle folders (transfuse_bundle.bundle_folder) and the MONAI Label app helpers, without a server."""
+"""Bundle folders (transfuse_bundle.tools.bundle_folder) and the MONAI Label app helpers, without a server."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from transfuse_bundle.bundle_folder import BundleFolderError, copy_bundle, write_initial_weights
-from transfuse_bundle.monailabel_app import install_bundle, server_command
+from transfuse_bundle.tools.bundle_folder import BundleFolderError, copy_bundle, write_initial_weights
+from transfuse_bundle.monailabel.app import install_bundle, server_command
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -87,7 +87,7 @@ def test_server_command_is_offline():
 
 
 def test_registry_lists_task_folders_and_their_merge_order(tmp_path):
-    from transfuse_bundle.tasks import TaskError, config_files, task_names
+    from transfuse_bundle.tools.tasks import TaskError, config_files, task_names
 
     assert task_names() == ["hip", "isic2017", "polyp", "prostate"]
     rel = [p.relative_to(REPO / "configs").as_posix() for p in config_files("evaluate.json", "prostate")]
@@ -113,8 +113,8 @@ def test_registry_lists_task_folders_and_their_merge_order(tmp_path):
 def test_weights_of_another_task_or_size_are_refused_before_shipping(tmp_path):
     """Weights are checked against the task's network (keys, shapes) by packaging and the MONAI Label
     installer; the message names the file and the config value that differs, nothing is written."""
-    from transfuse_bundle.bundle_folder import check_weights_fit
-    from transfuse_bundle.packaging import PackagingError, package_bundle
+    from transfuse_bundle.tools.bundle_folder import check_weights_fit
+    from transfuse_bundle.tools.packaging import PackagingError, package_bundle
 
     polyp = copy_bundle(tmp_path / "polyp", task="polyp", overrides={"image_size": [64, 64]}, include_models=False)
     weights = write_initial_weights(polyp)
@@ -127,7 +127,7 @@ def test_weights_of_another_task_or_size_are_refused_before_shipping(tmp_path):
         package_bundle("polyp", out=tmp_path / "dist", weights=weights)
     assert not list((tmp_path / "dist").glob("*.zip")) and not list((tmp_path / "dist").iterdir())
     # the MONAI Label installer refuses them too, and leaves the folder it was asked to replace as it was
-    from transfuse_bundle.monailabel_app import ensure_app
+    from transfuse_bundle.monailabel.app import ensure_app
 
     app = ensure_app(tmp_path / "apps" / "monaibundle")
     served = app / "model" / "transfuse_hip"
@@ -151,7 +151,7 @@ def test_mc_dropout_samples_differ_through_the_bundle_inferer():
     from transfuse_bundle.networks import TransFuse
 
     require_monailabel()
-    from transfuse_bundle.monailabel_active_learning import enable_mc_dropout, uncertainty
+    from transfuse_bundle.monailabel.active_learning import enable_mc_dropout, uncertainty
 
     torch.manual_seed(0)
     net = TransFuse("S", img_size=(32, 32), drop_rate=0.2)

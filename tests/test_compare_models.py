@@ -74,7 +74,7 @@ def test_recipe_comparison_carves_a_test_split_and_evaluates_every_run_on_it(tmp
 
 def test_comparison_never_replaces_earlier_results(tmp_path, capsys):
     """A non-empty --out (hours of earlier runs) is refused in one line before any work; so is an --out that is a file."""
-    from transfuse_bundle.cli.compare_models import main
+    from transfuse_bundle.tools.cli.compare_models import main
 
     out = tmp_path / "out"
     out.mkdir()
@@ -98,7 +98,7 @@ def test_comparison_never_replaces_earlier_results(tmp_path, capsys):
 ])
 def test_comparison_refuses_bad_numbers_before_any_work(bad, message, tmp_path, capsys):
     """A negative worker count or an empty budget stops in one line naming the option; --out is not even created."""
-    from transfuse_bundle.cli.compare_models import main
+    from transfuse_bundle.tools.cli.compare_models import main
 
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
@@ -111,7 +111,7 @@ def test_comparison_refuses_bad_numbers_before_any_work(bad, message, tmp_path, 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="float16 autocast is valid on a CUDA device")
 def test_comparison_refuses_float16_on_a_cpu_before_any_work(tmp_path, capsys):
     """fp16 autocast needs CUDA's GradScaler: on a CPU it stops in one line before --out is created."""
-    from transfuse_bundle.cli.compare_models import main
+    from transfuse_bundle.tools.cli.compare_models import main
 
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:

@@ -15,8 +15,8 @@ from monai.metrics import HausdorffDistanceMetric, SurfaceDiceMetric, SurfaceDis
 from PIL import Image
 
 from conftest import REPO, untrained_weights
-from transfuse_bundle.benchmarking import EVALUATION_STAGES
-from transfuse_bundle.cli.benchmark import main as benchmark_main
+from transfuse_bundle.tools.benchmarking import EVALUATION_STAGES
+from transfuse_bundle.tools.cli.benchmark import main as benchmark_main
 from transfuse_bundle.data import write_datalist
 from transfuse_bundle.metrics.distances import (_HausdorffDistanceMetric, _SurfaceDiceMetric, _SurfaceDistanceMetric,
                                                 union_window)

@@ -82,7 +82,7 @@ def test_vit_linears_run_on_onednn_with_gelu_fused():
 def test_cpu_fp32_peak_times_the_onednn_matmul_too():
     """The roofline's fp32 peak on a CPU is measured with torch's matmul and with oneDNN's (what the fast path's
     linears run on, twice MKL's speed on AMD CPUs), so that no fast path shows more than 100 % of it."""
-    from transfuse_bundle.benchmarking import machine_peaks
+    from transfuse_bundle.tools.benchmarking import machine_peaks
 
     ops = _OpNames()
     with ops:

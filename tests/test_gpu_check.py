@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from transfuse_bundle.cli.gpu_check import main
+from transfuse_bundle.tools.cli.gpu_check import main
 from conftest import DATA
 
 

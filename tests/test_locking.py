@@ -21,7 +21,7 @@ from conftest import ONE_THREAD, REPO, bundle_cli
 from transfuse_bundle.errors import FolderInUseError, UserInputError
 from transfuse_bundle.handlers import save_atomically
 from transfuse_bundle.locking import lock_folders, release_folders
-from transfuse_bundle.monailabel_app import install_bundle
+from transfuse_bundle.monailabel.app import install_bundle
 from transfuse_bundle.networks import TransFuse
 
 TINY = ["--image_size", "[32,32]", "--batch_size", "8", "--num_workers", "0"]

@@ -14,7 +14,7 @@ from monai.utils import set_determinism
 from transfuse_bundle.data import synthetic_dataset
 from transfuse_bundle.engines import resolve_amp_dtype
 from transfuse_bundle.networks.fast import fast_autocast_available
-from transfuse_bundle.tasks import config_files
+from transfuse_bundle.tools.tasks import config_files
 
 
 def test_amp_dtype_names_auto_and_errors():

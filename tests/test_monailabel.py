@@ -1,7 +1,7 @@
 """MONAI Label against a real server: the bundle served and trained by the stock ``monaibundle`` app.
 
 One MONAI Label server (subprocess, 127.0.0.1, a free port) is started for the whole module with two
-bundle folders made by :func:`transfuse_bundle.monailabel_app.install_bundle`:
+bundle folders made by :func:`transfuse_bundle.monailabel.app.install_bundle`:
 
 * ``transfuse_polyp`` (task polyp at 96x96 for speed), trained briefly before the server starts by the
   bundle's own CLI (``monai.bundle run training``) on 8 Kvasir-SEG images from ``../shared/data``, without
@@ -15,7 +15,7 @@ bundle folders made by :func:`transfuse_bundle.monailabel_app.install_bundle`:
 * ``transfuse_untrusted``: a polyp bundle whose ``models/model.pt`` was replaced on disk by a pickle that
   creates a marker file when unpickled (issue #7, trusted loading): the server must refuse it unrun;
 * ``transfuse_loop`` (task polyp at 64x64, untrained): issue #16's labelling loop. The app is the
-  active-learning app :func:`~transfuse_bundle.monailabel_app.ensure_app` makes; the server scores with this
+  active-learning app :func:`~transfuse_bundle.monailabel.app.ensure_app` makes; the server scores with this
   model (``--conf epistemic_model transfuse_loop``, background rescoring off); 5 more Kvasir-SEG images
   (downscaled to 128 px) are unlabelled in the studies folder, their masks stand for the annotator, and 4
   more are held back outside the datastore.
@@ -24,7 +24,7 @@ The checks follow issue #5: ``/info``; inference by id and by upload (PNG of the
 {0, 1}, Dice with the ground truth); ``/train`` for one epoch rewrites ``models/model.pt`` and the app
 reloads it; the prostate bundle returns a NIfTI label with the volume's shape and affine; the server log
 never has "Checkpoint keys don't match". Issue #7: the server listens on 127.0.0.1 only; a bounded load
-test (``transfuse_bundle.monailabel_load``, the ``transfuse-load-test`` command: 40 uploads of real
+test (``transfuse_bundle.tools.load_test``, the ``transfuse-load-test`` command: 40 uploads of real
 Kvasir-SEG images, 4 at a time) has zero errors and only valid masks, and its latency and the server's
 memory are reported. Issue #16 (last, since it saves final labels): batch inference labels every
 unlabelled image at its size (2D) or on its grid (3D) and reports what a model cannot read; the loop
@@ -57,8 +57,8 @@ import torch
 
 from conftest import (ONE_THREAD, CreatesFile, MonaiLabelServer, require_monailabel,
                       write_hip_dataset)
-from transfuse_bundle.packaging import bundle_name
-from transfuse_bundle.tasks import task_names
+from transfuse_bundle.tools.packaging import bundle_name
+from transfuse_bundle.tools.tasks import task_names
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
@@ -173,7 +173,7 @@ def server(tmp_path_factory, request):
     for needed in (KVASIR / "images", KVASIR / "masks", PROSTATE):
         if not needed.exists():
             pytest.fail(f"test data missing: {needed} (the tests read ../shared/data next to the repository)")
-    from transfuse_bundle.monailabel_app import install_bundle
+    from transfuse_bundle.monailabel.app import install_bundle
 
     root = tmp_path_factory.mktemp("monailabel")
     t0 = time.monotonic()
@@ -327,7 +327,7 @@ def test_server_listens_on_loopback_only(server):
 def test_load_40_uploads_4_concurrent_all_valid(server):
     """Issue #7: 40 inference uploads of real Kvasir-SEG images (original sizes), 4 in flight at once:
     zero errors, every mask a PNG of the input's size with values in {0} | the model's label ids."""
-    from transfuse_bundle.monailabel_load import run_load_test
+    from transfuse_bundle.tools.load_test import run_load_test
 
     images = sorted((KVASIR / "images").glob("*.jpg"))[N_STUDIES:N_STUDIES + LOAD_IMAGES]
     report = run_load_test(server.url, POLYP, images, LOAD_REQUESTS, LOAD_CONCURRENCY, pid=server.proc.pid)
@@ -544,7 +544,7 @@ def test_labelling_loop_with_active_learning(server):
     (samples differ), the most uncertain image from ``/activelearning/epistemic``, its automatic mask, the
     annotator's mask saved with ``PUT /datastore/label``; three times; ``/train``; scoring again with the new
     model; the next image inferred. The trained model beats the untrained one on held-back images."""
-    from transfuse_bundle.monailabel_active_learning import STRATEGIES
+    from transfuse_bundle.monailabel.active_learning import STRATEGIES
 
     info = server.request("GET", "/info/", timeout=30).json()
     assert set(STRATEGIES) <= set(info["strategies"]), info["strategies"]

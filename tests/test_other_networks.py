@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transfuse_bundle.networks import MedT, TransUNet
+from transfuse_bundle.tools.peers import MedT, TransUNet
 
 
 def _param_count(model: torch.nn.Module) -> int:

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser
 
-from transfuse_bundle.data.prepare import PRANET_TEST_SETS
-from transfuse_bundle.cli.polyp_benchmark import main
-from transfuse_bundle.metrics.polyp_benchmark import default_config_files
+from transfuse_bundle.tools.prepare import PRANET_TEST_SETS
+from transfuse_bundle.tools.cli.polyp_benchmark import main
+from transfuse_bundle.tools.polyp_benchmark import default_config_files
 
 REPO = Path(__file__).resolve().parents[1]
 KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from transfuse_bundle.data import DatasetError, load_datalist
-from transfuse_bundle.data.prepare import detect_layout, prepare
+from transfuse_bundle.tools.prepare import detect_layout, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -170,7 +170,7 @@ def _status(main, argv: list[str]) -> int:
 def test_cli_refuses_bad_output_and_options_before_writing_anything(folder_layout, capsys, output, options, words):
     """Before: an --output folder raised IsADirectoryError after leaving ``masks.tmp`` in the dataset, a JSON
     file was overwritten by the datalist, a NaN spacing was recorded, and --spacing of another layout was a TypeError."""
-    from transfuse_bundle.cli.prepare_data import main
+    from transfuse_bundle.tools.cli.prepare_data import main
 
     first = _kvasir_ids(1)[0] + ".jpg"
     before = _tree(folder_layout)

@@ -55,7 +55,7 @@ def test_no_config_addresses_a_list_element_by_index():
 
 def test_readme_task_table_lists_the_registry():
     """README's table of tasks names exactly the folders of configs/tasks/ (the registry is the one list)."""
-    from transfuse_bundle.tasks import task_names
+    from transfuse_bundle.tools.tasks import task_names
 
     text = (ROOT / "README.md").read_text()
     section = text.split("## Tasks", 1)[1].split("\n## ", 1)[0]
@@ -64,18 +64,18 @@ def test_readme_task_table_lists_the_registry():
 
 
 def test_readme_task_commands_are_the_registry_s():
-    """The commands README shows for each task are those ``python -m transfuse_bundle.tasks`` prints (the merge
-    order of transfuse_bundle.tasks.CHAINS), so the docs cannot drift from the task folders."""
+    """The commands README shows for each task are those ``python -m transfuse_bundle.tools.tasks`` prints (the merge
+    order of transfuse_bundle.tools.tasks.CHAINS), so the docs cannot drift from the task folders."""
     import subprocess
     import sys
 
-    from transfuse_bundle.tasks import commands, task_names
+    from transfuse_bundle.tools.tasks import commands, task_names
 
     section = (ROOT / "README.md").read_text().split("## Tasks", 1)[1].split("\n## ", 1)[0]
     shown = [line.removesuffix(" --dataset_dir DIR") for line in section.split("```bash\n", 1)[1].split("```")[0].splitlines()
              if line.startswith("python -m monai.bundle")]
     assert shown == [command for task in task_names() for command in commands(task).values()]
-    printed = subprocess.run([sys.executable, "-m", "transfuse_bundle.tasks"], cwd=ROOT, capture_output=True, text=True,
+    printed = subprocess.run([sys.executable, "-m", "transfuse_bundle.tools.tasks"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout
     assert all(command in printed for command in shown)
 

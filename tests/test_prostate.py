@@ -26,8 +26,8 @@ from monai.bundle import ConfigParser
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
 from conftest import run_workflow
-from transfuse_bundle.data.prepare import prepare
-from transfuse_bundle.tasks import config_files
+from transfuse_bundle.tools.prepare import prepare
+from transfuse_bundle.tools.tasks import config_files
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

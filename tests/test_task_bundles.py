@@ -27,10 +27,10 @@ import pytest
 from PIL import Image
 
 from conftest import run_command, run_workflow, write_hip_dataset
-from transfuse_bundle.bundle_folder import merged_config
+from transfuse_bundle.tools.bundle_folder import merged_config
 from transfuse_bundle.outputs import MANIFEST_NAME
-from transfuse_bundle.packaging import package_bundle
-from transfuse_bundle.tasks import config_files, task_names
+from transfuse_bundle.tools.packaging import package_bundle
+from transfuse_bundle.tools.tasks import config_files, task_names
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

@@ -22,11 +22,11 @@ from monai.utils import set_determinism
 from PIL import Image
 
 from transfuse_bundle.data import write_datalist
-from transfuse_bundle.data.prepare import prepare
+from transfuse_bundle.tools.prepare import prepare
 from transfuse_bundle.engines import MultiScaleIteration, scaled_size
 from transfuse_bundle.metrics.distances import case_spacing, engine_cases
 from conftest import check_binary_report, write_hip_dataset
-from transfuse_bundle.tasks import config_files
+from transfuse_bundle.tools.tasks import config_files
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

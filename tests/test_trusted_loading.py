@@ -169,9 +169,9 @@ def test_backbone_weight_files_are_loaded_weights_only(tmp_path, branch):
 
 
 def test_packaging_and_monailabel_install_refuse_malicious_weights(tmp_path):
-    from transfuse_bundle.bundle_folder import BundleFolderError
-    from transfuse_bundle.monailabel_app import install_bundle
-    from transfuse_bundle.packaging import PackagingError, package_bundle
+    from transfuse_bundle.tools.bundle_folder import BundleFolderError
+    from transfuse_bundle.monailabel.app import install_bundle
+    from transfuse_bundle.tools.packaging import PackagingError, package_bundle
 
     marker = tmp_path / "marker"
     bad = _malicious_checkpoint(tmp_path / "model.pt", marker)
@@ -186,7 +186,7 @@ def test_packaging_and_monailabel_install_refuse_malicious_weights(tmp_path):
 
 
 def test_server_command_binds_loopback_unless_remote_is_explicit(tmp_path):
-    from transfuse_bundle.monailabel_app import server_command, server_env
+    from transfuse_bundle.monailabel.app import server_command, server_env
 
     cmd = server_command(tmp_path / "app", tmp_path / "studies", ["transfuse_polyp"], port=8123)
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"

@@ -669,7 +669,7 @@ def test_validate_data_and_training_report_dangling_links_and_other_files(tmp_pa
     with pytest.raises(DatasetError) as err:  # training stops on them before any work
         load_datalist(tmp_path)
     assert err.value.problems == problems
-    from transfuse_bundle.cli.validate_data import main
+    from transfuse_bundle.tools.cli.validate_data import main
     assert main([str(tmp_path)]) == 1
     assert str(tmp_path / "images" / "c.jpg") in capsys.readouterr().out
 

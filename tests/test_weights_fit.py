@@ -119,7 +119,7 @@ def test_set_value_that_is_not_json_is_an_error(tmp_path, capsys, command, value
     """Before, ``--set`` kept such a value as a string: a typo reached the configs and failed later, or not at all."""
     import importlib
 
-    main = importlib.import_module(f"transfuse_bundle.cli.{command}").main
+    main = importlib.import_module(f"transfuse_bundle.tools.cli.{command}").main
     where = ["--out", str(tmp_path / "dist")] if command == "package_bundle" else ["--app", str(tmp_path / "app")]
     with pytest.raises(SystemExit) as exit_:
         main([*where, "--set", value])
@@ -129,7 +129,7 @@ def test_set_value_that_is_not_json_is_an_error(tmp_path, capsys, command, value
 
 
 def test_monailabel_app_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
-    from transfuse_bundle.cli.make_monailabel_app import main
+    from transfuse_bundle.tools.cli.make_monailabel_app import main
 
     app = tmp_path / "app.txt"
     app.write_text("notes")
@@ -141,7 +141,7 @@ def test_monailabel_app_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
 
 def test_package_with_an_image_size_the_network_cannot_take_is_a_one_line_error(tmp_path, capsys):
     """Before: MONAI's 'Failed to instantiate component' traceback out of the command."""
-    from transfuse_bundle.cli.package_bundle import main
+    from transfuse_bundle.tools.cli.package_bundle import main
 
     assert main(["--out", str(tmp_path / "dist"), "--init-weights", "--set", "image_size=[100,100]"]) == 1
     err = capsys.readouterr().err.strip()

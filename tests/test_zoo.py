@@ -41,8 +41,8 @@ import yaml
 from PIL import Image
 
 from conftest import MonaiLabelServer, require_monailabel, run_command
-from transfuse_bundle.bundle_folder import copy_bundle, write_initial_weights
-from transfuse_bundle.packaging import REQUIRED_FILES, PackagingError, make_torchscript_only, package_bundle, sha256
+from transfuse_bundle.tools.bundle_folder import copy_bundle, write_initial_weights
+from transfuse_bundle.tools.packaging import REQUIRED_FILES, PackagingError, make_torchscript_only, package_bundle, sha256
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -217,8 +217,9 @@ def test_package_script_zips_weights_and_code_under_top_folder(weights, tmp_path
         assert {n.split("/", 1)[0] for n in names} == {NAME}
         for required in (*REQUIRED_FILES, "models/model.pt", "configs/train.json", "configs/evaluate.json",
                          "configs/multi_gpu_train.json", "configs/logging.conf", "transfuse_bundle/__init__.py",
-                         "transfuse_bundle/networks/transfuse.py", "transfuse_bundle/packaging.py"):
+                         "transfuse_bundle/networks/transfuse.py"):
             assert f"{NAME}/{required}" in names, f"{required} missing from the zip"
+        assert f"{NAME}/transfuse_bundle/tools/packaging.py" not in names, "the packaging tool was shipped"
         assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
         assert not any(n.startswith(f"{NAME}/configs/tasks") for n in names)
         assert hashlib.sha256(zf.read(f"{NAME}/models/model.pt")).hexdigest() == sha256(weights)
@@ -292,33 +293,58 @@ def test_zoo_torchscript_from_ckpt_export_carries_metadata(downloaded, package):
     assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "transfuse_bundle.networks.TransFuse"
 
 
-def test_zoo_unit_test_on_downloaded_bundle(downloaded, tmp_path):
+ZOO_UNIT_TEST = """
+import json, sys, time
+from monai.bundle import ConfigWorkflow
+import transfuse_bundle
+from transfuse_bundle.data import synthetic_dataset
+
+configs, work = sys.argv[1:3]
+data = synthetic_dataset(work + "/synthetic", num_cases=6, num_validation=1, num_test=2, size=(48, 64))
+common = {"meta_file": configs + "/metadata.json", "logging_file": configs + "/logging.conf",
+          "bundle_root": work + "/root", "dataset_dir": data}
+runs = [
+    ("train", configs + "/train.json", {"train#trainer#max_epochs": 1}),
+    ("train", [configs + "/train.json", configs + "/evaluate.json"], {"output_dir": work + "/eval"}),
+    ("infer", configs + "/inference.json", {"output_dir": work + "/pred"}),
+]
+for workflow_type, config_file, extra in runs:
+    workflow = ConfigWorkflow(config_file=config_file, workflow_type=workflow_type, **common, **extra)
+    workflow.initialize()
+    assert workflow.check_properties() == [], f"{config_file}: missing properties"
+    workflow.run()
+    workflow.finalize()
+print("transfuse_bundle:", transfuse_bundle.__file__)
+print("modules:", json.dumps(sorted(m.__file__ for n, m in sys.modules.items() if n.startswith("transfuse_bundle"))))
+"""
+
+
+def test_zoo_unit_test_on_downloaded_bundle(downloaded, plain_python, tmp_path):
     """The zoo's bundle unit test on synthetic data: train, train+evaluate, inference; each
-    ``initialize(); check_properties() == []; run(); finalize()`` (outputs under tmp_path, not the bundle)."""
-    from monai.bundle import ConfigWorkflow
-
-    from transfuse_bundle.data import synthetic_dataset
-
-    configs = downloaded / "configs"
-    data = synthetic_dataset(tmp_path / "synthetic", num_cases=6, num_validation=1, num_test=2, size=(48, 64))
-    common = {"meta_file": str(configs / "metadata.json"), "logging_file": str(configs / "logging.conf"),
-              "bundle_root": str(tmp_path / "root"), "dataset_dir": data}
-    runs = [
-        ("train", str(configs / "train.json"), {"train#trainer#max_epochs": 1}),
-        ("train", [str(configs / "train.json"), str(configs / "evaluate.json")], {"output_dir": str(tmp_path / "eval")}),
-        ("infer", str(configs / "inference.json"), {"output_dir": str(tmp_path / "pred")}),
-    ]
-    t0 = time.monotonic()
-    for workflow_type, config_file, extra in runs:
-        workflow = ConfigWorkflow(config_file=config_file, workflow_type=workflow_type, **common, **extra)
-        workflow.initialize()
-        assert workflow.check_properties() == [], f"{config_file}: missing properties"
-        workflow.run()
-        workflow.finalize()
-    TIMINGS["zoo unit test (train, train+evaluate, inference)"] = time.monotonic() - t0
+    ``initialize(); check_properties() == []; run(); finalize()``, in the plain interpreter with only the
+    downloaded folder on the Python path: the packaged code alone trains, evaluates and infers (outputs under
+    tmp_path, not the bundle)."""
+    proc = _run([plain_python, "-c", ZOO_UNIT_TEST, str(downloaded / "configs"), str(tmp_path)], cwd=tmp_path,
+                env=_env(pythonpath=downloaded), step="zoo unit test (train, train+evaluate, inference)")
+    _assert_imported_from(proc.stdout, downloaded)
+    used = json.loads(re.findall(r"^modules: (.*)$", proc.stdout, flags=re.MULTILINE)[0])
+    assert all(Path(f).resolve().is_relative_to(downloaded.resolve()) for f in used), used
     assert (tmp_path / "root" / "models" / "model.pt").is_file()
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_cases"] == 2
     assert len(list((tmp_path / "pred").glob("*_seg.png"))) == 2
+
+
+def test_package_ships_only_the_code_its_configs_run(downloaded):
+    """The runtime package only: no tools (packaging, benchmarks, command-line tools), no MONAI Label integration,
+    no peer networks; every shipped module is one the configs import (directly or through another)."""
+    shipped = sorted(p.relative_to(downloaded).as_posix() for p in (downloaded / "transfuse_bundle").rglob("*.py"))
+    assert not [f for f in shipped if f.startswith(("transfuse_bundle/tools/", "transfuse_bundle/monailabel/"))], shipped
+    from transfuse_bundle.tools.bundle_folder import read_json_object, runtime_files
+
+    configs = [read_json_object(p) for p in sorted((downloaded / "configs").glob("*.json"))]
+    assert shipped == [p.as_posix() for p in runtime_files(configs, REPO)]
+    docs = sorted(p.relative_to(downloaded).as_posix() for p in (downloaded / "docs").rglob("*") if p.is_file())
+    assert docs == ["docs/README.md", "docs/data_license.txt"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -428,7 +454,7 @@ def test_monailabel_serves_torchscript_only_bundle(downloaded, cli_masks, kvasir
     """A bundle folder with ``models/model.ts`` only, its ``network_def`` replaced by ``torch.jit.load`` (the
     overlay configs/inference_torchscript.json): MONAI Label's monaibundle app loads it with torch.jit.load;
     the served mask equals the PyTorch bundle's mask of the same image."""
-    from transfuse_bundle.monailabel_app import ensure_app
+    from transfuse_bundle.monailabel.app import ensure_app
 
     require_monailabel()
     app = ensure_app(tmp_path / "apps" / "monaibundle")

@@ -6,7 +6,7 @@ tensors and plain containers only and refuses any other Python object *before* c
 with pickled code is refused without running it. MONAI's ``CheckpointLoader`` and ``monai.bundle.load``
 also pass ``weights_only=True``; MONAI Label 0.8.5 calls ``torch.load`` without it and relies on
 torch's default (``True`` since torch 2.6; the server is started with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1``
-by :func:`transfuse_bundle.monailabel_app.server_env` so that no call site can turn it off).
+by :func:`transfuse_bundle.monailabel.app.server_env` so that no call site can turn it off).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Model-zoo distribution: the bundle as ``dist/<name>_v<version>.zip``, TorchScript/ONNX exports.
 
-A package is the self-contained bundle folder of :func:`transfuse_bundle.bundle_folder.copy_bundle` (configs
+A package is the self-contained bundle folder of :func:`transfuse_bundle.tools.bundle_folder.copy_bundle` (configs
 with the task merged in, the ``transfuse_bundle`` package, ``docs/``, ``LICENSE``) zipped with its top
 folder ``<name>/``, the layout ``python -m monai.bundle download --name NAME --url URL`` extracts. Weights
 travel either inside (``models/model.pt``) or, with ``large_files_url``, next to the zip: the files are
@@ -19,7 +19,7 @@ cannot ship a ``model.ts`` of other weights.
 
 Example::
 
-    from transfuse_bundle.packaging import package_bundle
+    from transfuse_bundle.tools.packaging import package_bundle
     package = package_bundle("polyp", out="dist", weights="models/model.pt", export=True)
     package_bundle("hip", out="dist", init_weights=True)   # untrained weights of the hip network
     print(package.zip_path)      # dist/transfuse_polyp_v0.1.0.zip
@@ -44,7 +44,7 @@ from typing import Any, Mapping, Sequence
 from .bundle_folder import (BundleFolderError, check_weights_fit, copy_bundle, merged_config, read_json_object,
                             source_root, write_initial_weights, write_json)
 from .tasks import TaskError, task_dir
-from .utils import WeightsFileError, load_weights
+from ..utils import WeightsFileError, load_weights
 
 __all__ = [
     "PackagingError",
@@ -129,7 +129,7 @@ def bundle_env(bundle: str | os.PathLike, base: Mapping[str, str] | None = None)
 
 def cli_arguments(overrides: Mapping[str, Any]) -> list[str]:
     """``{ID: value}`` -> ``["--ID", "text", ...]`` for ``python -m monai.bundle``, the inverse of
-    :func:`~transfuse_bundle.bundle_folder.parse_override`: strings as they are, other values as JSON
+    :func:`~transfuse_bundle.tools.bundle_folder.parse_override`: strings as they are, other values as JSON
     (which MONAI's CLI reads back as Python literals)."""
     return [text for key, value in overrides.items()
             for text in (f"--{key}", value if isinstance(value, str) else json.dumps(value))]
@@ -270,7 +270,7 @@ def package_bundle(
     """Writes ``out/<name>_v<version>.zip`` (top folder ``<name>/``) and returns what was written.
 
     Args:
-        task: a task of the registry (:func:`transfuse_bundle.tasks.task_names`).
+        task: a task of the registry (:func:`transfuse_bundle.tools.tasks.task_names`).
         out: the output folder (created).
         weights: the state dict to ship as ``models/model.pt``; default: ``models/model.pt`` of the source
             (what training writes there). It must fit the task's network (checked before anything is written).

@@ -2,11 +2,11 @@
 
 Nothing here changes MONAI Label: the app is the stock ``monaibundle`` sample app copied from the
 installed ``monailabel`` wheel (``python -m monailabel.main apps --download``, which copies, it does not
-download), and the bundle folder is made by :func:`transfuse_bundle.bundle_folder.copy_bundle` in the
+download), and the bundle folder is made by :func:`transfuse_bundle.tools.bundle_folder.copy_bundle` in the
 app's ``model/NAME`` folder, which is where the app looks for a local bundle called ``NAME``.
 
 By default the app is made an active-learning app (:func:`ensure_app` ``active_learning=True``): the stock
-``main.py`` is kept as ``monaibundle_main.py``, :mod:`transfuse_bundle.monailabel_active_learning` is copied
+``main.py`` is kept as ``monaibundle_main.py``, :mod:`transfuse_bundle.monailabel.active_learning` is copied
 next to it as ``transfuse_active_learning.py``, and a short ``main.py`` subclasses the stock app with it
 (MC-dropout scoring, the ``epistemic`` strategy, batch inference that reports unreadable images). The
 bundle folders are the same either way.
@@ -24,9 +24,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .bundle_folder import BundleFolderError, check_weights_fit, copy_bundle, write_initial_weights
-from .locking import locked_folders
-from .utils import WeightsFileError, load_weights
+from ..tools.bundle_folder import BundleFolderError, check_weights_fit, copy_bundle, write_initial_weights
+from ..locking import locked_folders
+from ..utils import WeightsFileError, load_weights
 
 __all__ = [
     "APP_NAME", "LOOPBACK_HOSTS", "RESERVED_WORDS", "ACTIVE_LEARNING_MARK", "require_monailabel", "ensure_app",
@@ -44,9 +44,9 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 STOCK_MAIN = "monaibundle_main.py"
 ACTIVE_LEARNING_MODULE = "transfuse_active_learning.py"
 ACTIVE_LEARNING_MARK = "# transfuse-bundle active-learning app"
-ACTIVE_LEARNING_MAIN = f'''{ACTIVE_LEARNING_MARK} (written by transfuse_bundle.monailabel_app.ensure_app)
+ACTIVE_LEARNING_MAIN = f'''{ACTIVE_LEARNING_MARK} (written by transfuse_bundle.monailabel.app.ensure_app)
 """The stock monaibundle app ({STOCK_MAIN}, copied from the monailabel wheel) with TransFuse's active
-learning ({ACTIVE_LEARNING_MODULE}, a copy of transfuse_bundle/monailabel_active_learning.py): MC-dropout
+learning ({ACTIVE_LEARNING_MODULE}, a copy of transfuse_bundle/monailabel/active_learning.py): MC-dropout
 scoring (--conf epistemic_model NAME), the strategies epistemic and epistemic_bald, and batch inference
 that reports the images a model cannot process. See docs/monailabel.md."""
 
@@ -128,7 +128,7 @@ def _copy_stock_app(dest: Path, python: str | None = None) -> Path:
 def _make_active_learning_app(app_dir: Path, python: str | None = None, stock: str | None = None) -> None:
     """Turns the stock app in ``app_dir`` into the active-learning app (see :func:`ensure_app`); ``stock``: the
     wheel's ``main.py`` text when the caller has just copied it."""
-    from . import monailabel_active_learning
+    from . import active_learning
 
     main = app_dir / "main.py"
     text = main.read_text()
@@ -145,7 +145,7 @@ def _make_active_learning_app(app_dir: Path, python: str | None = None, stock: s
         main.write_text(ACTIVE_LEARNING_MAIN)
     if not (app_dir / STOCK_MAIN).is_file():
         raise BundleFolderError(f"{app_dir / STOCK_MAIN} is missing: the active-learning app subclasses it")
-    shutil.copyfile(monailabel_active_learning.__file__, app_dir / ACTIVE_LEARNING_MODULE)
+    shutil.copyfile(active_learning.__file__, app_dir / ACTIVE_LEARNING_MODULE)
 
 
 def install_bundle(
@@ -168,7 +168,7 @@ def install_bundle(
         app_dir: the monaibundle app folder (created from the wheel if it does not exist).
         name: the folder and REST model name; it must not contain one of :data:`RESERVED_WORDS`.
         task, overrides, weights, include_models, overwrite: as for
-            :func:`~transfuse_bundle.bundle_folder.copy_bundle`.
+            :func:`~transfuse_bundle.tools.bundle_folder.copy_bundle`.
         init_weights: when the bundle ends up without ``models/model.pt``, write untrained weights of the
             task's network (MONAI Label skips a bundle without weights; train it through ``/train``).
         active_learning: as for :func:`ensure_app` (the app, not the bundle folder, changes).

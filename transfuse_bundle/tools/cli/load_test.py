@@ -7,7 +7,7 @@
 
 Every answer must be HTTP 200 with a PNG label map of the input's size holding only 0 and the model's
 label ids. Reported: errors, latency p50 / p95 / max, throughput and, given --pid, the server's memory
-before, after and at its peak (see transfuse_bundle.monailabel_load). Exit status 1 when any request
+before, after and at its peak (see transfuse_bundle.tools.load_test). Exit status 1 when any request
 failed, 2 when the test cannot start (no images, unknown model, server unreachable).
 """
 
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from . import int_at_least
-from ..monailabel_load import collect_images, format_report, run_load_test
+from ..load_test import collect_images, format_report, run_load_test
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import resize_token_grid
-from .blocks import ConvBN, init_decoder_weights
-from .sizes import SIZE_MULTIPLE, check_image_size, check_input_shape
+from ...networks.backbones import resize_token_grid
+from ...networks.blocks import ConvBN, init_decoder_weights
+from ...networks.sizes import SIZE_MULTIPLE, check_image_size, check_input_shape
 
 __all__ = ["TransUNet"]
 

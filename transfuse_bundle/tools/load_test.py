@@ -6,11 +6,11 @@ height and width, and holds only 0 and the model's label ids (from ``/info``). R
 exceptions, invalid masks), client-side latency p50 / p95 / max, throughput, and, given ``pid``, the
 server process's resident memory (``VmRSS`` from ``/proc/PID/status``) before and after, plus its peak
 (``VmHWM``). Images are cycled when there are fewer than requests. The command is ``transfuse-load-test``
-(:mod:`transfuse_bundle.cli.load_test`).
+(:mod:`transfuse_bundle.tools.cli.load_test`).
 
 Example::
 
-    from transfuse_bundle.monailabel_load import collect_images, format_report, run_load_test
+    from transfuse_bundle.tools.load_test import collect_images, format_report, run_load_test
     report = run_load_test("http://127.0.0.1:8000", "transfuse_polyp", collect_images(["images/"]), 40, 4)
     print(format_report(report))
 """

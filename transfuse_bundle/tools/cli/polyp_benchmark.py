@@ -1,7 +1,7 @@
 """The paper's Table 1 on PraNet's polyp test sets (mDice and mIoU per set, seen and unseen) plus the
 PraNet toolbox metrics, from one evaluation of the bundle's model at the original resolution. Writes
 OUT/polyp_benchmark.md and .json, and the evaluation report to OUT/eval; sets missing from
-TESTDATASET_DIR are reported as missing (what each number is: transfuse_bundle.metrics.polyp_benchmark).
+TESTDATASET_DIR are reported as missing (what each number is: transfuse_bundle.tools.polyp_benchmark).
 
     transfuse-polyp-benchmark TESTDATASET_DIR --bundle_root B --output_dir OUT [--image_size H W]
     python scripts/polyp_benchmark.py TESTDATASET_DIR --bundle_root B --output_dir OUT   # from a checkout
@@ -16,8 +16,8 @@ import sys
 from typing import Any
 
 from . import int_at_least
-from ..data.datalist import DatasetError
-from ..metrics.polyp_benchmark import benchmark_markdown, run_benchmark
+from ...data.datalist import DatasetError
+from ..polyp_benchmark import benchmark_markdown, run_benchmark
 from ..tasks import TaskError
 
 

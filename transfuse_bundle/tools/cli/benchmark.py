@@ -3,7 +3,7 @@
 One process, one thread setting: parameters, GMACs, batch-1 latency, throughput, a training step and peak
 memory per model and size, TransFuse also in its fast inference modes, our S's speed-ups against
 official-S, and the roofline: each path's GFLOP/s against the machine's fp32 / bf16 matmul peak measured
-in the same run (what each figure means: transfuse_bundle.benchmarking). Writes OUT.json and OUT.md.
+in the same run (what each figure means: transfuse_bundle.tools.benchmarking). Writes OUT.json and OUT.md.
 
     transfuse-benchmark --threads 2 --out docs/benchmark
     transfuse-benchmark --tiny --out /tmp/bench      # seconds; what the test suite runs
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluation(args: argparse.Namespace) -> int:
-    """``--evaluation``: :func:`~transfuse_bundle.benchmarking.evaluation_benchmark` at the first size; the
+    """``--evaluation``: :func:`~transfuse_bundle.tools.benchmarking.evaluation_benchmark` at the first size; the
     evaluation's report goes to OUT_report/, the result to OUT.json and standard output."""
     try:
         result = evaluation_benchmark(args.evaluation, args.bundle_root, args.out.with_name(args.out.name + "_report"),

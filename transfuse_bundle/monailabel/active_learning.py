@@ -4,7 +4,7 @@ The stock ``monaibundle`` app (monailabel 0.8.5) computes epistemic scores with 
 NAME`` but registers only the ``random`` and ``first`` strategies, and its scoring puts the whole network in
 training mode: TransFuse then returns its three deep-supervision heads and its BatchNorm layers use the
 statistics of the one image scored. This module is the thin layer on top of that app which
-:func:`transfuse_bundle.monailabel_app.ensure_app` installs (the app's ``main.py`` subclasses the stock
+:func:`transfuse_bundle.monailabel.app.ensure_app` installs (the app's ``main.py`` subclasses the stock
 ``MyApp`` with :class:`ActiveLearningMixin`):
 
 * scoring (``POST /scoring/NAME`` for each model of ``--conf epistemic_model``): each unlabelled image is

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ConvBN
-from .sizes import check_image_size
+from ...networks.blocks import ConvBN
+from ...networks.sizes import check_image_size
 
 __all__ = ["MedT", "AxialAttention"]
 

@@ -22,7 +22,7 @@ import sys
 import time
 
 from . import int_at_least
-from ..data.validate import validate_dataset
+from ...data.validate import validate_dataset
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Train and evaluate networks, or training recipes, with the same budget and data.
 
 Networks (TransFuse, its ablations, TransUNet, MedT) go through the bundle's own configs (see
-transfuse_bundle.comparison). Writes OUT/comparison.json and OUT/comparison.md with parameters, batch-1
+transfuse_bundle.tools.comparison). Writes OUT/comparison.json and OUT/comparison.md with parameters, batch-1
 latency, Dice, IoU, HD95 and ASD (evaluated at the original resolution) and the training time.
 
     transfuse-compare --dataset_dir DATALIST_OR_FOLDER --image_size 128 128 --epochs 5 --out runs/comparison
@@ -30,9 +30,9 @@ import torch
 from . import int_at_least
 from ..comparison import (MODELS, RECIPES, check_test_fraction, compare_models, compare_recipes, write_recipe_table,
                           write_table)
-from ..engines import AMP_DTYPES, resolve_amp_dtype
-from ..errors import UserInputError
-from ..locking import lock_folders
+from ...engines import AMP_DTYPES, resolve_amp_dtype
+from ...errors import UserInputError
+from ...locking import lock_folders
 from ..tasks import task_names
 
 

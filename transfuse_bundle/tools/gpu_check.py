@@ -3,7 +3,7 @@
 Three stages, each reusing the project's own code, each timed, the report rewritten after every stage (so a
 run cut short still leaves what it measured):
 
-1. **benchmark** (:func:`transfuse_bundle.benchmarking.run_benchmark`): TransFuse-S (and official-S) at
+1. **benchmark** (:func:`transfuse_bundle.tools.benchmarking.run_benchmark`): TransFuse-S (and official-S) at
    352x352, fp32, fp32-fast (BatchNorm folded, channels-last), bf16-fast (bf16 autocast), torch.compile and
    CUDA graphs; batch-1 latency, each path's best-throughput batch, training steps, and the roofline against
    the fp32 / bf16 matmul peak measured in the same run;
@@ -20,7 +20,7 @@ the numbers it writes mean nothing.
 
 Example::
 
-    from transfuse_bundle.gpu_check import run_gpu_check
+    from transfuse_bundle.tools.gpu_check import run_gpu_check
     report = run_gpu_check("/tmp/gpu_check", "../shared/data/kvasir_seg")   # writes gpu_check.{json,md}
 """
 
@@ -37,7 +37,7 @@ import torch
 
 from .benchmarking import add_roofline, machine_description, machine_peaks, markdown_lines, run_benchmark
 from .bundle_folder import source_root
-from .data import write_datalist
+from ..data import write_datalist
 from .tasks import config_files
 
 __all__ = ["CheckSettings", "FULL", "TINY", "run_gpu_check", "check_markdown", "REPORT_NAME"]
@@ -51,7 +51,7 @@ class CheckSettings:
     """What each stage runs (see the module doc); :data:`FULL` for one GPU, :data:`TINY` for the test suite."""
 
     device: str = "cuda"
-    # benchmark (transfuse_bundle.benchmarking.run_benchmark)
+    # benchmark (transfuse_bundle.tools.benchmarking.run_benchmark)
     models: tuple[str, ...] = ("official-S", "S")
     bench_size: tuple[int, int] = (352, 352)
     iters: int = 50

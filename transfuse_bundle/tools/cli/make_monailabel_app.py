@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from ..bundle_folder import parse_override
-from ..errors import UserInputError
-from ..monailabel_app import install_bundle, server_command
+from ...errors import UserInputError
+from ...monailabel.app import install_bundle, server_command
 from ..packaging import bundle_name
 from ..tasks import task_names
 

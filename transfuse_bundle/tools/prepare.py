@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .datalist import (IMAGE_EXTENSIONS, DatasetError, check_datalist_output, entry_problem, pair_images_and_masks,
+from ..data.datalist import (IMAGE_EXTENSIONS, DatasetError, check_datalist_output, entry_problem, pair_images_and_masks,
                        spacing_problem, split_training, write_datalist_file)
 
 __all__ = ["LAYOUTS", "detect_layout", "prepare", "polyp_pranet", "pranet_test_cases", "folder_pairs", "isic2017",

@@ -1,7 +1,7 @@
 """Benchmarks of TransFuse S / L / L* against the official computation and MONAI's networks.
 
 The measurements (median latencies, interleaved ratios, GMACs, parameters) are shared with
-:mod:`transfuse_bundle.comparison`; :func:`run_benchmark` measures, for every model of :func:`build` and
+:mod:`transfuse_bundle.tools.comparison`; :func:`run_benchmark` measures, for every model of :func:`build` and
 input size, parameters, GMACs, batch-1 latency (median after warm-up), batch throughput, a training step
 (forward + backward + Adam) and the process's peak memory; TransFuse also in its fast inference modes
 (BatchNorm folded, linears on oneDNN, channels-last; and bf16 autocast where the hardware has native
@@ -15,7 +15,7 @@ bf16 matmuls in the same run and :func:`add_roofline` puts each figure against t
 (``pct_peak_<what>``). On CUDA, ``compile=True`` adds torch.compile (inductor) and CUDA-graph
 (``mode="reduce-overhead"``) paths, and ``batch_sweep`` finds each path's best-throughput batch.
 :func:`write_markdown` writes the tables; the command is ``transfuse-benchmark``
-(:mod:`transfuse_bundle.cli.benchmark`).
+(:mod:`transfuse_bundle.tools.cli.benchmark`).
 
 "official-S" is TransFuse-S computed exactly as the official code does it (explicit attention
 instead of fused attention, all three heads computed at inference too, BatchNorm unfolded,
@@ -26,7 +26,7 @@ official latencies measured on the reference 2-core CPU (116 ms at 192x256, 282 
 
 Example::
 
-    from transfuse_bundle.benchmarking import run_benchmark
+    from transfuse_bundle.tools.benchmarking import run_benchmark
     rows = run_benchmark(["official-S", "S"], [(192, 256)], "cpu")   # one dict per model and size
 """
 
@@ -44,9 +44,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .losses import DEEP_SUPERVISION_WEIGHTS, official_structure_loss, transfuse_deep_supervision_loss
-from .networks import TransFuse
-from .networks.fast import OneDNNLinear, fast_autocast_available, optimize_for_inference
+from ..losses import DEEP_SUPERVISION_WEIGHTS, official_structure_loss, transfuse_deep_supervision_loss
+from ..networks import TransFuse
+from ..networks.fast import OneDNNLinear, fast_autocast_available, optimize_for_inference
 
 __all__ = [
     "median_ms", "interleaved_median_ms", "gmacs", "parameter_count", "forward_latency_ms",
@@ -523,7 +523,7 @@ def _fmt(value) -> str:
 def training_loop_datalist(dataset_dir: Path, batch: int, iterations: int) -> dict[str, list]:
     """``dataset_dir``'s lists, checked to hold the ``batch * iterations`` training cases :func:`training_loop` uses
     (a ``ValueError`` naming the dataset otherwise)."""
-    from .data import load_datalist
+    from ..data import load_datalist
 
     lists = load_datalist(dataset_dir)
     if len(lists["training"]) < batch * iterations:
@@ -566,7 +566,7 @@ def training_loop(dataset_dir: Path, size, batch: int, iterations: int, num_work
 
     from ignite.engine import Events
     from ignite.handlers.time_profilers import HandlersTimeProfiler
-    from .engines import scaled_size
+    from ..engines import scaled_size
 
     if epochs < 2:
         raise ValueError(f"epochs must be >= 2 (the first one warms up), got {epochs}")
@@ -770,7 +770,7 @@ def evaluation_benchmark(dataset_dir: str | Path, bundle_root: str | Path, outpu
         torch.set_num_threads(threads)
         env["OMP_NUM_THREADS"] = str(threads)
     overrides = evaluation_overrides(dataset_dir, bundle_root, output_dir, image_size)
-    child = ("import json, sys; from transfuse_bundle.benchmarking import evaluation_split; "
+    child = ("import json, sys; from transfuse_bundle.tools.benchmarking import evaluation_split; "
              "print(json.dumps(evaluation_split(json.loads(sys.argv[1]))))")
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", child, json.dumps(overrides)], check=True, stdout=subprocess.PIPE,

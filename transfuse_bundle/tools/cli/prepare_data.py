@@ -21,8 +21,8 @@ import logging
 import sys
 
 from . import int_at_least
-from ..data import DatasetError, write_datalist
-from ..data.prepare import LAYOUTS, prepare
+from ...data import DatasetError, write_datalist
+from ..prepare import LAYOUTS, prepare
 
 
 def main(argv: list[str] | None = None) -> int:

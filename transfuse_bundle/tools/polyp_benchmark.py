@@ -1,6 +1,6 @@
 """The paper's Table 1 on PraNet's five polyp test sets, with the polyp toolbox metrics.
 
-The command is ``transfuse-polyp-benchmark`` (:mod:`transfuse_bundle.cli.polyp_benchmark`).
+The command is ``transfuse-polyp-benchmark`` (:mod:`transfuse_bundle.tools.cli.polyp_benchmark`).
 ``test_dir`` is PraNet's ``TestDataset`` folder: ``{Kvasir,CVC-ClinicDB,CVC-ColonDB,CVC-300,
 ETIS-LaribPolypDB}/{images,masks}``. Sets that are not there are reported as missing. The bundle's own
 evaluation (the polyp task's evaluate config of the bundle root, see :func:`default_config_files`, with
@@ -25,11 +25,11 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..data.prepare import PRANET_SEEN_SETS, PRANET_TEST_SETS, pranet_test_cases
+from .prepare import PRANET_SEEN_SETS, PRANET_TEST_SETS, pranet_test_cases
 from ..outputs import claim, record
-from ..tasks import config_files as task_config_files
-from ..tasks import task_names
-from .polyp import TOOLBOX_METRICS
+from .tasks import config_files as task_config_files
+from .tasks import task_names
+from ..metrics.polyp import TOOLBOX_METRICS
 
 __all__ = ["benchmark_table", "benchmark_markdown", "default_config_files", "run_benchmark"]
 

@@ -1,6 +1,6 @@
 """Check the bundle on one GPU in under 10 minutes: benchmark (fp32, bf16, channels-last, torch.compile, CUDA
 graphs, roofline), a short polyp training (multi-scale, bf16) and an evaluation on Kvasir-SEG; writes
-OUT/gpu_check.json and OUT/gpu_check.md (what each stage runs: transfuse_bundle.gpu_check).
+OUT/gpu_check.json and OUT/gpu_check.md (what each stage runs: transfuse_bundle.tools.gpu_check).
 
     transfuse-gpu-check --out /tmp/gpu_check                          # one GPU, < 10 minutes
     transfuse-gpu-check --out /tmp/gpu_check --data DIR --epochs 5    # another Kvasir-SEG copy, fewer epochs
@@ -18,7 +18,7 @@ import torch
 
 from . import int_at_least
 from ..bundle_folder import source_root
-from ..data import DatasetError
+from ...data import DatasetError
 from ..gpu_check import REPORT_NAME, run_gpu_check, settings_for
 
 

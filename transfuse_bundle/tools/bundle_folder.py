@@ -1,19 +1,20 @@
 """Self-contained bundle folders: one task of the repository (``configs/tasks/<task>/``) in one folder.
 
 A bundle folder is what MONAI Label's ``monaibundle`` app loads from ``APP/model/NAME`` and what the
-model zoo packages as ``NAME/``: ``configs/``, ``models/``, ``docs/``, ``LICENSE`` and, so that the
-folder works without ``pip install``, a copy of the ``transfuse_bundle`` package (the configs point at
-it with ``_target_``; MONAI Label and ``monai.bundle run`` put the bundle root on ``sys.path``).
+model zoo packages as ``NAME/``: ``configs/``, ``models/``, ``docs/README.md`` (the model card),
+``docs/data_license.txt``, ``LICENSE`` and, so that the folder works without ``pip install``, the modules of the
+``transfuse_bundle`` package that its configs run (:func:`runtime_files`; the configs point at them with
+``_target_``; MONAI Label and ``monai.bundle run`` put the bundle root on ``sys.path``).
 
 Its ``train.json``, ``inference.json`` and ``metadata.json`` are the task's configs merged in the order of
-:data:`transfuse_bundle.tasks.CHAINS`, exactly as ``monai.bundle run --config_file "[base, overlay, ...]"``
+:data:`transfuse_bundle.tools.tasks.CHAINS`, exactly as ``monai.bundle run --config_file "[base, overlay, ...]"``
 merges them, so the folder needs no overlay at run time; ``evaluate.json`` and ``multi_gpu_train.json``
 stay overlays of its ``train.json`` (with the task's own evaluation overlay added), as in any zoo bundle.
 ``metadata.json``'s network description (shapes, channels, class names) is derived from the configs.
 
 Example::
 
-    from transfuse_bundle.bundle_folder import copy_bundle, write_initial_weights
+    from transfuse_bundle.tools.bundle_folder import copy_bundle, write_initial_weights
     copy_bundle("apps/monaibundle/model/transfuse_polyp", task="polyp")
     copy_bundle("/tmp/prostate", task="prostate", overrides={"image_size": [256, 256]})
     write_initial_weights("/tmp/prostate")          # untrained weights, e.g. to train from MONAI Label
@@ -24,12 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import modulefinder
 import os
+import re
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from .errors import UserInputError
+from ..errors import UserInputError
+from . import REPOSITORY
 from .tasks import CHAINS, TaskError, config_files, task_dir
 
 __all__ = [
@@ -40,6 +44,7 @@ __all__ = [
     "source_root",
     "merged_config",
     "copy_bundle",
+    "runtime_files",
     "task_configs",
     "describe_network",
     "bundle_network",
@@ -51,9 +56,9 @@ logger = logging.getLogger(__name__)
 
 PACKAGE_NAME = "transfuse_bundle"
 # what a bundle folder holds besides configs/ and the package (copied when present in the source)
-DOC_ITEMS = ("docs", "LICENSE")
+# the model card and the licences; the repository's other documents (experiments, speed logs) stay there
+DOC_ITEMS = ("docs/README.md", "docs/data_license.txt", "LICENSE")
 MODEL_FILES = ("model.pt", "model.ts", "model.onnx", "large_files.yml")
-IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".DS_Store")
 
 
 class BundleFolderError(UserInputError, RuntimeError):
@@ -63,10 +68,9 @@ class BundleFolderError(UserInputError, RuntimeError):
 def source_root(root: str | os.PathLike | None = None) -> Path:
     """The repository root holding ``configs/metadata.json`` and the ``transfuse_bundle`` package.
 
-    Defaults to the parent of this package, which is the repository for an editable install or a
-    bundle folder made by :func:`copy_bundle` (so a bundle folder can copy itself again).
+    Defaults to the checkout this package lives in (an editable install).
     """
-    path = Path(root) if root is not None else Path(__file__).resolve().parent.parent
+    path = Path(root) if root is not None else REPOSITORY
     for needed in (path / "configs" / "metadata.json", path / PACKAGE_NAME / "__init__.py"):
         if not needed.is_file():
             raise BundleFolderError(
@@ -167,7 +171,7 @@ def copy_bundle(
 
     Args:
         dest: the bundle folder to create (its name is the bundle/MONAI Label model name).
-        task: a task of the registry (:func:`transfuse_bundle.tasks.task_names`), e.g. ``"polyp"``.
+        task: a task of the registry (:func:`transfuse_bundle.tools.tasks.task_names`), e.g. ``"polyp"``.
         overrides: ``{config id: value}`` set in every JSON config of the copy that already has that id
             (``a#b`` ids reach nested items, e.g. ``{"image_size": [128, 128]}``); an id found in no config is
             an error. ``metadata.json``'s network description follows the configs automatically.
@@ -204,14 +208,14 @@ def copy_bundle(
         if path.is_file() and path.suffix != ".json":
             shutil.copy2(path, dest / "configs" / path.name)
 
-    # package code, docs, licence
-    shutil.copytree(src / PACKAGE_NAME, dest / PACKAGE_NAME, ignore=IGNORE, dirs_exist_ok=True)
+    # the code the configs run, the model card, the licence
+    for path in runtime_files(written.values(), src):
+        (dest / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / path, dest / path)
     for item in DOC_ITEMS:
-        path = src / item
-        if path.is_dir():
-            shutil.copytree(path, dest / item, ignore=IGNORE, dirs_exist_ok=True)
-        elif path.is_file():
-            shutil.copy2(path, dest / item)
+        if (src / item).is_file():
+            (dest / item).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / item, dest / item)
     if not (dest / "LICENSE").is_file():
         raise BundleFolderError(f"{src / 'LICENSE'} is missing: a bundle must ship its licence")
 
@@ -230,11 +234,32 @@ def copy_bundle(
     return dest
 
 
+def runtime_files(configs: Iterable[Mapping[str, Any]], source: str | os.PathLike | None = None) -> list[Path]:
+    """The files of the ``transfuse_bundle`` package that ``configs`` run, relative to the source root, sorted.
+
+    They are the modules the configs name (``imports``, ``_target_`` and ``$`` expressions), the modules those
+    import, found by the standard library's :class:`modulefinder.ModuleFinder` (imports inside functions
+    included), and their packages' ``__init__.py``: the tools (``tools/``) and the MONAI Label integration
+    (``monailabel/``) are not among them, so a bundle ships only its runtime code."""
+    src = source_root(source)
+    names = set(re.findall(rf"\b{PACKAGE_NAME}(?:\.\w+)*", json.dumps(list(configs))))
+    finder = modulefinder.ModuleFinder(path=[str(src)])  # only this package is searched: nothing else is scanned
+    for name in sorted(names):
+        parts = name.split(".")
+        while parts and not any((src.joinpath(*parts).with_suffix(".py").is_file(),
+                                 (src.joinpath(*parts) / "__init__.py").is_file())):
+            parts.pop()  # transfuse_bundle.data.to_mask -> the module transfuse_bundle.data
+        finder.import_hook(".".join(parts))
+    files = {Path(m.__file__).resolve().relative_to(src.resolve()) for n, m in finder.modules.items()
+             if n.split(".")[0] == PACKAGE_NAME and m.__file__}
+    return sorted(files)
+
+
 def task_configs(task: str, source: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
     """``{file name: config}`` of the bundle folder of ``task``, every JSON file of ``configs/``:
 
     * a config whose chain starts with itself (train, inference, metadata) is its chain merged
-      (:func:`transfuse_bundle.tasks.config_files`);
+      (:func:`transfuse_bundle.tools.tasks.config_files`);
     * an overlay of another config (evaluate, multi_gpu_train) stays an overlay: its keys, then those of
       the task's file of the same name, applied in that order on the bundle's train.json at run time;
     * any other JSON file (e.g. ``inference_torchscript.json``) is copied as it is.
@@ -297,7 +322,7 @@ def check_weights_fit(bundle: str | os.PathLike, weights: str | os.PathLike) -> 
     value when the shapes tell it (``weights have out_channels 3, the config 1``, the image size of a position
     grid), else the first missing and unexpected keys and shapes (:func:`~transfuse_bundle.utils.weights_misfit`),
     so that weights of another task, size or class count are refused before they are shipped or served."""
-    from .utils import load_weights, weights_misfit
+    from ..utils import load_weights, weights_misfit
 
     problems = weights_misfit(bundle_network(bundle), load_weights(weights, "weights"))
     if problems:

@@ -4,11 +4,11 @@ Every model of :data:`MODELS` goes through the bundle's own configs (``train.jso
 with a ``configs/networks/*.json`` overlay or ``network_def`` overrides, run by MONAI's CLI
 (``python -m monai.bundle run``), so losses, augmentation, data and metrics are identical. Reported per
 model: parameters, batch-1 latency, Dice, IoU, HD95 and ASD (evaluated at the original resolution) and
-the training time. The command is ``transfuse-compare`` (:mod:`transfuse_bundle.cli.compare_models`).
+the training time. The command is ``transfuse-compare`` (:mod:`transfuse_bundle.tools.cli.compare_models`).
 
 Example::
 
-    from transfuse_bundle.comparison import compare_models, write_table
+    from transfuse_bundle.tools.comparison import compare_models, write_table
     rows = compare_models("datalist.json", "runs/comparison", ["TransFuse-S", "MedT"], epochs=1)
     write_table(rows, "runs/comparison/comparison.md", "1 epoch, batch 8, 128x128")
 """
@@ -28,7 +28,7 @@ import torch
 
 from .benchmarking import forward_latency_ms, parameter_count
 from .bundle_folder import source_root
-from .data import find_image_mask_pairs, write_datalist
+from ..data import find_image_mask_pairs, write_datalist
 from .packaging import cli_arguments
 from .tasks import config_files
 
@@ -112,7 +112,7 @@ def compare_models(dataset_dir: str | os.PathLike, out: str | os.PathLike, model
         num_workers: data loader workers; ``None`` keeps the configs' own (none on a CPU of at most 4 cores).
         latency_iters: timed batch-1 forwards for the median latency.
         amp_dtype: the training precision (``amp_dtype`` of train.json); ``None`` keeps the configs' ``"auto"``.
-        root: the repository with ``configs/`` (default :func:`~transfuse_bundle.bundle_folder.source_root`).
+        root: the repository with ``configs/`` (default :func:`~transfuse_bundle.tools.bundle_folder.source_root`).
 
     Returns one row per model: ``model``, ``params``, ``latency_ms`` and the keys of :data:`REPORTED` and
     :data:`COUNTED`. A failing bundle run raises ``RuntimeError`` naming its log.

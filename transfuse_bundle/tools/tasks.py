@@ -1,7 +1,7 @@
 """The task registry: one folder of config overlays per task, ``configs/tasks/<task>/``.
 
 The folder names are the task names and nothing else lists them: training, evaluation, inference,
-packaging (:mod:`transfuse_bundle.packaging`), MONAI Label (:mod:`transfuse_bundle.monailabel_app`),
+packaging (:mod:`transfuse_bundle.tools.packaging`), MONAI Label (:mod:`transfuse_bundle.monailabel.app`),
 the docs and the tests all read them from here. Adding a task means adding a folder with a ``task.json``.
 
 A task folder holds MONAI bundle overlays, merged the way ``python -m monai.bundle run --config_file
@@ -22,7 +22,7 @@ metadata.json   the bundle metadata (name, task, description, data source)
     configs/train.json, tasks/prostate/task.json, tasks/prostate/train.json,
     configs/evaluate.json, tasks/prostate/evaluate.json
 
-and ``python -m transfuse_bundle.tasks`` prints every task with its bundle commands.
+and ``python -m transfuse_bundle.tools.tasks`` prints every task with its bundle commands.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import UserInputError
+from ..errors import UserInputError
+from . import REPOSITORY
 
 __all__ = ["TASK_DIR", "TASK_FILE", "CHAINS", "TaskError", "task_names", "task_dir", "config_files",
            "config_file_option", "commands"]
@@ -57,7 +58,7 @@ class TaskError(UserInputError, ValueError):
 
 def _root(source: str | os.PathLike | None) -> Path:
     # the repository, or a bundle folder: the parent of this package (see bundle_folder.source_root)
-    return Path(source) if source is not None else Path(__file__).resolve().parent.parent
+    return Path(source) if source is not None else REPOSITORY
 
 
 def task_names(source: str | os.PathLike | None = None) -> list[str]:
@@ -115,7 +116,7 @@ def commands(task: str | None, source: str | os.PathLike | None = None) -> dict[
 
 
 def main() -> None:
-    """Prints each task with its bundle commands (``python -m transfuse_bundle.tasks``)."""
+    """Prints each task with its bundle commands (``python -m transfuse_bundle.tools.tasks``)."""
     for task in task_names():
         print(f"{task}:")
         for name, command in commands(task).items():
