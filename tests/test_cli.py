@@ -19,7 +19,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-CLI_MODULES = sorted(p.stem for p in (ROOT / "transfuse_bundle" / "cli").glob("*.py") if p.stem != "__init__")
+CLI_MODULES = sorted(p.stem for p in (ROOT / "transfuse_bundle" / "tools" / "cli").glob("*.py") if p.stem != "__init__")
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
