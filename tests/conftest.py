@@ -114,13 +114,13 @@ def bundle_cli(*args, cwd: Path = REPO, env: dict | None = None, timeout: float 
     return run_command([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, timeout=timeout, check=check)
 
 
-def run_workflow(config_file, workflow_type: str, meta_file=None, **overrides):
-    """The zoo's bundle test: ``ConfigWorkflow`` initialize, check the properties, run, finalize."""
-    from monai.bundle import ConfigWorkflow
+def run_workflow(config: str, task: str | None = None, overlays=(), source=None, **overrides):
+    """The zoo's bundle test: the workflow of :func:`transfuse_bundle.tools.tasks.config_workflow` (same
+    arguments: ``config`` of ``task`` from the repository or the bundle folder ``source``, then ``overlays`` and
+    ``overrides``), initialize, check the properties, run, finalize."""
+    from transfuse_bundle.tools.tasks import config_workflow
 
-    workflow = ConfigWorkflow(config_file=config_file, meta_file=meta_file or str(REPO / "configs" / "metadata.json"),
-                              logging_file=str(REPO / "configs" / "logging.conf"), workflow_type=workflow_type,
-                              **overrides)
+    workflow = config_workflow(config, task, overlays, source, **overrides)
     workflow.initialize()
     assert workflow.check_properties() == []
     workflow.run()
@@ -132,11 +132,10 @@ def untrained_weights(bundle: Path, image_size=(64, 64), in_channels: int = 3) -
     """Writes ``bundle/models/model.pt``: seeded untrained weights of the inference network at ``image_size`` with
     ``in_channels``, as a plain state dict (for tests of what happens around the network, not of its quality)."""
     import torch
-    from monai.bundle import ConfigParser
 
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / "inference.json"))
-    parser.update({"image_size": list(image_size), "in_channels": in_channels, "device": "cpu"})
+    from transfuse_bundle.tools.tasks import config_parser
+
+    parser = config_parser("inference.json", image_size=list(image_size), in_channels=in_channels, device="cpu")
     parser.get_parsed_content("imports")
     torch.manual_seed(0)
     path = Path(bundle) / "models" / "model.pt"
@@ -153,7 +152,7 @@ CONSOLE_NOISE = re.compile(r"This DataLoader will create|nvImageCodec|Warning|WA
 
 
 def console_noise(result: subprocess.CompletedProcess) -> list[str]:
-    """The lines of a command's stdout and stderr that match :data:`CONSOLE_NOISE` (issue #14: a quiet console)."""
+    """The lines of a command's stdout and stderr that match :data:`CONSOLE_NOISE` (a quiet console: users read only what concerns them)."""
     return [line for line in (result.stdout + result.stderr).splitlines() if CONSOLE_NOISE.search(line)]
 
 

@@ -1,5 +1,6 @@
 """The MONAI bundle end to end, as the model zoo tests it: synthetic data; train, train+evaluate and
-inference through ``ConfigWorkflow`` (``initialize(); check_properties() == []; run(); finalize()``);
+inference through ``ConfigWorkflow`` (``config_workflow``; ``initialize(); check_properties() == []; run();
+finalize()``);
 the user's CLI commands as subprocesses; the bundle checks; and a 2-process DDP run on CPU.
 
 Everything is written under pytest's tmp_path (``--bundle_root`` / ``--output_dir``); each CLI test
@@ -20,18 +21,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 from PIL import Image
 
 from conftest import console_noise, run_command, run_workflow
 from transfuse_bundle.data import make_synthetic_case, synthetic_dataset
 from transfuse_bundle.networks import TransFuse
+from transfuse_bundle.tools.tasks import config_parser, config_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-META = str(CONFIGS / "metadata.json")
-LOGGING = str(CONFIGS / "logging.conf")
-TRAIN, EVALUATE, INFERENCE, MULTI_GPU = (str(CONFIGS / f) for f in ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json"))
+#: the user's inference command: the served config is an overlay on the training chain
+INFERENCE_CLI = "['configs/train.json','configs/inference.json']"
 IMAGE_SIZE = [64, 64]
 SYNTHETIC_HW = (48, 80)  # not square: a transposed prediction would not match its mask
 SMALL = {"image_size": IMAGE_SIZE, "num_workers": 0, "batch_size": 4}
@@ -83,7 +83,7 @@ def trained(tmp_path_factory, synthetic) -> dict:
     """A bundle root with weights from a 2-epoch ConfigWorkflow training, and the workflow."""
     root = tmp_path_factory.mktemp("bundle")
     workflow = run_workflow(
-        TRAIN, "train", bundle_root=str(root), dataset_dir=str(synthetic), **SMALL, **{"train#trainer#max_epochs": 2}
+        "train.json", bundle_root=str(root), dataset_dir=str(synthetic), **SMALL, **{"train#trainer#max_epochs": 2}
     )
     return {"root": root, "workflow": workflow}
 
@@ -112,7 +112,7 @@ def test_train_workflow_saves_plain_state_dict_and_logs(trained):
 def evaluation(trained, synthetic, tmp_path_factory) -> Path:
     """The output folder of train.json + evaluate.json run on the synthetic test list."""
     out = tmp_path_factory.mktemp("evaluation")
-    run_workflow([TRAIN, EVALUATE], "train", bundle_root=str(trained["root"]), dataset_dir=str(synthetic), output_dir=str(out), **SMALL)
+    run_workflow("evaluate.json", bundle_root=str(trained["root"]), dataset_dir=str(synthetic), output_dir=str(out), **SMALL)
     return out
 
 
@@ -142,7 +142,7 @@ def test_evaluate_workflow_writes_report_at_original_size(evaluation):
 
 def test_inference_workflow_writes_masks_at_original_size(trained, synthetic, evaluation, tmp_path):
     out = tmp_path / "pred"
-    run_workflow(INFERENCE, "infer", bundle_root=str(trained["root"]), dataset_dir=str(synthetic), output_dir=str(out), **SMALL)
+    run_workflow("inference.json", bundle_root=str(trained["root"]), dataset_dir=str(synthetic), output_dir=str(out), **SMALL)
     masks = sorted(out.glob("*.png"))
     assert [p.name for p in masks] == ["case_007_seg.png", "case_008_seg.png", "case_009_seg.png"]
     evaluated_dice = {Path(r["filename"]).stem: float(r["dice"]) for r in csv.DictReader(open(evaluation / "per_case.csv"))}
@@ -158,11 +158,16 @@ def test_inference_workflow_writes_masks_at_original_size(trained, synthetic, ev
 
 
 def test_network_def_is_identical_in_train_and_inference():
-    train, inference = (json.loads(Path(f).read_text()) for f in (TRAIN, INFERENCE))
-    assert train["network_def"] == inference["network_def"]
-    for key in ("variant", "in_channels", "out_channels", "image_size", "pretrained"):
-        assert train[key] == inference[key]
-    for config in (train, inference, json.loads(Path(MULTI_GPU).read_text())):
+    """The served network, precision, preprocessing and inferer are the trained ones by construction: the
+    inference overlay redefines none of them, and the merged chains hold the same configs."""
+    overlay = json.loads((CONFIGS / "inference.json").read_text())
+    train, inference = config_parser("train.json"), config_parser("inference.json")
+    for key in ("network_def", "network", "variant", "in_channels", "out_channels", "image_size", "pretrained",
+                "amp_dtype", "autocast_dtype", "load_image", "resize", "intensity", "normalize", "to_tensor",
+                "preprocessing", "window_inferer", "inferer"):
+        assert key not in overlay, f"inference.json redefines {key}"
+        assert train[key] == inference[key], key
+    for config in (train, inference, config_parser("multi_gpu_train.json")):
         assert "run" in config
     assert "training" in train and "network" in train and "network" in inference
 
@@ -206,7 +211,7 @@ def test_cli_evaluate_folder_dataset_evaluates_every_image(trained, tmp_path):
 def test_cli_inference_writes_one_png_per_image(trained, synthetic, tmp_path):
     out = tmp_path / "pred"
     result = _cli(
-        "run", "--config_file", "configs/inference.json", "--dataset_dir", str(synthetic / "images"),
+        "run", "--config_file", INFERENCE_CLI, "--dataset_dir", str(synthetic / "images"),
         "--output_dir", str(out), "--bundle_root", str(trained["root"]), *CLI_SMALL,
     )
     assert console_noise(result) == []
@@ -224,7 +229,7 @@ def test_cli_errors_name_the_path_before_any_work(trained, tmp_path):
     assert f"dataset_dir '{missing}' does not exist" in result.stderr
     assert not (tmp_path / "models").exists()
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", INFERENCE_CLI,
          "--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path), *CLI_SMALL],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
@@ -241,12 +246,12 @@ def test_cli_verify_metadata_offline(tmp_path):
 
 @pytest.mark.slow
 def test_cli_verify_net_in_out_and_torchscript_export(trained, tmp_path):
-    result = _cli("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json")
+    result = _cli("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file", INFERENCE_CLI)
     assert "data shape of network is verified with no error" in result.stdout + result.stderr
     model_ts = tmp_path / "model.ts"
     _cli(
         "ckpt_export", "network_def", "--filepath", str(model_ts), "--ckpt_file", str(trained["root"] / "models" / "model.pt"),
-        "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--image_size", "[64,64]",
+        "--meta_file", "configs/metadata.json", "--config_file", INFERENCE_CLI, "--image_size", "[64,64]",
     )
     scripted = torch.jit.load(str(model_ts))
     network = TransFuse("S", img_size=IMAGE_SIZE)
@@ -265,10 +270,7 @@ def test_multi_gpu_config_properties_in_a_one_process_group(synthetic, tmp_path,
         port = sock.getsockname()[1]
     for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
         monkeypatch.setenv(name, value)
-    workflow = ConfigWorkflow(
-        config_file=[TRAIN, MULTI_GPU], meta_file=META, logging_file=LOGGING, workflow_type="train",
-        bundle_root=str(tmp_path), dataset_dir=str(synthetic), **SMALL,
-    )
+    workflow = config_workflow("multi_gpu_train.json", bundle_root=str(tmp_path), dataset_dir=str(synthetic), **SMALL)
     workflow.initialize()
     assert torch.distributed.is_initialized() and torch.distributed.get_backend() == "gloo"
     assert workflow.check_properties() == []
@@ -304,9 +306,9 @@ def test_multiclass_training_and_evaluation(tmp_path):
         "bundle_root": str(tmp_path / "bundle"), "dataset_dir": str(data), "out_channels": 3,
         "class_names": ["background", "lesion_a", "lesion_b"], **SMALL,
     }
-    run_workflow(TRAIN, "train", **overrides, **{"train#trainer#max_epochs": 1})
+    run_workflow("train.json", **overrides, **{"train#trainer#max_epochs": 1})
     out = tmp_path / "eval"
-    run_workflow([TRAIN, EVALUATE], "train", **overrides, output_dir=str(out))
+    run_workflow("evaluate.json", **overrides, output_dir=str(out))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_cases"] == 6
     assert set(metrics["per_class"]) == {"lesion_a", "lesion_b"}
@@ -332,12 +334,8 @@ def test_cli_tracking_mlflow_records_metrics(synthetic, tmp_path):
 def test_synthetic_default_trains_fewer_epochs_than_real_data(tmp_path):
     """The main command on the synthetic default trains synthetic_max_epochs (minutes on a 2-core CPU); any other
     dataset keeps the real-data default, and an explicit --max_epochs wins over both. The LR schedule follows."""
-    from monai.bundle import ConfigParser
-
     def epochs(**overrides):
-        parser = ConfigParser()
-        parser.read_config(str(CONFIGS / "train.json"))
-        parser.update({"bundle_root": str(tmp_path), **overrides})
+        parser = config_parser("train.json", **{"bundle_root": str(tmp_path), **overrides})
         return parser.get_parsed_content("train#trainer#max_epochs"), parser.get_parsed_content("lr_scheduler#T_max")
 
     kvasir = str(REPO.parent / "shared" / "data" / "kvasir_seg")

@@ -13,6 +13,7 @@ import pytest
 
 from transfuse_bundle.tools.bundle_folder import BundleFolderError, copy_bundle, write_initial_weights
 from transfuse_bundle.monailabel.app import install_bundle, server_command
+from transfuse_bundle.tools.tasks import config_files, config_parser
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,7 +26,24 @@ def test_polyp_folder_is_self_contained(tmp_path):
     dest = copy_bundle(tmp_path / "transfuse_polyp", task="polyp", include_models=False)
     for name in ("metadata.json", "inference.json", "train.json", "evaluate.json", "logging.conf"):
         assert (dest / "configs" / name).is_file(), name
-    assert _json(dest / "configs" / "inference.json") == _json(REPO / "configs" / "inference.json")
+    # inference.json is the repository's polyp inference chain merged (training chain + serving overlay), pruned
+    # to what serving reaches: every id it holds is the chain's, and it holds what serving reads
+    served = _json(dest / "configs" / "inference.json")
+    chain = config_parser("inference.json", "polyp")
+    assert served == {key: chain[key] for key in served}
+    assert {"network_def", "amp_dtype", "autocast_dtype", "load_image", "resize", "intensity", "normalize",
+            "to_tensor", "preprocessing", "window_inferer", "inferer", "postprocessing", "handlers", "evaluator",
+            "run"} <= set(served)
+    assert not {"optimizer", "loss", "train", "load_label", "label_to_tensor"} & set(served)  # training only
+    # the folder's own chains (no overlay needed for inference), parsed from the folder alone
+    assert config_files("inference.json", source=dest) == [dest / "configs" / "inference.json"]
+    assert config_files("evaluate.json", source=dest) == [dest / "configs" / "train.json", dest / "configs" / "evaluate.json"]
+    parser = config_parser("inference.json", source=dest, bundle_root=str(tmp_path / "root"))
+    for each in (parser, chain):
+        each.get_parsed_content("imports")
+    assert type(parser.get_parsed_content("inferer")).__name__ == "FastInferer"
+    assert [type(t).__name__ for t in parser.get_parsed_content("preprocessing").transforms] == [
+        type(t).__name__ for t in chain.get_parsed_content("preprocessing").transforms]
     assert (dest / "LICENSE").is_file() and (dest / "transfuse_bundle" / "networks" / "__init__.py").is_file()
     assert not list(dest.rglob("__pycache__"))
     assert not (dest / "configs" / "tasks").exists()
@@ -51,8 +69,12 @@ def test_prostate_task_merges_overlays(tmp_path):
     dest = copy_bundle(tmp_path / "p", task="prostate", include_models=False)
     inference = _json(dest / "configs" / "inference.json")
     assert inference["in_channels"] == 1 and inference["out_channels"] == 3
-    assert inference["inferer"]["_target_"] == "SliceInferer"
-    assert inference["network_def"] == _json(REPO / "configs" / "inference.json")["network_def"]  # from the base
+    # the served inferer is the shared one (precision from amp_dtype) cutting volumes with the task's SliceInferer
+    assert inference["inferer"] == _json(REPO / "configs" / "train.json")["inferer"]
+    assert inference["inferer"]["_target_"] == "transfuse_bundle.inferers.FastInferer"
+    assert inference["inferer"]["inferer"] == "@window_inferer" and inference["inferer"]["dtype"] == "@autocast_dtype"
+    assert inference["window_inferer"]["_target_"] == "SliceInferer"
+    assert inference["network_def"] == _json(REPO / "configs" / "train.json")["network_def"]  # from the base
     meta = _json(dest / "configs" / "metadata.json")
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"]["2"] == "peripheral zone"
     assert meta["version"] == _json(REPO / "configs" / "metadata.json")["version"]
@@ -93,7 +115,10 @@ def test_registry_lists_task_folders_and_their_merge_order(tmp_path):
     rel = [p.relative_to(REPO / "configs").as_posix() for p in config_files("evaluate.json", "prostate")]
     assert rel == ["train.json", "tasks/prostate/task.json", "tasks/prostate/train.json", "evaluate.json",
                    "tasks/prostate/evaluate.json"]
-    assert [p.name for p in config_files("inference.json", None)] == ["inference.json"]
+    assert [p.relative_to(REPO / "configs").as_posix() for p in config_files("inference.json", "prostate")] == [
+        "train.json", "tasks/prostate/task.json", "tasks/prostate/train.json", "inference.json",
+        "tasks/prostate/inference.json"]
+    assert [p.name for p in config_files("inference.json", None)] == ["train.json", "inference.json"]
     # a copy of the repository's configs with a fifth task, a folder without task.json and a stray file
     source = tmp_path / "repo"
     shutil.copytree(REPO / "configs", source / "configs")
@@ -141,7 +166,7 @@ def test_weights_of_another_task_or_size_are_refused_before_shipping(tmp_path):
 
 
 def test_mc_dropout_samples_differ_through_the_bundle_inferer():
-    """Scoring's MC dropout (issue #16): with only the dropout layers in training mode, TransFuse returns its one
+    """Scoring's MC dropout (active learning): with only the dropout layers in training mode, TransFuse returns its one
     eval head and two passes of the bundle's FastInferer over the same image differ (the inferer's optimised copy
     is an eval-mode copy, so it must not be used then); in eval mode they are equal. The scores follow."""
     import torch
@@ -155,7 +180,7 @@ def test_mc_dropout_samples_differ_through_the_bundle_inferer():
 
     torch.manual_seed(0)
     net = TransFuse("S", img_size=(32, 32), drop_rate=0.2)
-    x, inferer = torch.rand(1, 3, 32, 32), FastInferer(bf16=False)
+    x, inferer = torch.rand(1, 3, 32, 32), FastInferer(dtype=torch.float32)
     with torch.no_grad():
         assert enable_mc_dropout(net) > 0 and not net.training
         a, b = inferer(x, net), inferer(x, net)

@@ -1,5 +1,5 @@
 """What a user of ``python -m monai.bundle run`` reads: a refusal in one line without MONAI's traceback, a real crash
-with its traceback (issue #14). That the user's commands print no warning that does not concern them is checked
+with its traceback. That the user's commands print no warning that does not concern them is checked
 on the commands of test_bundle.py (``conftest.console_noise``).
 
 Each test runs the user's command in a subprocess (the excepthook and the warnings act on a whole process).
@@ -8,7 +8,6 @@ Each test runs the user's command in a subprocess (the excepthook and the warnin
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from PIL import Image
 TINY = ["--image_size", "[32,32]", "--batch_size", "8"]
 TRAIN = ["--config_file", "configs/train.json"]
 EVALUATE = ["--config_file", "['configs/train.json','configs/evaluate.json']"]
-INFERENCE = ["--config_file", "configs/inference.json"]
+INFERENCE = ["--config_file", "['configs/train.json','configs/inference.json']"]
 
 
 def _env() -> dict:
@@ -65,13 +64,10 @@ def test_refusals_print_one_line_and_crashes_keep_their_traceback(tmp_path):
 def test_loader_workers_leave_a_small_cpu_to_the_compute_threads():
     """train.json's default num_workers: none when training on a CPU of at most 4 cores (its threads use every core),
     else up to 4 within the usable CPUs, which DataLoader compares it with (no warning)."""
-    from monai.bundle import ConfigParser
+    from transfuse_bundle.tools.tasks import config_parser
+    from transfuse_bundle.devices import available_cpus, loader_workers
 
-    from transfuse_bundle.utils import available_cpus, loader_workers
-
-    parser = ConfigParser()
-    parser.read_config(str(Path(__file__).resolve().parents[1] / "configs" / "train.json"))
-    parser["device"] = "$torch.device('cpu')"
+    parser = config_parser("train.json", device="$torch.device('cpu')")
     cpus = available_cpus()
     assert parser.get_parsed_content("num_workers") == (0 if cpus <= 4 else 4)
     assert loader_workers("cuda:0") == min(4, cpus) and loader_workers("cpu") == (0 if cpus <= 4 else 4)

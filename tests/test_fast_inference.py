@@ -190,20 +190,48 @@ def test_benchmark_training_loop_tiny(tmp_path):
 def test_fast_inferer_matches_the_network_and_never_modifies_it():
     from monai.inferers import SimpleInferer
 
-    from transfuse_bundle.inferers import FastInferer
+    from transfuse_bundle.devices import resolve_amp_dtype
+    from transfuse_bundle.inferers import AutocastInferer, FastInferer
 
     torch.manual_seed(0)
     net = _with_random_bn_statistics(TransFuse("S", img_size=(64, 64))).eval()
     keys_before = list(net.state_dict())
     x = torch.rand(2, 3, 64, 64)
+    auto_dtype = resolve_amp_dtype("auto", "cpu")  # what the configs pass for amp_dtype "auto" on this CPU
+    assert auto_dtype == (torch.bfloat16 if fast_autocast_available("cpu") else torch.float32)
+    assert isinstance(FastInferer(), AutocastInferer) and FastInferer().dtype == torch.float32  # explicit dtype
     with torch.no_grad():
         ref = SimpleInferer()(x, net)
-        fp32 = FastInferer(bf16="false")(x, net)
-        auto = FastInferer()(x, net)
+        fp32 = FastInferer(dtype=torch.float32)(x, net)
+        bf16 = FastInferer(dtype=torch.bfloat16)(x, net)
+        auto = FastInferer(dtype=auto_dtype)(x, net)
     assert float((fp32 - ref).norm() / ref.norm()) < 1e-4
-    assert auto.dtype == torch.float32
-    assert float((auto - ref).norm() / ref.norm()) < (5e-2 if fast_autocast_available("cpu") else 1e-4)
+    assert fp32.dtype == bf16.dtype == auto.dtype == torch.float32  # logits come back as float32
+    assert 0 < float((bf16 - ref).norm() / ref.norm()) < 5e-2  # really computed in bf16, close to fp32
+    assert float((auto - ref).norm() / ref.norm()) < (5e-2 if auto_dtype == torch.bfloat16 else 1e-4)
     assert list(net.state_dict()) == keys_before  # MONAI Label reloads model.pt into this network
+
+
+def test_fast_inferer_runs_a_window_inferer_inside_its_autocast():
+    """``inferer``: a MONAI inferer (sliding window here) cutting the image for the optimised network, under the
+    same precision; the result is MONAI's sliding window over the network itself."""
+    from monai.inferers import SlidingWindowInferer
+
+    from transfuse_bundle.inferers import AutocastInferer, FastInferer
+
+    torch.manual_seed(0)
+    net = _with_random_bn_statistics(TransFuse("S", img_size=(32, 32))).eval()
+    window = SlidingWindowInferer(roi_size=(32, 32), sw_batch_size=2, overlap=0.25, mode="gaussian")
+    x = torch.rand(1, 3, 48, 64)
+    with torch.no_grad():
+        ref = window(x, net)
+        fast = FastInferer(dtype=torch.float32, inferer=window)(x, net)
+        plain = AutocastInferer(dtype=torch.float32, inferer=window)(x, net)
+        bf16 = FastInferer(dtype=torch.bfloat16, inferer=window)(x, net)
+    assert ref.shape == fast.shape == plain.shape == bf16.shape == (1, 1, 48, 64)
+    torch.testing.assert_close(plain, ref)
+    assert float((fast - ref).norm() / ref.norm()) < 1e-4
+    assert bf16.dtype == torch.float32 and 0 < float((bf16 - ref).norm() / ref.norm()) < 5e-2
 
 
 def test_fast_inferer_runs_a_metatensor_as_a_plain_tensor_and_keeps_its_metadata():
@@ -218,7 +246,7 @@ def test_fast_inferer_runs_a_metatensor_as_a_plain_tensor_and_keeps_its_metadata
     net = TransFuse("S", img_size=(32, 32)).eval()
     image = MetaTensor(torch.rand(3, 40, 48), meta={"filename_or_obj": "case.png"})
     batch = list_data_collate([Resized("image", (32, 32))({"image": image})])["image"]
-    inferer = FastInferer(bf16=False)
+    inferer = FastInferer(dtype=torch.float32)
     with torch.no_grad():
         plain, meta = inferer(batch.as_tensor(), net), inferer(batch, net)
     assert type(plain) is torch.Tensor and isinstance(meta, MetaTensor)
@@ -232,7 +260,7 @@ def test_fast_inferer_follows_reloaded_weights():
 
     torch.manual_seed(0)
     net = TransFuse("S", img_size=(32, 32)).eval()
-    inferer = FastInferer(bf16=False)
+    inferer = FastInferer(dtype=torch.float32)
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         before = inferer(x, net)
@@ -248,8 +276,9 @@ def test_fast_inferer_follows_reloaded_weights():
 def test_fast_inferer_rejects_bad_option():
     from transfuse_bundle.inferers import FastInferer
 
-    with pytest.raises(ValueError, match="bf16 must be"):
-        FastInferer(bf16="sometimes")
+    for bad in ("sometimes", "bfloat16", torch.float64):  # a torch dtype, as the config's @autocast_dtype gives
+        with pytest.raises(ValueError, match="dtype must be torch.float32, torch.bfloat16 or torch.float16"):
+            FastInferer(dtype=bad)
 
 
 def test_fast_inferer_runs_torchscript_as_exported():

@@ -1,4 +1,4 @@
-"""One writer per output folder (issue #14): the lock of :mod:`transfuse_bundle.locking`, with real processes,
+"""One writer per output folder: the lock of :mod:`transfuse_bundle.locking`, with real processes,
 and the bundle commands that take it (a second training on one bundle_root, an evaluation or inference into
 a folder another run writes).
 
@@ -115,7 +115,7 @@ def test_evaluation_and_inference_refuse_an_output_dir_in_use(tmp_path):
     _weights(bundle)
     holder = _hold(out)
     try:
-        for config in ("['configs/train.json','configs/evaluate.json']", "configs/inference.json"):
+        for config in ("['configs/train.json','configs/evaluate.json']", "['configs/train.json','configs/inference.json']"):
             result = bundle_cli("run", "--config_file", config, "--bundle_root", bundle, "--output_dir", out, *TINY,
                                 env={**os.environ, **ONE_THREAD}, check=False)
             assert result.returncode == 1, result.stderr[-3000:]

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
-from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.metrics import compute_hausdorff_distance
 from PIL import Image
 
 from transfuse_bundle.metrics import SegmentationReport, toolbox_case, toolbox_summary
 from transfuse_bundle.metrics.polyp import to_toolbox_image
+from transfuse_bundle.tools.tasks import config_parser
 
 REPO = Path(__file__).resolve().parents[1]
 KVASIR_MASKS = REPO.parent / "shared" / "data" / "kvasir_seg" / "masks"
@@ -38,9 +38,7 @@ def _one_hot(ids: np.ndarray, num_classes: int = 2) -> torch.Tensor:
 
 def _evaluate_handlers(**overrides) -> dict:
     """The evaluation's metric handlers, as train.json + evaluate.json define them."""
-    parser = ConfigParser()
-    parser.read_config([str(REPO / "configs" / "train.json"), str(REPO / "configs" / "evaluate.json")])
-    parser.update(overrides)
+    parser = config_parser("evaluate.json", **overrides)
     return {**parser.get_parsed_content("validate#key_metric"), **parser.get_parsed_content("validate#additional_metrics")}
 
 

@@ -13,20 +13,20 @@ bundle folders made by :func:`transfuse_bundle.monailabel.app.install_bundle`:
 * ``transfuse_isic2017`` and ``transfuse_hip`` (untrained, 64x64), with a PH2 image and a synthetic grey
   hip X-ray in the studies folder, so that every task of the registry is served by the same server;
 * ``transfuse_untrusted``: a polyp bundle whose ``models/model.pt`` was replaced on disk by a pickle that
-  creates a marker file when unpickled (issue #7, trusted loading): the server must refuse it unrun;
-* ``transfuse_loop`` (task polyp at 64x64, untrained): issue #16's labelling loop. The app is the
+  creates a marker file when unpickled (trusted loading): the server must refuse it unrun;
+* ``transfuse_loop`` (task polyp at 64x64, untrained): the labelling loop. The app is the
   active-learning app :func:`~transfuse_bundle.monailabel.app.ensure_app` makes; the server scores with this
   model (``--conf epistemic_model transfuse_loop``, background rescoring off); 5 more Kvasir-SEG images
   (downscaled to 128 px) are unlabelled in the studies folder, their masks stand for the annotator, and 4
   more are held back outside the datastore.
 
-The checks follow issue #5: ``/info``; inference by id and by upload (PNG of the input's size, values in
+The checks: ``/info``; inference by id and by upload (PNG of the input's size, values in
 {0, 1}, Dice with the ground truth); ``/train`` for one epoch rewrites ``models/model.pt`` and the app
 reloads it; the prostate bundle returns a NIfTI label with the volume's shape and affine; the server log
-never has "Checkpoint keys don't match". Issue #7: the server listens on 127.0.0.1 only; a bounded load
+never has "Checkpoint keys don't match". Safety: the server listens on 127.0.0.1 only; a bounded load
 test (``transfuse_bundle.tools.load_test``, the ``transfuse-load-test`` command: 40 uploads of real
 Kvasir-SEG images, 4 at a time) has zero errors and only valid masks, and its latency and the server's
-memory are reported. Issue #16 (last, since it saves final labels): batch inference labels every
+memory are reported. Active learning (last, since it saves final labels): batch inference labels every
 unlabelled image at its size (2D) or on its grid (3D) and reports what a model cannot read; the loop
 scores every unlabelled image by MC dropout (the samples differ), takes the most uncertain image from
 ``/activelearning/epistemic``, infers it, saves the annotator's mask (``PUT /datastore/label``), three times,
@@ -86,10 +86,10 @@ POLYP_OVERRIDES = {
 NO_AUGMENTATION = ["--train#augment", "[]", "--train#color_augment", "[]"]  # for the short training only
 PROSTATE_OVERRIDES = {"image_size": [272, 272]}  # one window per 270x270 slice: fewer network calls
 SMALL_OVERRIDES = {"image_size": [64, 64], "num_workers": 0}  # the other tasks: untrained, served at 64x64
-LOAD_REQUESTS, LOAD_CONCURRENCY = 40, 4  # issue #7's bounded load test
+LOAD_REQUESTS, LOAD_CONCURRENCY = 40, 4  # the bounded load test
 LOAD_IMAGES = 10  # distinct original-size Kvasir images (not in the studies folder), cycled over the requests
 
-# issue #16, the labelling loop: an untrained polyp bundle that the loop labels for, trains and scores
+# the labelling loop: an untrained polyp bundle that the loop labels for, trains and scores
 LOOP = "transfuse_loop"
 LOOP_OVERRIDES = {**POLYP_OVERRIDES, "image_size": [64, 64]}
 LOOP_POOL = 5  # unlabelled Kvasir images in the studies folder (their masks stand for the annotator)
@@ -325,7 +325,7 @@ def test_server_listens_on_loopback_only(server):
 
 
 def test_load_40_uploads_4_concurrent_all_valid(server):
-    """Issue #7: 40 inference uploads of real Kvasir-SEG images (original sizes), 4 in flight at once:
+    """Bounded load: 40 inference uploads of real Kvasir-SEG images (original sizes), 4 in flight at once:
     zero errors, every mask a PNG of the input's size with values in {0} | the model's label ids."""
     from transfuse_bundle.tools.load_test import run_load_test
 
@@ -353,7 +353,7 @@ def test_train_one_epoch_rewrites_model_and_app_reloads(server):
                    json={"max_epochs": 1, "val_split": 0.2, "device": "cpu"})
     TIMINGS["/train 1 epoch"] = time.monotonic() - t0
     assert _md5(server.model) != before, f"/train for one epoch did not rewrite {server.model}"
-    from transfuse_bundle.utils import load_weights
+    from transfuse_bundle.weights import load_weights
 
     load_weights(server.model, "model.pt written by /train")  # a plain state dict, loadable weights-only
     pred = _infer_png(server, f"/infer/{POLYP}?image={name}&output=image", "infer after /train (reloads)")
@@ -421,7 +421,7 @@ def test_malicious_model_pt_is_refused_unrun(server):
     _check_label_map(pred, server.studies / f"{server.names[0]}.jpg", {1})
 
 
-# ---- issue #16: batch inference, MC-dropout scoring, active learning and the labelling loop ----------------------
+# ---- batch inference, MC-dropout scoring, active learning and the labelling loop ----------------------
 # These run last: the loop saves final labels, which every later /train of any model would train on.
 
 
@@ -540,7 +540,7 @@ def test_batch_infer_labels_every_unlabelled_image_at_its_size(server):
 
 
 def test_labelling_loop_with_active_learning(server):
-    """Issue #16's loop on a real server, from untrained weights: MC-dropout scoring of every unlabelled image
+    """The labelling loop on a real server, from untrained weights: MC-dropout scoring of every unlabelled image
     (samples differ), the most uncertain image from ``/activelearning/epistemic``, its automatic mask, the
     annotator's mask saved with ``PUT /datastore/label``; three times; ``/train``; scoring again with the new
     model; the next image inferred. The trained model beats the untrained one on held-back images."""

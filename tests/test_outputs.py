@@ -1,4 +1,4 @@
-"""Output folders (issue #14 "Trust at the edges"): inference and evaluation never overwrite a file they did not
+"""Output folders: inference and evaluation never overwrite a file they did not
 write, refuse before any work naming it, and rerun into their own output folder.
 
 Real Kvasir-SEG images and masks from ../shared/data, shrunk into tmp_path; untrained 64 x 64 weights.
@@ -11,13 +11,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from monai.bundle import ConfigWorkflow
 from PIL import Image
 
-from conftest import DATA, REPO, root_cause, untrained_weights
+from conftest import DATA, root_cause, untrained_weights
 from transfuse_bundle.outputs import MANIFEST_NAME, OutputConflictError, claim, ours, record
+from transfuse_bundle.tools.tasks import config_workflow
 
-CONFIGS = REPO / "configs"
 KVASIR = DATA / "kvasir_seg"
 STEMS = sorted(p.stem for p in (KVASIR / "images").glob("*.jpg"))[:2]
 SIZE = (48, 40)
@@ -40,16 +39,17 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _run(config, workflow_type: str, **overrides) -> None:
-    workflow = ConfigWorkflow(config_file=config, workflow_type=workflow_type, **SMALL, **overrides)
+def _run(config: str, **overrides) -> None:
+    """Initializes and runs the workflow of ``config`` ("inference.json", "evaluate.json") of the repository."""
+    workflow = config_workflow(config, **SMALL, **overrides)
     workflow.initialize()
     workflow.run()
 
 
-def _refused(config, workflow_type: str, **overrides) -> str:
+def _refused(config: str, **overrides) -> str:
     """Runs the workflow, which must stop with an ``OutputConflictError``; returns its message."""
     with pytest.raises(Exception) as err:
-        _run(config, workflow_type, **overrides)
+        _run(config, **overrides)
     cause = root_cause(err.value)
     assert isinstance(cause, OutputConflictError), repr(err.value)
     return str(cause)
@@ -69,13 +69,13 @@ def test_inference_keeps_ground_truth_masks_in_its_output_folder(bundle, tmp_pat
         _image(stem, folder / f"{stem}.jpg")
         _mask(stem, folder / f"{stem}_seg.png")
     before = _files(folder)
-    message = _refused(str(CONFIGS / "inference.json"), "infer", bundle_root=str(bundle), dataset_dir=str(folder),
+    message = _refused("inference.json", bundle_root=str(bundle), dataset_dir=str(folder),
                        output_dir=str(folder))
     assert str(folder / f"{STEMS[0]}_seg.png") in message and "--overwrite true" in message
     assert _files(folder) == before  # nothing written, nothing replaced
 
     # asked for: the masks are replaced (and, being in the input folder, segmented too), then recorded as ours
-    _run(str(CONFIGS / "inference.json"), "infer", bundle_root=str(bundle), dataset_dir=str(folder), output_dir=str(folder),
+    _run("inference.json", bundle_root=str(bundle), dataset_dir=str(folder), output_dir=str(folder),
          overwrite=True)
     assert {f"{stem}_seg.png" for stem in STEMS} <= ours(folder)
 
@@ -85,14 +85,14 @@ def test_inference_reruns_into_its_own_output_folder_but_not_over_a_changed_file
     for stem in STEMS:
         _image(stem, folder / f"{stem}.jpg")
     for _ in range(2):  # the same command twice, the predictions next to the images
-        _run(str(CONFIGS / "inference.json"), "infer", bundle_root=str(bundle), dataset_dir=str(folder),
+        _run("inference.json", bundle_root=str(bundle), dataset_dir=str(folder),
              output_dir=str(folder))
     # the first run's masks are its own outputs, not new inputs: no <stem>_seg_seg.png
     assert sorted(p.name for p in folder.iterdir()) == sorted([MANIFEST_NAME] + [f"{s}{e}" for s in STEMS
                                                                                 for e in (".jpg", "_seg.png")])
     edited = _mask(STEMS[1], folder / f"{STEMS[1]}_seg.png")  # the user corrects a predicted mask by hand
     before = edited.read_bytes()
-    message = _refused(str(CONFIGS / "inference.json"), "infer", bundle_root=str(bundle), dataset_dir=str(folder),
+    message = _refused("inference.json", bundle_root=str(bundle), dataset_dir=str(folder),
                        output_dir=str(folder))
     assert message.startswith(str(edited)) and "changed since" in message
     assert edited.read_bytes() == before
@@ -103,19 +103,19 @@ def test_evaluation_keeps_reports_it_did_not_write_and_reruns_into_its_own(bundl
     for stem in STEMS:
         _image(stem, data / "images" / f"{stem}.jpg")
         _mask(stem, data / "masks" / f"{stem}.png")
-    config = [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]
+    config = "evaluate.json"
     out = tmp_path / "report"
     (out / "overlays").mkdir(parents=True)
     (out / "summary.md").write_text("my notes\n")
     _image(STEMS[0], out / "overlays" / "figure.png")  # someone's picture in a folder evaluation writes to
     before = _files(out)
-    message = _refused(config, "eval", bundle_root=str(bundle), dataset_dir=str(data), output_dir=str(out))
+    message = _refused(config, bundle_root=str(bundle), dataset_dir=str(data), output_dir=str(out))
     assert message.startswith(str(out / "summary.md")) and "(and 1 more)" in message
     assert _files(out) == before
 
     fresh = tmp_path / "fresh"
     for _ in range(2):
-        _run(config, "eval", bundle_root=str(bundle), dataset_dir=str(data), output_dir=str(fresh))
+        _run(config, bundle_root=str(bundle), dataset_dir=str(data), output_dir=str(fresh))
     written = ours(fresh)
     assert {"metrics.json", "per_case.csv", "summary.md", "metrics.csv", "val_mean_dice_raw.csv"} <= written
     assert {f"overlays/{stem}.png" for stem in STEMS} <= written

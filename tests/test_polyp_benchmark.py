@@ -9,15 +9,15 @@ import json
 from pathlib import Path
 
 import torch
-from monai.bundle import ConfigParser
 
 from transfuse_bundle.tools.prepare import PRANET_TEST_SETS
 from transfuse_bundle.tools.cli.polyp_benchmark import main
 from transfuse_bundle.tools.polyp_benchmark import default_config_files
+from transfuse_bundle.tools.tasks import config_files, config_parser
 
 REPO = Path(__file__).resolve().parents[1]
 KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
-CONFIGS = [str(REPO / "configs" / "train.json"), str(REPO / "configs" / "evaluate.json")]
+CONFIGS = [str(f) for f in config_files("evaluate.json")]  # --config_file: the repository's evaluation chain
 
 
 def _link(source: Path, target: Path) -> None:
@@ -38,9 +38,7 @@ def _test_dataset(root: Path) -> dict[str, list[str]]:
 
 def test_benchmark_writes_table_1_with_missing_sets(tmp_path):
     sets = _test_dataset(tmp_path / "TestDataset")
-    parser = ConfigParser()
-    parser.read_config(CONFIGS)
-    parser.update({"image_size": [64, 64]})
+    parser = config_parser("evaluate.json", image_size=[64, 64])
     torch.manual_seed(0)
     (tmp_path / "bundle" / "models").mkdir(parents=True)
     torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "bundle" / "models" / "model.pt")
@@ -77,6 +75,7 @@ def test_benchmark_errors_are_one_line(tmp_path, capsys):
 def test_default_configs_are_the_polyp_task_chain_else_the_bundle_configs(tmp_path):
     assert [p.relative_to(REPO).as_posix() for p in default_config_files(REPO)] == [
         "configs/train.json", "configs/tasks/polyp/task.json", "configs/tasks/polyp/train.json", "configs/evaluate.json"]
+    assert default_config_files(REPO) == config_files("evaluate.json", "polyp")
     assert default_config_files(tmp_path) == [tmp_path / "configs" / "train.json", tmp_path / "configs" / "evaluate.json"]
 
 

@@ -96,7 +96,7 @@ def _repository_files() -> list[Path]:
 
 def test_nothing_edits_sys_path():
     """The package is imported because it is installed (pip install -e .) or is the bundle root MONAI puts on the
-    path, never because a file pushes a folder onto sys.path (issue 13)."""
+    path, never because a file pushes a folder onto sys.path."""
     needle = b"sys.path." + b"insert"  # spelt in two parts so that this file does not match itself
     offenders = [str(p.relative_to(ROOT)) for p in _repository_files() if needle in p.read_bytes()]
     assert not offenders, f"{needle.decode()} in {offenders}: import the installed package instead"

@@ -22,25 +22,21 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
 from conftest import run_workflow
 from transfuse_bundle.tools.prepare import prepare
-from transfuse_bundle.tools.tasks import config_files
+from transfuse_bundle.tools.tasks import config_parser
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
 PROSTATE = REPO.parent / "shared" / "data" / "prostate158"
-TRAIN, EVALUATE, INFERENCE = ([str(f) for f in config_files(name, "prostate")]
-                              for name in ("train.json", "evaluate.json", "inference.json"))
 SMALL = {"image_size": [64, 64], "num_workers": 0, "slices_per_volume": 4, "batch_size": 2}
 ZONES = ["central gland", "peripheral zone"]
 
 
-def _run(config_file: list[str], workflow_type: str, **overrides) -> None:
-    run_workflow(config_file, workflow_type, meta_file=[str(f) for f in config_files("metadata.json", "prostate")],
-                 **overrides)
+def _run(config: str, **overrides) -> None:
+    """The prostate task's ``config`` ("train.json", "evaluate.json", "inference.json") as a checked workflow."""
+    run_workflow(config, "prostate", **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +50,13 @@ def prepared(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def trained(prepared) -> Path:
     bundle = prepared["root"] / "bundle"
-    _run(TRAIN, "train", dataset_dir=str(prepared["datalist"]), bundle_root=str(bundle), max_epochs=2, val_interval=2,
+    _run("train.json", dataset_dir=str(prepared["datalist"]), bundle_root=str(bundle), max_epochs=2, val_interval=2,
          **SMALL)
     return bundle
 
 
 def test_training_samples_are_axial_slices_of_the_z_scored_volume(prepared):
-    parser = ConfigParser()
-    parser.read_config(TRAIN)
-    parser.update({"dataset_dir": str(prepared["datalist"]), **SMALL})
+    parser = config_parser("train.json", "prostate", dataset_dir=str(prepared["datalist"]), **SMALL)
     transform = parser.get_parsed_content("train#preprocessing")
     case = prepared["lists"]["training"][0]
     samples = transform(dict(case))
@@ -83,7 +77,7 @@ def test_training_samples_are_axial_slices_of_the_z_scored_volume(prepared):
 def test_evaluation_per_zone_in_mm_matches_the_inference_mask(prepared, trained, tmp_path):
     assert (trained / "models" / "model.pt").is_file()
     out = tmp_path / "eval"
-    _run(EVALUATE, "train", dataset_dir=str(prepared["datalist"]), bundle_root=str(trained), output_dir=str(out),
+    _run("evaluate.json", dataset_dir=str(prepared["datalist"]), bundle_root=str(trained), output_dir=str(out),
          **SMALL)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_cases"] == 1 and set(metrics["per_class"]) == set(ZONES)
@@ -100,7 +94,7 @@ def test_evaluation_per_zone_in_mm_matches_the_inference_mask(prepared, trained,
     volumes.mkdir()
     os.symlink(case["image"], volumes / "p021.nii.gz")
     predictions = tmp_path / "pred"
-    _run(INFERENCE, "infer", dataset_dir=str(volumes), bundle_root=str(trained), output_dir=str(predictions),
+    _run("inference.json", dataset_dir=str(volumes), bundle_root=str(trained), output_dir=str(predictions),
          image_size=SMALL["image_size"], num_workers=0)
     mask_file = predictions / "p021_seg.nii.gz"
     mask, image, label = nib.load(mask_file), nib.load(case["image"]), nib.load(case["label"])
@@ -160,7 +154,7 @@ def test_msd_two_channel_volumes_prepare_train_evaluate_infer(msd_task, tmp_path
     # the default single-channel config refuses the 2-channel volumes before any work, naming each file
     bundle = tmp_path / "bundle"
     with pytest.raises(RuntimeError) as error:
-        _run(TRAIN, "train", dataset_dir=str(datalist), bundle_root=str(bundle), max_epochs=1, **SMALL)
+        _run("train.json", dataset_dir=str(datalist), bundle_root=str(bundle), max_epochs=1, **SMALL)
     message = str(error.value.__cause__)
     for case in lists["training"] + lists["validation"]:
         assert f"{case['image']}: volume has 2 channel(s), but the network takes in_channels=1" in message
@@ -173,9 +167,9 @@ def test_msd_two_channel_volumes_prepare_train_evaluate_infer(msd_task, tmp_path
     accepted = subprocess.run(script + ["2"], capture_output=True, text=True, timeout=300)
     assert accepted.returncode == 0 and "2 case(s) checked" in accepted.stdout, accepted.stdout + accepted.stderr
 
-    _run(TRAIN, "train", dataset_dir=str(datalist), bundle_root=str(bundle), max_epochs=1, val_interval=1, **SMALL, **MSD)
+    _run("train.json", dataset_dir=str(datalist), bundle_root=str(bundle), max_epochs=1, val_interval=1, **SMALL, **MSD)
     out = tmp_path / "eval"
-    _run(EVALUATE, "train", dataset_dir=str(datalist), bundle_root=str(bundle), output_dir=str(out), **SMALL, **MSD)
+    _run("evaluate.json", dataset_dir=str(datalist), bundle_root=str(bundle), output_dir=str(out), **SMALL, **MSD)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_cases"] == 1 and list(metrics["per_class"]) == MSD_ZONES
     assert metrics["hd95_unit"] == "mm" and set(metrics["per_dataset"]) == {"PROSTATE"}
@@ -184,7 +178,7 @@ def test_msd_two_channel_volumes_prepare_train_evaluate_infer(msd_task, tmp_path
     volumes.mkdir()
     image_file = lists["validation"][0]["image"]
     os.symlink(image_file, volumes / "case.nii.gz")
-    _run(INFERENCE, "infer", dataset_dir=str(volumes), bundle_root=str(bundle), output_dir=str(tmp_path / "pred"),
+    _run("inference.json", dataset_dir=str(volumes), bundle_root=str(bundle), output_dir=str(tmp_path / "pred"),
          image_size=SMALL["image_size"], num_workers=0, **MSD)
     mask, image = nib.load(tmp_path / "pred" / "case_seg.nii.gz"), nib.load(image_file)
     assert image.shape[3] == 2 and mask.shape == image.shape[:3]  # one label volume for the two channels

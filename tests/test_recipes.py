@@ -13,22 +13,21 @@ from monai.bundle import ConfigParser
 
 from transfuse_bundle.data import write_datalist
 from transfuse_bundle.losses import OfficialStructureLoss, StructureLoss
+from transfuse_bundle.tools.tasks import config_parser
 
 REPO = Path(__file__).resolve().parents[1]
 KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
-OFFICIAL = REPO / "configs" / "recipes" / "official.json"
+OFFICIAL = "configs/recipes/official.json"  # an overlay, relative to the repository root
 
 
-def _parser(tmp_path: Path, *overlays: Path) -> ConfigParser:
+def _parser(tmp_path: Path, *overlays: str) -> ConfigParser:
     assert (KVASIR / "images").is_dir(), f"the recipe check needs Kvasir-SEG at {KVASIR}"
     datalist = tmp_path / "datalist.json"
     if not datalist.exists():
         write_datalist(KVASIR, datalist, num_training=4, num_validation=2, num_test=0, seed=0)
-    parser = ConfigParser()
-    parser.read_config([str(REPO / "configs" / "train.json"), *map(str, overlays)])
-    parser.update({"bundle_root": str(tmp_path / "bundle"), "dataset_dir": str(datalist), "image_size": [64, 64],
-                   "num_workers": 0, "max_epochs": 1, "train#trainer#max_epochs": 1})
-    return parser
+    return config_parser("train.json", overlays=overlays, bundle_root=str(tmp_path / "bundle"),
+                         dataset_dir=str(datalist), image_size=[64, 64], num_workers=0, max_epochs=1,
+                         **{"train#trainer#max_epochs": 1})
 
 
 def test_official_recipe_overlay_changes_exactly_the_official_parts_and_trains(tmp_path):

@@ -1,4 +1,4 @@
-"""Interruptions (issue #7): atomic checkpoint files, resuming a SIGKILLed training, identical results for the
+"""Interruptions: atomic checkpoint files, resuming a SIGKILLed training, identical results for the
 same seed, and a DDP job that exits non-zero, in bounded time, when one rank fails or hangs.
 
 Real Kvasir-SEG images (a tiny subset at 32x32) are read in place from ../shared/data; everything is written
@@ -22,18 +22,16 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
-from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
 
 from transfuse_bundle.data import write_datalist
 from transfuse_bundle.handlers import GradientClipping, TrainingCheckpoint, every_rank_handlers, save_atomically
 from transfuse_bundle.locking import lock_folders, release_folders
 from transfuse_bundle.networks import TransFuse
+from transfuse_bundle.tools.tasks import config_files, config_parser, config_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
-TRAIN, EVALUATE, MULTI_GPU = (str(REPO / "configs" / f) for f in ("train.json", "evaluate.json", "multi_gpu_train.json"))
-META, LOGGING = str(REPO / "configs" / "metadata.json"), str(REPO / "configs" / "logging.conf")
 TINY = {"image_size": [32, 32], "batch_size": 4, "num_workers": 0}
 CLI_TINY = ["--image_size", "[32,32]", "--batch_size", "4", "--num_workers", "0"]
 
@@ -130,10 +128,7 @@ def test_concurrent_saves_of_one_file_never_collide(tmp_path):
 
 
 def test_resume_without_checkpoint_fails_before_any_work(kvasir, tmp_path):
-    workflow = ConfigWorkflow(
-        config_file=TRAIN, meta_file=META, logging_file=LOGGING, workflow_type="train",
-        bundle_root=str(tmp_path), dataset_dir=str(kvasir), resume=True, **TINY,
-    )
+    workflow = config_workflow("train.json", bundle_root=str(tmp_path), dataset_dir=str(kvasir), resume=True, **TINY)
     workflow.initialize()
     with pytest.raises(RuntimeError) as error:  # MONAI wraps what a config expression raises
         workflow.run()  # the check is run's first step, before the data is listed
@@ -158,12 +153,9 @@ def test_resuming_a_finished_training_says_there_is_nothing_left(tmp_path, caplo
 def test_ddp_ranks_other_than_0_run_the_handlers_that_keep_them_in_step(kvasir, tmp_path):
     """The configured train handlers, built for real: every rank runs validation, clipping, the LR schedule and
     the checkpoint (and a CheckpointLoader wherever it is inserted, as MONAI Label does); logging is rank 0's."""
-    parser = ConfigParser()
-    parser.read_config([TRAIN, MULTI_GPU])
+    parser = config_parser("multi_gpu_train.json")
     assert "transfuse_bundle.handlers.every_rank_handlers(@train#handlers)" in parser.get("train#trainer#train_handlers")
-    train_only = ConfigParser()
-    train_only.read_config(TRAIN)
-    train_only.update({"bundle_root": str(tmp_path), "dataset_dir": str(kvasir), "cache_rate": 0.0, **TINY})
+    train_only = config_parser("train.json", bundle_root=str(tmp_path), dataset_dir=str(kvasir), cache_rate=0.0, **TINY)
     handlers = train_only.get_parsed_content("train#handlers")
     loader = CheckpointLoader(str(tmp_path / "pretrained.pt"), {"model": train_only.get_parsed_content("network")})
     selected = every_rank_handlers([handlers[-1], loader, *handlers])
@@ -238,8 +230,8 @@ def test_same_seed_gives_identical_metrics_json(kvasir, tmp_path):
     reports = []
     for run in ("a", "b"):
         overrides = {"bundle_root": str(tmp_path / run), "dataset_dir": str(kvasir), "max_epochs": 2, **TINY}
-        for config, workflow_type, extra in ((TRAIN, "train", {}), ([TRAIN, EVALUATE], "train", {"output_dir": str(tmp_path / run / "eval")})):
-            workflow = ConfigWorkflow(config_file=config, meta_file=META, logging_file=LOGGING, workflow_type=workflow_type, **overrides, **extra)
+        for config, extra in (("train.json", {}), ("evaluate.json", {"output_dir": str(tmp_path / run / "eval")})):
+            workflow = config_workflow(config, **overrides, **extra)
             workflow.initialize()
             workflow.run()
             workflow.finalize()
@@ -272,9 +264,11 @@ def test_ddp_one_failing_rank_ends_the_job_non_zero(kvasir, tmp_path, failure):
             "$@train#trainer.run()",
         ]
     }))
+    # the user's DDP command, with the injection overlaid on the multi-GPU chain
+    chain = [*config_files("multi_gpu_train.json"), inject]
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run",
-        "training", "--config_file", f"['{TRAIN}','{MULTI_GPU}','{inject}']", "--bundle_root", str(tmp_path / "bundle"),
+        "training", "--config_file", "[" + ",".join(f"'{f}'" for f in chain) + "]", "--bundle_root", str(tmp_path / "bundle"),
         "--dataset_dir", str(kvasir), "--max_epochs", "3", "--ddp_timeout_s", str(timeout_s), *CLI_TINY, "--batch_size", "2",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -302,9 +296,7 @@ def test_ddp_one_failing_rank_ends_the_job_non_zero(kvasir, tmp_path, failure):
 def test_false_from_the_command_line_is_false(tmp_path):
     """``monai.bundle run --resume false --pretrained false`` passes the strings "false" (python-fire reads only
     True/False): no resume is attempted (there is no checkpoint) and no ImageNet download either."""
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / "train.json"))
-    parser.update({"bundle_root": str(tmp_path), "resume": "false", "pretrained": "false", "image_size": [32, 32]})
+    parser = config_parser("train.json", bundle_root=str(tmp_path), resume="false", pretrained="false", image_size=[32, 32])
     assert parser.get_parsed_content("check_checkpoint") is False
     assert TrainingCheckpoint(tmp_path / "checkpoint.pt", {}, resume="false").resume is False
     parser.get_parsed_content("network_def")  # pretrained "false" would try the hub (offline here) and fail

@@ -30,7 +30,7 @@ from conftest import run_command, run_workflow, write_hip_dataset
 from transfuse_bundle.tools.bundle_folder import merged_config
 from transfuse_bundle.outputs import MANIFEST_NAME
 from transfuse_bundle.tools.packaging import package_bundle
-from transfuse_bundle.tools.tasks import config_files, task_names
+from transfuse_bundle.tools.tasks import config_files, config_parser, task_names
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -92,6 +92,11 @@ def test_task_packages_downloads_and_infers_at_the_input_size(task, dist_server,
     for key in ("batch_size", "learning_rate", "max_epochs", "class_names", "out_channels", "iteration_update"):
         assert packaged["train.json"].get(key) == task_train.get(key), f"packaged {key} differs from the task's"
     assert packaged["inference.json"]["image_size"] == [64, 64]
+    # the served network, precision, preprocessing and inferer are the task's trained ones (its inference chain)
+    served = config_parser("inference.json", task, **SMALL)
+    for key in ("network_def", "amp_dtype", "preprocessing", "window_inferer", "inferer", "postprocessing"):
+        assert packaged["inference.json"][key] == served[key], f"packaged {key} differs from the task's chain"
+    assert packaged["inference.json"]["network_def"] == packaged["train.json"]["network_def"]
     pred = packaged["metadata.json"]["network_data_format"]["outputs"]["pred"]
     assert pred["num_channels"] == task_train["out_channels"] and pred["spatial_shape"] == [64, 64]
 
@@ -101,8 +106,8 @@ def test_task_packages_downloads_and_infers_at_the_input_size(task, dist_server,
     assert not (bundle / "configs" / "tasks").exists()  # the task is merged in: the folder runs as it is
     inputs = _inputs(task, work / "inputs")
     out = work / "masks"
-    run_workflow(str(bundle / "configs" / "inference.json"), "infer", meta_file=str(bundle / "configs" / "metadata.json"),
-                 bundle_root=str(bundle), dataset_dir=str(inputs[0].parent), output_dir=str(out))
+    run_workflow("inference.json", source=bundle, bundle_root=str(bundle), dataset_dir=str(inputs[0].parent),
+                 output_dir=str(out))
 
     written = sorted(p for p in out.iterdir() if p.name != MANIFEST_NAME)  # the masks, and the record of them
     assert len(written) == len(inputs), f"{[p.name for p in written]} for {[p.name for p in inputs]}"
@@ -118,9 +123,8 @@ def test_task_packages_downloads_and_infers_at_the_input_size(task, dist_server,
 
 
 def test_polyp_package_trains_multi_scale_at_batch_16(tmp_path):
-    """The packaged polyp bundle trains as the polyp task does (the former preset shipped single-scale, batch 8);
-    ``--preset`` is still accepted as the task's former name."""
-    run_command([sys.executable, REPO / "scripts" / "package_bundle.py", "--preset", "polyp", "--init-weights", "--out", tmp_path,
+    """The packaged polyp bundle trains as the polyp task does (the former preset shipped single-scale, batch 8)."""
+    run_command([sys.executable, REPO / "scripts" / "package_bundle.py", "--task", "polyp", "--init-weights", "--out", tmp_path,
           "--set", "image_size=[32,32]"], cwd=tmp_path)
     with zipfile.ZipFile(next(tmp_path.glob("transfuse_polyp_v*.zip"))) as zf:
         train = json.loads(zf.read("transfuse_polyp/configs/train.json"))

@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
-from monai.bundle import run as bundle_run
 from monai.data import MetaTensor
 from monai.engines.utils import IterationEvents
 from monai.utils import set_determinism
@@ -25,25 +23,12 @@ from transfuse_bundle.data import write_datalist
 from transfuse_bundle.tools.prepare import prepare
 from transfuse_bundle.engines import MultiScaleIteration, scaled_size
 from transfuse_bundle.metrics.distances import case_spacing, engine_cases
-from conftest import check_binary_report, write_hip_dataset
-from transfuse_bundle.tools.tasks import config_files
+from conftest import check_binary_report, run_workflow, write_hip_dataset
+from transfuse_bundle.tools.tasks import config_parser
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
-CONFIGS = REPO / "configs"
-
-
-def _configs(config: str, task: str, *options: str) -> list[str]:
-    """The registry's files for ``config`` of ``task``, then ``configs/<option>`` overlays."""
-    return [str(f) for f in config_files(config, task)] + [str(CONFIGS / name) for name in options]
-
-
-def _parser(files: list[str], **overrides) -> ConfigParser:
-    """The configs merged as ``monai.bundle run --config_file "[...]" --id value`` merges them."""
-    parser = ConfigParser()
-    parser.read_config(files)
-    parser.update(overrides)
-    return parser
+SLIDING_WINDOW = "configs/options/sliding_window.json"  # the option overlay, for training, evaluation and inference
 
 
 def test_official_multi_scale_sizes():
@@ -60,18 +45,18 @@ def test_tasks_compose_with_evaluate_and_inference(task, size, classes, lr, drop
     """The registry's merge order ``[train, task, evaluate]`` keeps the task's network and sizes, and the
     task's shared settings (task.json) also apply on top of inference.json."""
     for config in ("train.json", "evaluate.json"):
-        parser = _parser(_configs(config, task))
+        parser = config_parser(config, task)
         assert parser.get_parsed_content("network_def#img_size") == size
         assert parser.get_parsed_content("network_def#out_channels") == classes
         assert parser.get_parsed_content("resize_image#spatial_size") == size
         assert len(parser.get_parsed_content("class_names")) == max(classes, 2)
         assert parser.get_parsed_content("optimizer#lr") == pytest.approx(lr)
     # the paper's polyp regime keeps the official dropout; the from-scratch default trains without it
-    assert _parser(_configs("train.json", task)).get_parsed_content("network_def#drop_rate") == drop_rate
-    parser = _parser(_configs("inference.json", task))
+    assert config_parser("train.json", task).get_parsed_content("network_def#drop_rate") == drop_rate
+    parser = config_parser("inference.json", task)
     assert list(parser.get_parsed_content("resize")[0].resizer.spatial_size) == size
     assert parser.get_parsed_content("network_def#out_channels") == classes
-    evaluate = _parser(_configs("evaluate.json", task))
+    evaluate = config_parser("evaluate.json", task)
     assert evaluate.get_parsed_content("label_at_original_size") is True
 
 
@@ -84,8 +69,8 @@ def test_polyp_task_trains_at_three_sizes_on_kvasir(tmp_path):
     write_datalist(DATA / "kvasir_seg", datalist, num_training=8, num_validation=2, num_test=3, seed=3)
     common = {"dataset_dir": str(datalist), "bundle_root": str(tmp_path), "image_size": [64, 64],
               "num_workers": 0, "num_overlays": 3, "output_dir": str(tmp_path / "eval")}
-    parser = _parser(_configs("train.json", "polyp"), **common, multi_scale_multiple=16, batch_size=4,
-                     max_epochs=4, val_interval=4, checkpoint_interval=4)
+    parser = config_parser("train.json", "polyp", **common, multi_scale_multiple=16, batch_size=4,
+                           max_epochs=4, val_interval=4, checkpoint_interval=4)
     set_determinism(seed=123)
     trainer = parser.get_parsed_content("train#trainer")
     assert isinstance(parser.get_parsed_content("iteration_update"), MultiScaleIteration)
@@ -114,7 +99,7 @@ def test_polyp_task_trains_at_three_sizes_on_kvasir(tmp_path):
     assert last < first - 0.05
     assert (tmp_path / "models" / "model.pt").is_file()
 
-    bundle_run("evaluating", config_file=_configs("evaluate.json", "polyp"), **common)
+    run_workflow("evaluate.json", "polyp", **common)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["num_cases"] == 3 and 0.0 <= metrics["mean_dice"] <= 1.0
     # overlays are only drawn when the prediction has the original image's size
@@ -127,8 +112,8 @@ def test_training_feeds_the_network_plain_tensors_and_validation_metatensors(tmp
     validation keeps MONAI's MetaTensors (Invertd and the distance metrics read their metadata)."""
     datalist = tmp_path / "datalist.json"
     write_datalist(DATA / "kvasir_seg", datalist, num_training=2, num_validation=1, seed=3)
-    parser = _parser([str(CONFIGS / "train.json")], dataset_dir=str(datalist), bundle_root=str(tmp_path),
-                     image_size=[32, 32], batch_size=2, num_workers=0, max_epochs=1)
+    parser = config_parser("train.json", dataset_dir=str(datalist), bundle_root=str(tmp_path), image_size=[32, 32],
+                           batch_size=2, num_workers=0, max_epochs=1)
     trainer = parser.get_parsed_content("train#trainer")
     inputs: dict[bool, set] = {True: set(), False: set()}
     trainer.network.register_forward_pre_hook(lambda module, args: inputs[module.training].add(type(args[0])))
@@ -145,12 +130,10 @@ def test_isic2017_task_on_ph2_prepare_train_evaluate(tmp_path):
     lists = prepare(DATA / "ph2", datalist, layout="folder", val_fraction=0.05, test_fraction=0.05)
     assert len(lists["test"]) == 5 and len(lists["training"]) + len(lists["validation"]) == 95
     common = {"dataset_dir": str(datalist), "bundle_root": str(tmp_path), "image_size": [48, 64], "num_workers": 0}
-    bundle_run("training", config_file=_configs("train.json", "isic2017"), **common,
-               max_epochs=1, cache_rate=0.0)
+    run_workflow("train.json", "isic2017", **common, max_epochs=1, cache_rate=0.0)
     assert (tmp_path / "models" / "model.pt").is_file()
     out = tmp_path / "eval"
-    bundle_run("evaluating", config_file=_configs("evaluate.json", "isic2017"), **common,
-               output_dir=str(out), num_overlays=5)
+    run_workflow("evaluate.json", "isic2017", **common, output_dir=str(out), num_overlays=5)
     metrics = json.loads((out / "metrics.json").read_text())
     print(f"PH2, isic2017 task, 1 epoch at 48x64: {metrics}")
     assert metrics["num_cases"] == 5
@@ -172,10 +155,9 @@ def test_hip_task_with_sliding_window_on_synthetic_grey_xrays(tmp_path):
     lists = prepare(root, datalist, layout="hip", spacing=[0.4, 0.5])
     common = {"dataset_dir": str(datalist), "bundle_root": str(tmp_path), "image_size": [48, 64], "num_workers": 0,
               "output_dir": str(tmp_path / "eval")}
-    bundle_run("training", config_file=_configs("train.json", "hip", "options/sliding_window.json"),
-               **common, max_epochs=2, batch_size=4)
+    run_workflow("train.json", "hip", [SLIDING_WINDOW], **common, max_epochs=2, batch_size=4)
 
-    parser = _parser(_configs("evaluate.json", "hip", "options/sliding_window.json"), **common)
+    parser = config_parser("evaluate.json", "hip", [SLIDING_WINDOW], **common)
     evaluator = parser.get_parsed_content("validate#evaluator")
     windows, spacings = [], []
     evaluator.network.register_forward_pre_hook(lambda m, args: windows.append(tuple(args[0].shape[2:])))
@@ -196,9 +178,11 @@ def test_hip_task_with_sliding_window_on_synthetic_grey_xrays(tmp_path):
     assert metrics["units"] == {"hd95": "mm", "asd": "mm", "nsd_tolerance": "mm"}
     assert all(0.0 <= c["mean_dice"] <= 1.0 for c in metrics["per_class"].values())
 
-    # the same windows for inference: one label PNG per test image, at its size, with class ids
+    # the same option, the same windows for inference: one label PNG per test image, at its size, with class ids
     out = tmp_path / "predictions"
-    bundle_run("run", config_file=_configs("inference.json", "hip", "options/sliding_window_inference.json"),
-               dataset_dir=str(datalist), bundle_root=str(tmp_path), image_size=[48, 64], num_workers=0, output_dir=str(out))
+    served = run_workflow("inference.json", "hip", [SLIDING_WINDOW], dataset_dir=str(datalist), bundle_root=str(tmp_path),
+                          image_size=[48, 64], num_workers=0, output_dir=str(out))
+    assert served.parser.get_parsed_content("resize") == []  # original resolution, cut into windows
+    assert type(served.parser.get_parsed_content("inferer").inferer).__name__ == "SlidingWindowInferer"
     masks = [np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))]
     assert len(masks) == 2 and all(m.shape == (96, 128) and m.max() <= 3 for m in masks)

@@ -1,9 +1,9 @@
-"""Trusted loading (issue #7): weights are read with ``weights_only=True`` and data files are never run.
+"""Trusted loading: weights are read with ``weights_only=True`` and data files are never run.
 
 The "malicious" checkpoints here are real pickles whose ``__reduce__`` calls ``builtins.open(MARKER, "w")``:
 unpickled with ``weights_only=False`` they create the marker file (checked once, so the fixture is known to
 be dangerous), and every path of the bundle that reads weights must refuse them without the marker appearing:
-:func:`transfuse_bundle.utils.load_weights`, ``monai.bundle run`` of ``configs/inference.json`` (its ``run``
+:func:`transfuse_bundle.weights.load_weights`, ``monai.bundle run`` of ``configs/inference.json`` (its ``run``
 list checks ``@ckpt_path`` before the evaluator exists), the backbones' local ImageNet files (timm),
 packaging and the MONAI Label installer. The MONAI Label server's own loading is tested against a real
 server in ``tests/test_monailabel.py``; sha256 checks of downloaded weights in ``tests/test_zoo.py``
@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from conftest import CreatesFile
-from transfuse_bundle.utils import WeightsFileError, load_weights, require_weights
+from transfuse_bundle.weights import WeightsFileError, load_weights, require_weights
 
 REPO = Path(__file__).resolve().parent.parent
 KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
@@ -114,7 +114,7 @@ def test_inference_cli_refuses_malicious_ckpt_before_any_work(tmp_path):
     marker = tmp_path / "marker"
     bad = _malicious_checkpoint(tmp_path / "model.pt", marker)
     out = tmp_path / "predictions"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "['configs/train.json','configs/inference.json']",
            "--meta_file", "configs/metadata.json", "--bundle_root", str(tmp_path), "--ckpt_path", str(bad),
            "--dataset_dir", str(tmp_path / "data"), "--output_dir", str(out), "--image_size", "[64,64]",
            "--num_workers", "0"]
@@ -130,9 +130,8 @@ def test_inference_cli_refuses_malicious_ckpt_before_any_work(tmp_path):
 def test_datalist_entries_are_paths_never_expressions(tmp_path):
     """Strings in a datalist.json that look like config expressions / references / macros are file names:
     the configs' own datalist ids (real ConfigParser, real configs) reject them as missing files."""
-    from monai.bundle import ConfigParser
-
     from transfuse_bundle.data import DatasetError
+    from transfuse_bundle.tools.tasks import config_parser
 
     marker = tmp_path / "marker"
     payload = f"$__import__('pathlib').Path({str(marker)!r}).touch()"
@@ -143,9 +142,7 @@ def test_datalist_entries_are_paths_never_expressions(tmp_path):
         datalist = tmp_path / "datalist.json"
         datalist.write_text(json.dumps({"training": [entry], "validation": [entry], "test": [entry]}))
         for config, item in (("train.json", "datalist"), ("inference.json", "datalist")):
-            parser = ConfigParser()
-            parser.read_config(str(REPO / "configs" / config))
-            parser["dataset_dir"] = str(datalist)
+            parser = config_parser(config, dataset_dir=str(datalist))
             with pytest.raises(RuntimeError) as err:  # ConfigParser wraps what an expression raises
                 parser.get_parsed_content(item)
             cause = err.value.__cause__

@@ -1,4 +1,4 @@
-"""Dataset validation (issue #7 "Bad input"): every problem is reported on one line naming the file,
+"""Dataset validation: every problem is reported on one line naming the file,
 before any work starts, in training, evaluation, inference and ``scripts/validate_data.py``; unusual but
 valid inputs (grey, RGBA, palette, 16-bit, empty masks, large images) pass and load.
 
@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 from PIL import Image
 
 from conftest import root_cause, run_workflow, untrained_weights
@@ -35,9 +35,9 @@ from transfuse_bundle.data import (
 )
 from transfuse_bundle.data.readers import LARGE_IMAGE_PIXELS, reduced_size, to_rgb
 from transfuse_bundle.data.validate import validate_dataset
+from transfuse_bundle.tools.tasks import config_parser, config_workflow
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
 DATA = REPO.parent / "shared" / "data"
 KVASIR, PROSTATE = DATA / "kvasir_seg", DATA / "prostate158"
 KVASIR_IDS = sorted(p.stem for p in (KVASIR / "images").glob("*.jpg"))[:6]
@@ -217,10 +217,8 @@ def test_label_volume_with_another_geometry_is_refused_naming_both_files(tmp_pat
     command = runpy.run_path(str(REPO / "scripts" / "validate_data.py"), run_name="validate_data")
     assert command["main"]([str(datalist), "--num-classes", "3", "--spatial-dims", "3"]) == 1
     assert capsys.readouterr().out.startswith(f"{mirrored}: label geometry differs")
-    prostate = [str(CONFIGS / "train.json"), str(CONFIGS / "tasks" / "prostate" / "task.json"),
-                str(CONFIGS / "tasks" / "prostate" / "train.json")]
-    workflow = ConfigWorkflow(config_file=prostate, workflow_type="train", bundle_root=str(tmp_path / "bundle"),
-                              dataset_dir=str(datalist), image_size=[32, 32], num_workers=0)
+    workflow = config_workflow("train.json", "prostate", bundle_root=str(tmp_path / "bundle"),
+                               dataset_dir=str(datalist), image_size=[32, 32], num_workers=0)
     workflow.initialize()
     with pytest.raises(Exception) as err:
         workflow.run()
@@ -373,9 +371,7 @@ def test_validate_data_command(tmp_path, capsys):
 
 
 def _train_parser(**overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "train.json"))
-    parser.update({"image_size": [32, 32], "num_workers": 0, **overrides})
+    parser = config_parser("train.json", **{"image_size": [32, 32], "num_workers": 0, **overrides})
     parser.get_parsed_content("imports")
     return parser
 
@@ -449,7 +445,7 @@ def test_large_image_is_read_reduced_and_oversized_is_reported(tmp_path):
         assert to_rgb(opened).size == target
         assert opened.size == target  # the JPEG was decoded at half scale (Image.draft): never full size in memory
     parser = _train_parser()
-    load_image, load_mask = parser.get_parsed_content("train#load")[:2]
+    load_image, load_mask = parser.get_parsed_content("load_image")[0], parser.get_parsed_content("load_label")[0]
     case = load_mask(load_image({"image": str(image), "label": str(mask)}))
     assert tuple(case["image"].shape) == (*target, 3) and tuple(case["label"].shape) == target  # same (W, H)
     # the reduced image and mask still agree: the blob is where it was
@@ -473,9 +469,8 @@ def test_inference_mask_of_a_large_image_has_the_file_size(tmp_path):
     Image.fromarray(blob).convert("RGB").save(images / "big.jpg", quality=90)
     bundle, out = tmp_path / "bundle", tmp_path / "pred"
     untrained_weights(bundle)
-    workflow = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), workflow_type="infer",
-                              bundle_root=str(bundle), dataset_dir=str(images), output_dir=str(out),
-                              image_size=[64, 64], num_workers=0, device="cpu")
+    workflow = config_workflow("inference.json", bundle_root=str(bundle), dataset_dir=str(images), output_dir=str(out),
+                               image_size=[64, 64], num_workers=0, device="cpu")
     workflow.initialize()
     workflow.run()
     mask = Image.open(out / "big_seg.png")
@@ -499,10 +494,8 @@ def test_training_and_evaluation_stop_before_any_work_and_keep_the_model(tmp_pat
     bundle = tmp_path / "bundle"
     model = untrained_weights(bundle)
     before = model.read_bytes()
-    files = [str(CONFIGS / "train.json")] + ([str(CONFIGS / "evaluate.json")] if config == "evaluate" else [])
-    workflow = ConfigWorkflow(config_file=files, workflow_type="train" if config == "train" else "eval",
-                              bundle_root=str(bundle), dataset_dir=str(tmp_path / "data"), image_size=[64, 64],
-                              num_workers=0, device="cpu")
+    workflow = config_workflow(f"{config}.json", bundle_root=str(bundle), dataset_dir=str(tmp_path / "data"),
+                               image_size=[64, 64], num_workers=0, device="cpu")
     workflow.initialize()
     with pytest.raises(Exception) as err:
         workflow.run()
@@ -529,16 +522,14 @@ def test_unwritable_output_dir_or_bundle_root_is_refused_before_any_work(tmp_pat
         _small_pair(tmp_path / "data", stem, source)
     blocker = tmp_path / "notes.txt"  # a file where a folder is needed: unwritable for root too
     blocker.write_text("the user's notes")
-    files = {"train": ["train.json"], "evaluate": ["train.json", "evaluate.json"], "inference": ["inference.json"]}
-    kind = {"train": "train", "evaluate": "eval", "inference": "infer"}[config]
     overrides = {"bundle_root": str(tmp_path / "bundle"),
                  **{k: v.replace("FILE", str(blocker)).replace("OUT", str(tmp_path / "out")) for k, v in override.items()}}
     expected = ["data", "notes.txt"]
     if config != "train":  # evaluation and inference check their weights first
         untrained_weights(tmp_path / "bundle", image_size=(32, 32))
         expected = ["bundle", "data", "notes.txt"]
-    workflow = ConfigWorkflow(config_file=[str(CONFIGS / f) for f in files[config]], workflow_type=kind,
-                              dataset_dir=str(tmp_path / "data"), image_size=[32, 32], num_workers=0, **overrides)
+    workflow = config_workflow(f"{config}.json", dataset_dir=str(tmp_path / "data"), image_size=[32, 32], num_workers=0,
+                               **overrides)
     workflow.initialize()
     with pytest.raises(Exception) as err:
         workflow.run()  # the checks are the first steps of run (MONAI puts the bundle root on sys.path there)
@@ -556,7 +547,7 @@ def test_inference_skips_a_bad_image_writes_the_others_and_exits_nonzero(tmp_pat
     bundle, out = tmp_path / "bundle", tmp_path / "pred"
     untrained_weights(bundle)
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "['configs/train.json','configs/inference.json']",
          "--dataset_dir", str(images), "--output_dir", str(out), "--bundle_root", str(bundle),
          "--image_size", "[64,64]", "--num_workers", "0"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
@@ -596,9 +587,8 @@ def test_training_checks_the_data_it_is_given_as_monai_label_gives_it(tmp_path):
     items = [{"image": str(tmp_path / "data" / "images" / f"{s}.jpg"), "label": str(tmp_path / "data" / "masks" / f"{s}.png")}
              for s in "abcd"]
     bundle = tmp_path / "bundle"
-    workflow = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), workflow_type="train", bundle_root=str(bundle),
-                              image_size=[64, 64], num_workers=0, **{"train#dataset#data": items[:3],
-                                                                     "validate#dataset#data": items[3:]})
+    workflow = config_workflow("train.json", bundle_root=str(bundle), image_size=[64, 64], num_workers=0,
+                               **{"train#dataset#data": items[:3], "validate#dataset#data": items[3:]})
     workflow.initialize()
     with pytest.raises(Exception) as err:
         workflow.run()
@@ -606,7 +596,7 @@ def test_training_checks_the_data_it_is_given_as_monai_label_gives_it(tmp_path):
     assert not bundle.exists()
 
 
-# ---- issue #14: every entry of an input folder is used or reported; pictures read with in_channels ---------
+# ---- every entry of an input folder is used or reported; pictures read with in_channels ---------
 
 
 def _odd_entries(folder: Path) -> dict[Path, str]:
@@ -634,9 +624,8 @@ def test_inference_segments_gif_and_webp_and_reports_every_other_entry(tmp_path)
     (images / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # hidden: not an input
     bundle, out = tmp_path / "bundle", tmp_path / "pred"
     untrained_weights(bundle)
-    workflow = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), workflow_type="infer", bundle_root=str(bundle),
-                              dataset_dir=str(images), output_dir=str(out), image_size=[64, 64], num_workers=0,
-                              device="cpu")
+    workflow = config_workflow("inference.json", bundle_root=str(bundle), dataset_dir=str(images), output_dir=str(out),
+                               image_size=[64, 64], num_workers=0, device="cpu")
     workflow.initialize()
     with pytest.raises(Exception) as err:  # exit status non-zero: some entries were skipped
         workflow.run()
@@ -688,10 +677,10 @@ def test_grey_network_trains_and_segments_colour_pictures(tmp_path):
                                                                   "label": str(data / "masks" / "a.png")})
     assert loaded["image"].shape == (1, 32, 32)
     bundle = tmp_path / "bundle"
-    run_workflow(str(CONFIGS / "train.json"), "train", bundle_root=str(bundle), dataset_dir=str(data), in_channels=1,
+    run_workflow("train.json", bundle_root=str(bundle), dataset_dir=str(data), in_channels=1,
                  image_size=[64, 64], num_workers=0, batch_size=2, max_epochs=1, cache_rate=0.0, device="cpu")
     out = tmp_path / "pred"
-    run_workflow(str(CONFIGS / "inference.json"), "infer", bundle_root=str(bundle), dataset_dir=str(data),
+    run_workflow("inference.json", bundle_root=str(bundle), dataset_dir=str(data),
                  output_dir=str(out), in_channels=1, image_size=[64, 64], num_workers=0, device="cpu")
     assert sorted(p.name for p in out.glob("*_seg.png")) == ["a_seg.png", "b_seg.png", "c_seg.png"]
     with pytest.raises(ValueError, match="in_channels=2: 2D pictures are read as 1 .grey. or 3 .RGB."):

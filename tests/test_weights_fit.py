@@ -1,4 +1,4 @@
-"""Weights and checkpoints that do not fit (issue #14 "Trust at the edges"): the message says which config value
+"""Weights and checkpoints that do not fit: the message says which config value
 differs when the shapes tell it, and names the file, before any work; so do a truncated checkpoint on resume,
 ``--set`` values that are not JSON and an ``--app`` that is a file.
 
@@ -16,10 +16,10 @@ from monai.bundle import ConfigWorkflow
 
 from transfuse_bundle.data import write_datalist
 from transfuse_bundle.networks import TransFuse
-from transfuse_bundle.utils import WeightsFileError
+from transfuse_bundle.tools.tasks import config_workflow
+from transfuse_bundle.weights import WeightsFileError
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
 KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
 TINY = {"image_size": [32, 32], "batch_size": 2, "num_workers": 0, "device": "cpu"}
 
@@ -52,11 +52,9 @@ def test_checkpoint_of_another_task_and_size_is_refused_naming_the_config_values
                                                                                  three_class_network):
     weights = tmp_path / "model.pt"
     torch.save(three_class_network.state_dict(), weights)
-    files = [str(CONFIGS / "inference.json")] if config == "inference" else [str(CONFIGS / f) for f in ("train.json", "evaluate.json")]
     out = tmp_path / "out"
-    workflow = ConfigWorkflow(config_file=files, workflow_type="infer" if config == "inference" else "eval",
-                              bundle_root=str(tmp_path), ckpt_path=str(weights), dataset_dir=str(kvasir),
-                              output_dir=str(out), **TINY)
+    workflow = config_workflow(f"{config}.json", bundle_root=str(tmp_path), ckpt_path=str(weights),
+                               dataset_dir=str(kvasir), output_dir=str(out), **TINY)
     workflow.initialize()
     with pytest.raises(Exception) as err:
         workflow.run()
@@ -76,8 +74,8 @@ def _checkpoint(path: Path, network: torch.nn.Module) -> Path:
 
 
 def _resume(bundle: Path, kvasir: Path) -> ConfigWorkflow:
-    return ConfigWorkflow(config_file=str(CONFIGS / "train.json"), workflow_type="train", bundle_root=str(bundle),
-                          dataset_dir=str(kvasir), resume=True, max_epochs=2, **TINY)
+    return config_workflow("train.json", bundle_root=str(bundle), dataset_dir=str(kvasir), resume=True, max_epochs=2,
+                           **TINY)
 
 
 def test_truncated_checkpoint_on_resume_is_named_before_data_is_loaded(tmp_path, kvasir, three_class_network):

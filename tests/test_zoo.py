@@ -3,8 +3,7 @@
 The module packages the polyp bundle once (64x64 network, untrained seeded weights, TorchScript and ONNX
 exports, weights as large files) into a tmp ``dist/``, serves ``dist/`` from an HTTP server on 127.0.0.1
 and downloads it with ``python -m monai.bundle download`` into another tmp folder, as a user would. The
-downloaded bundle is then checked the way the model zoo's CI checks a bundle, and used as the issue's
-"done when" asks: ``monai.bundle run`` writes masks for real Kvasir-SEG images, ``monai.bundle.load``
+downloaded bundle is then checked the way the model zoo's CI checks a bundle, and used as a user would use it: ``monai.bundle run`` writes masks for real Kvasir-SEG images, ``monai.bundle.load``
 returns the network with the packaged weights, ``download_large_files`` refuses tampered weights.
 
 "Runs without pip install": this project is installed editable in the test environment, which would hide
@@ -43,6 +42,7 @@ from PIL import Image
 from conftest import MonaiLabelServer, require_monailabel, run_command
 from transfuse_bundle.tools.bundle_folder import copy_bundle, write_initial_weights
 from transfuse_bundle.tools.packaging import REQUIRED_FILES, PackagingError, make_torchscript_only, package_bundle, sha256
+from transfuse_bundle.tools.tasks import WORKFLOW_TYPES, config_files, config_parser, config_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -299,16 +299,17 @@ from monai.bundle import ConfigWorkflow
 import transfuse_bundle
 from transfuse_bundle.data import synthetic_dataset
 
-configs, work = sys.argv[1:3]
+configs, work, chains = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 data = synthetic_dataset(work + "/synthetic", num_cases=6, num_validation=1, num_test=2, size=(48, 64))
-common = {"meta_file": configs + "/metadata.json", "logging_file": configs + "/logging.conf",
+common = {"meta_file": chains["metadata.json"], "logging_file": configs + "/logging.conf",
           "bundle_root": work + "/root", "dataset_dir": data}
 runs = [
-    ("train", configs + "/train.json", {"train#trainer#max_epochs": 1}),
-    ("train", [configs + "/train.json", configs + "/evaluate.json"], {"output_dir": work + "/eval"}),
-    ("infer", configs + "/inference.json", {"output_dir": work + "/pred"}),
+    ("train.json", {"train#trainer#max_epochs": 1}),
+    ("evaluate.json", {"output_dir": work + "/eval"}),
+    ("inference.json", {"output_dir": work + "/pred"}),
 ]
-for workflow_type, config_file, extra in runs:
+for config, extra in runs:
+    config_file, workflow_type = chains[config]
     workflow = ConfigWorkflow(config_file=config_file, workflow_type=workflow_type, **common, **extra)
     workflow.initialize()
     assert workflow.check_properties() == [], f"{config_file}: missing properties"
@@ -324,8 +325,13 @@ def test_zoo_unit_test_on_downloaded_bundle(downloaded, plain_python, tmp_path):
     ``initialize(); check_properties() == []; run(); finalize()``, in the plain interpreter with only the
     downloaded folder on the Python path: the packaged code alone trains, evaluates and infers (outputs under
     tmp_path, not the bundle)."""
-    proc = _run([plain_python, "-c", ZOO_UNIT_TEST, str(downloaded / "configs"), str(tmp_path)], cwd=tmp_path,
-                env=_env(pythonpath=downloaded), step="zoo unit test (train, train+evaluate, inference)")
+    # the bundle folder's chains (what config_workflow(config, source=bundle) reads), for the plain interpreter,
+    # which has no transfuse_bundle.tools: evaluate.json is an overlay on the folder's train.json
+    chains = {config: ([str(f) for f in config_files(config, source=downloaded)], WORKFLOW_TYPES[config])
+              for config in ("train.json", "evaluate.json", "inference.json")}
+    chains["metadata.json"] = [str(f) for f in config_files("metadata.json", source=downloaded)]
+    proc = _run([plain_python, "-c", ZOO_UNIT_TEST, str(downloaded / "configs"), str(tmp_path), json.dumps(chains)],
+                cwd=tmp_path, env=_env(pythonpath=downloaded), step="zoo unit test (train, train+evaluate, inference)")
     _assert_imported_from(proc.stdout, downloaded)
     used = json.loads(re.findall(r"^modules: (.*)$", proc.stdout, flags=re.MULTILINE)[0])
     assert all(Path(f).resolve().is_relative_to(downloaded.resolve()) for f in used), used
@@ -419,11 +425,8 @@ def test_download_large_files_refuses_tampered_weights(downloaded, package, plai
 
 def test_torchscript_and_onnx_give_the_pytorch_masks_on_kvasir(downloaded, kvasir_images):
     import onnxruntime as ort
-    from monai.bundle import ConfigParser
 
-    parser = ConfigParser()
-    parser.read_config(str(downloaded / "configs" / "inference.json"))
-    parser["bundle_root"] = str(downloaded)
+    parser = config_parser("inference.json", source=downloaded, bundle_root=str(downloaded))
     preprocessing = parser.get_parsed_content("preprocessing")
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(downloaded / "models" / "model.pt", map_location="cpu", weights_only=True))
@@ -493,13 +496,11 @@ def test_monailabel_serves_torchscript_only_bundle(downloaded, cli_masks, kvasir
     assert 0.001 < expected.mean() < 0.999, "degenerate mask: the comparison would mean nothing"
 
     # the same TorchScript-only inference.json through MONAI's workflow (what `monai.bundle run` does)
-    from monai.bundle import ConfigWorkflow
-
     images = tmp_path / "ts_images"  # the image alone: the studies folder also holds MONAI Label's datastore files,
     images.mkdir()                    # which inference would report as unreadable entries (and exit non-zero)
     shutil.copyfile(image, images / image.name)
-    workflow = ConfigWorkflow(config_file=str(bundle / "configs" / "inference.json"), workflow_type="infer",
-                              bundle_root=str(bundle), dataset_dir=str(images), output_dir=str(tmp_path / "ts_pred"))
+    workflow = config_workflow("inference.json", source=bundle, bundle_root=str(bundle), dataset_dir=str(images),
+                               output_dir=str(tmp_path / "ts_pred"))
     workflow.initialize()
     workflow.run()
     workflow.finalize()

@@ -7,10 +7,8 @@ trainer as ``SupervisedTrainer(iteration_update=MultiScaleIteration(...))``; in 
 
     "iteration_update": {"_target_": "transfuse_bundle.engines.MultiScaleIteration", "rates": [0.75, 1.0, 1.25]}
 
-:func:`resolve_amp_dtype` turns the configs' ``amp_dtype`` into the autocast dtype of training and
-validation (``transfuse_bundle.inferers.AutocastInferer`` applies it); MONAI's ``amp`` flag, which
-also creates a ``GradScaler``, is set only for float16. :func:`plain_batch` is the trainer's
-``prepare_batch``: the batch without its metadata, which training does not use.
+:func:`plain_batch` is the trainer's ``prepare_batch``: the batch without its metadata, which training does
+not use.
 """
 
 from __future__ import annotations
@@ -24,38 +22,7 @@ from monai.data import MetaTensor
 from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 
-from .networks.fast import fast_autocast_available
-
-__all__ = ["AMP_DTYPES", "MultiScaleIteration", "plain_batch", "resolve_amp_dtype", "scaled_size"]
-
-AMP_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_amp_dtype(amp_dtype: str | torch.dtype, device: torch.device | str) -> torch.dtype:
-    """The autocast dtype for ``amp_dtype`` on ``device`` (``torch.float32``: no autocast).
-
-    ``"auto"``: bfloat16 on a CUDA GPU with native bf16 (Ampere and later), float16 on older GPUs (with
-    MONAI's ``GradScaler``), bfloat16 on a CPU with native bf16 (AVX512-BF16 / AMX: the training step
-    runs ~2.2x faster), float32 elsewhere (emulated bf16 on a CPU is slower than float32).
-    ``"float32"``, ``"bfloat16"``, ``"float16"`` (CUDA only) force a dtype.
-
-    >>> resolve_amp_dtype("float32", "cpu")
-    torch.float32
-    """
-    device = torch.device(device)
-    names = {str(dtype).removeprefix("torch."): dtype for dtype in AMP_DTYPES.values()}
-    key = str(amp_dtype).removeprefix("torch.").lower()
-    if key == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-        return torch.bfloat16 if fast_autocast_available(device) else torch.float32
-    if key not in names:
-        raise ValueError(f"amp_dtype must be one of 'auto', {', '.join(map(repr, names))}; got {amp_dtype!r}")
-    if names[key] == torch.float16 and device.type != "cuda":
-        raise ValueError(f"amp_dtype 'float16' needs a CUDA device (its GradScaler is CUDA's), the device is "
-                         f"{device}; use 'bfloat16' or 'float32'")
-    return names[key]
-
+__all__ = ["MultiScaleIteration", "plain_batch", "scaled_size"]
 
 def scaled_size(size: Sequence[int], rate: float, multiple: int = 32) -> tuple[int, ...]:
     """``size * rate`` rounded to the nearest ``multiple`` per side, as the official polyp code

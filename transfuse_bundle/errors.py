@@ -19,7 +19,7 @@ import sys
 from types import TracebackType
 
 __all__ = ["UserInputError", "ConfigValueError", "FolderInUseError", "MissingFileError", "NotAFolderError",
-           "NotWritableError", "find_user_error", "install_excepthook"]
+           "NotWritableError", "find_user_error", "root_cause", "install_excepthook"]
 
 
 class UserInputError(Exception):
@@ -58,7 +58,7 @@ def find_user_error(error: BaseException | None) -> UserInputError | None:
     return None
 
 
-def _root_cause(error: BaseException) -> BaseException:
+def root_cause(error: BaseException) -> BaseException:
     """The innermost exception of ``error``'s cause chain (``raise ... from``)."""
     seen = {id(error)}
     while error.__cause__ is not None and id(error.__cause__) not in seen:
@@ -74,7 +74,7 @@ def _report_user_errors(previous):
             print(f"error: {found}", file=sys.stderr, flush=True)
             return
         previous(kind, error, traceback)
-        root = _root_cause(error)
+        root = root_cause(error)
         if root is not error:  # MONAI's wrapper ("Failed to evaluate ...") would be the last line: name the cause
             print(f"error: {type(root).__name__}: {root}".rstrip(), file=sys.stderr, flush=True)
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -16,8 +14,9 @@ from ignite.handlers import ProgressBar as _IgniteProgressBar
 from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
 
-from transfuse_bundle.locking import PARTIAL_SUFFIX
-from transfuse_bundle.utils import flag, load_checkpoint, raise_misfit
+from transfuse_bundle.files import save_atomically
+from transfuse_bundle.checks import flag
+from transfuse_bundle.weights import load_checkpoint, raise_misfit
 
 __all__ = [
     "AtomicDiskSaver",
@@ -26,7 +25,6 @@ __all__ = [
     "ProgressBar",
     "TrainingCheckpoint",
     "every_rank_handlers",
-    "save_atomically",
 ]
 
 
@@ -75,30 +73,6 @@ class GradientClipping:
             engine.scaler.unscale_(engine.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_norm, self.norm_type)
         engine.state.grad_norm = float(norm)
-
-
-def save_atomically(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` so that ``path`` is always either the previous file or the complete new one.
-
-    The bytes go to a hidden temporary file in the same folder, are flushed to disk (``fsync``), then
-    ``os.replace`` swaps it in, which is atomic on POSIX and Windows within one file system. The temporary
-    name is unique (``.NAME.PID-XXXXXXXX.partial``), so two savers never write into or move each other's file.
-    It is removed when the save fails; a process killed at any moment leaves at worst a stale one, which
-    the next run that locks the folder removes (:func:`transfuse_bundle.locking.lock_folders`).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
-    try:  # O_EXCL: never another saver's file; mode 0o666 less the umask, as open() gives the file it replaces
-        with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(OSError):  # the save's own error is the one to report
-            partial.unlink()
-        raise
 
 
 def _unwrap(module: Any) -> Any:

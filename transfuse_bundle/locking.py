@@ -24,16 +24,15 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from .errors import FolderInUseError, NotAFolderError, UserInputError
+from .files import PARTIAL_SUFFIX
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None
 
-__all__ = ["PARTIAL_SUFFIX", "lock_folders", "locked_folders", "release_folders"]
+__all__ = ["lock_folders", "locked_folders", "release_folders"]
 
-#: :func:`transfuse_bundle.handlers.save_atomically` writes ``.NAME.PID-XXXXXXXX.partial`` next to its target first
-PARTIAL_SUFFIX = ".partial"
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ current content (the user's, or ours changed since) stops the run, naming the fi
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -28,7 +27,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import NotAFolderError, NotWritableError, UserInputError
-from .utils import flag
+from .files import sha256, write_text_atomically
+from .checks import flag
 
 __all__ = ["MANIFEST_NAME", "OutputConflictError", "claim", "record", "ours", "is_ours", "saved_files", "RecordOutputs"]
 
@@ -39,14 +39,6 @@ MANIFEST_NAME = ".transfuse_outputs.jsonl"
 
 class OutputConflictError(UserInputError, FileExistsError):
     """An output file exists and this package did not write it; the message names it (one line)."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _recorded(folder: Path) -> dict[str, str]:
@@ -71,7 +63,7 @@ def _is_ours(folder: Path, name: str, recorded: Mapping[str, str]) -> bool:
     if (folder / name).is_symlink():  # writing would go through the link, into a file we never wrote
         return False
     try:
-        return digest is not None and _sha256(folder / name) == digest
+        return digest is not None and sha256(folder / name) == digest
     except OSError:
         return False
 
@@ -97,7 +89,7 @@ def record(output_dir: str | os.PathLike, paths: Iterable[str | os.PathLike]) ->
         path = Path(path)
         path = path if path.is_absolute() else folder / path
         if path.is_file():
-            lines.append(json.dumps({"file": os.path.relpath(path, folder), "sha256": _sha256(path)}) + "\n")
+            lines.append(json.dumps({"file": os.path.relpath(path, folder), "sha256": sha256(path)}) + "\n")
     if lines:
         with open(folder / MANIFEST_NAME, "a", encoding="utf-8") as handle:
             handle.write("".join(lines))
@@ -126,7 +118,7 @@ def claim(output_dir: str | os.PathLike, planned: Iterable[str | os.PathLike], o
         planned: the files the run will write: paths under ``output_dir`` (absolute or relative to it) or
             patterns with ``*`` (``overlays/*.png``).
         overwrite: replace existing files this package did not write (the config's ``overwrite``; the strings
-            ``"true"``/``"false"`` of the command line are read as meant, see :func:`~transfuse_bundle.utils.flag`).
+            ``"true"``/``"false"`` of the command line are read as meant, see :func:`~transfuse_bundle.checks.flag`).
 
     Raises:
         NotADirectoryError: ``output_dir`` (or a folder above it) is a file.
@@ -194,9 +186,7 @@ def _compact(folder: Path, recorded: Mapping[str, str]) -> None:
     if not manifest.is_file():
         return
     kept = {name: digest for name, digest in recorded.items() if (folder / name).is_file()}
-    temporary = manifest.with_name(manifest.name + ".tmp")
-    temporary.write_text("".join(json.dumps({"file": n, "sha256": d}) + "\n" for n, d in kept.items()), encoding="utf-8")
-    os.replace(temporary, manifest)
+    write_text_atomically(manifest, "".join(json.dumps({"file": n, "sha256": d}) + "\n" for n, d in kept.items()))
 
 
 def saved_files(datalist: Sequence[Mapping[str, Any]], saver: Any, key: str = "image") -> list[str]:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import UserInputError
+from ..files import write_text_atomically
 from ..outputs import MANIFEST_NAME, ours
 
 __all__ = [
@@ -420,7 +421,7 @@ def check_datalist_output(output: str | os.PathLike) -> Path:
     """Returns ``output`` (a datalist file to write) as a path, or raises :class:`DatasetError` before any work:
     it must be a ``.json`` name in a folder that can be written or created, and an existing file there must be a
     datalist (re-running replaces it; an image, a config or any other file is never written over)."""
-    from ..utils import require_writable_dir
+    from ..checks import require_writable_dir
 
     output = Path(os.path.abspath(Path(output).expanduser()))
     if output.is_dir():
@@ -445,11 +446,5 @@ def write_datalist_file(output: str | os.PathLike, content: dict[str, Any]) -> P
     """Writes ``content`` to ``output`` atomically, after :func:`check_datalist_output`: an interrupted or failed
     write leaves neither half a datalist nor a temporary file."""
     output = check_datalist_output(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.partial")
-    try:
-        tmp.write_text(json.dumps(content, indent=4))
-        tmp.replace(output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomically(output, json.dumps(content, indent=4))
     return output

@@ -48,7 +48,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -62,13 +62,13 @@ from skimage.segmentation import find_boundaries
 
 from ..data.datalist import file_stem
 from ..outputs import record
-from ..utils import flag
+from ..checks import flag
 from .distances import DEFAULT_NSD_TOLERANCE, GEOMETRY_EXTENSIONS, case_spacing, engine_cases
 from .empty import DISTANCE, EMPTY_KINDS, EMPTY_POLICY, OVERLAP, apply_empty_policy, empty_kind, empty_masks, max_distance
 from .polyp import TOOLBOX_METRICS, require_pysodmetrics, toolbox_case, toolbox_summary
 
 __all__ = ["SegmentationReport", "overlay_contours", "DEFAULT_METRIC_NAMES", "volume_slices_to_show", "REPORT_FILES",
-           "report_files"]
+           "report_files", "format_number"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,8 +168,14 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+def format_number(value: Any, missing: str = "n/a") -> str:
+    """A number as the reports' tables show it: three decimals below 10 (scores), one from 10 up (distances,
+    seconds), integers with thousands separators, ``missing`` for None."""
+    if value is None:
+        return missing
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
 class SegmentationReport:
@@ -475,10 +481,10 @@ class SegmentationReport:
                 values = part["per_class"][name]
                 empty = values["empty_cases"]
                 lines.append(
-                    f"| {name} | {_fmt(_nan_median(dice))} | {_fmt(values['mean_dice'])} | {_fmt(values['mean_iou'])} "
-                    f"| {_fmt(values['sensitivity'])} | {_fmt(values['specificity'])} "
-                    f"| {_fmt(values['thresholded_jaccard'])} "
-                    f"| {_fmt(values['hd95'], 2)} | {_fmt(values['asd'], 2)} | {_fmt(values['nsd'])} "
+                    f"| {name} | {format_number(_nan_median(dice))} | {format_number(values['mean_dice'])} | {format_number(values['mean_iou'])} "
+                    f"| {format_number(values['sensitivity'])} | {format_number(values['specificity'])} "
+                    f"| {format_number(values['thresholded_jaccard'])} "
+                    f"| {format_number(values['hd95'])} | {format_number(values['asd'])} | {format_number(values['nsd'])} "
                     f"| {' / '.join(str(empty[k]) for k in EMPTY_KINDS)} | {part['num_cases']} |"
                 )
                 finite = dice[np.isfinite(dice)]
@@ -506,7 +512,7 @@ class SegmentationReport:
                     "",
                     "| mDice | mIoU | wFm | Sm | mean Em | max Em | MAE |",
                     "|---|---|---|---|---|---|---|",
-                    "| " + " | ".join(_fmt(toolbox[key]) for key in TOOLBOX_METRICS) + " |",
+                    "| " + " | ".join(format_number(toolbox[key]) for key in TOOLBOX_METRICS) + " |",
                 ]
             lines += ["", *sentences]
         return "\n".join(lines) + "\n"

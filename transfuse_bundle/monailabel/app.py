@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 from ..tools.bundle_folder import BundleFolderError, check_weights_fit, copy_bundle, write_initial_weights
 from ..locking import locked_folders
-from ..utils import WeightsFileError, load_weights
+from ..weights import WeightsFileError, load_weights
 
 __all__ = [
     "APP_NAME", "LOOPBACK_HOSTS", "RESERVED_WORDS", "ACTIVE_LEARNING_MARK", "require_monailabel", "ensure_app",

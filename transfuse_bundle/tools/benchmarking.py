@@ -44,13 +44,15 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..metrics.report import format_number
 from ..losses import DEEP_SUPERVISION_WEIGHTS, official_structure_loss, transfuse_deep_supervision_loss
 from ..networks import TransFuse
 from ..networks.fast import OneDNNLinear, fast_autocast_available, optimize_for_inference
+from .tasks import config_parser, config_workflow
 
 __all__ = [
     "median_ms", "interleaved_median_ms", "gmacs", "parameter_count", "forward_latency_ms",
-    "MODELS", "build", "run_benchmark", "data_pipeline", "machine_description", "write_markdown",
+    "BENCHMARKED_NETWORKS", "build", "run_benchmark", "benchmark_report", "data_pipeline", "machine_description", "write_markdown",
     "machine_peaks", "add_roofline", "throughput_sweep", "training_loop", "training_loop_datalist",
     "training_loop_lines",
 ]
@@ -164,7 +166,7 @@ def _nets():
 
 
 # benchmark name -> factory(size): a model with 3 input channels and 1 output channel for inputs of ``size``
-MODELS: dict[str, Callable[[tuple[int, int]], nn.Module]] = {
+BENCHMARKED_NETWORKS: dict[str, Callable[[tuple[int, int]], nn.Module]] = {
     "official-S": _official_s,
     "S": lambda size: TransFuse("S", img_size=size),
     "L": lambda size: TransFuse("L", img_size=size),
@@ -178,10 +180,10 @@ MODELS: dict[str, Callable[[tuple[int, int]], nn.Module]] = {
 
 
 def build(name: str, size: tuple[int, int]) -> nn.Module:
-    """A model of :data:`MODELS` by benchmark name, 3 input channels, 1 output channel, for inputs of ``size``."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {list(MODELS)}")
-    return MODELS[name](size)
+    """A model of :data:`BENCHMARKED_NETWORKS` by benchmark name, 3 input channels, 1 output channel, for inputs of ``size``."""
+    if name not in BENCHMARKED_NETWORKS:
+        raise ValueError(f"unknown model {name!r}; choose from {list(BENCHMARKED_NETWORKS)}")
+    return BENCHMARKED_NETWORKS[name](size)
 
 
 class _OfficialForward(nn.Module):
@@ -304,7 +306,7 @@ def run_benchmark(models: Sequence[str], sizes: Sequence[tuple[int, int]], devic
                   iters: int = 20, warmup: int = 3, throughput_batch: int = 16, throughput_iters: int = 3,
                   train_batch: int = 8, train_iters: int = 3, compile: bool = False,
                   batch_sweep: Sequence[int] = ()) -> list[dict]:
-    """One row per size and model of :data:`MODELS`, printed as a JSON line when measured (see the module doc).
+    """One row per size and model of :data:`BENCHMARKED_NETWORKS`, printed as a JSON line when measured (see the module doc).
 
     Args:
         models: benchmark names; ``official-S`` before ``S`` adds the interleaved speed-ups to S's row.
@@ -361,6 +363,39 @@ def run_benchmark(models: Sequence[str], sizes: Sequence[tuple[int, int]], devic
     return rows
 
 
+def benchmark_report(out: Path, models: Sequence[str], sizes: Sequence[tuple[int, int]], device: str = "cpu",
+                     iters: int = 20, warmup: int = 3, throughput_batch: int = 16, throughput_iters: int = 3,
+                     train_batch: int = 8, train_iters: int = 3, compile: bool = False, batch_sweep: Sequence[int] = (),
+                     peak_size: int | None = None, data_dir: Path | None = None, data_steps: int = 6,
+                     num_workers: int = 2, training_loops: Sequence[str] = (), loop_iterations: int = 4,
+                     loop_epochs: int = 2) -> dict:
+    """The benchmark command's whole run, written to ``out.json`` and ``out.md``: the machine's peaks
+    (:func:`machine_peaks`), every model of ``models`` at every size (:func:`run_benchmark`) with its roofline,
+    then, given ``data_dir``, the training data pipeline (:func:`data_pipeline`) and each of ``training_loops``
+    (``"single-scale"``, ``"multi-scale"``: :func:`training_loop`) at every size. Each result is also printed as a
+    JSON line when measured. Returns the report."""
+    peaks = machine_peaks(device, peak_size)
+    print(json.dumps({"peak_gflop_s": peaks}), flush=True)
+    rows = run_benchmark(models, sizes, device, iters, warmup, throughput_batch, throughput_iters, train_batch,
+                         train_iters, compile, batch_sweep)
+    add_roofline(rows, peaks)
+    machine = machine_description(device)
+    report = {"machine": machine, "peak_gflop_s": peaks, "results": rows}
+    if data_dir is not None:
+        report["data_pipeline"] = data_pipeline(data_dir, sizes[-1], train_batch, data_steps, num_workers)
+        print(json.dumps(report["data_pipeline"]), flush=True)
+    for mode in training_loops:
+        for size in sizes:
+            loop = training_loop(data_dir, size, train_batch, loop_iterations, num_workers,
+                                 multi_scale=mode == "multi-scale", epochs=loop_epochs)
+            report.setdefault("training_loop", []).append(loop)
+            print(json.dumps(loop), flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(rows, machine, out.with_suffix(".md"), report.get("data_pipeline"), peaks, report.get("training_loop"))
+    return report
+
+
 def interleaved_speedups(official: nn.Module, modes: dict[str, tuple[nn.Module, bool, bool]], x: torch.Tensor,
                          iters: int, warmup: int) -> dict[str, float]:
     """official-S latency / ours for each inference mode, the models called in turn in every
@@ -379,26 +414,12 @@ def interleaved_speedups(official: nn.Module, modes: dict[str, tuple[nn.Module, 
     return {f"speedup_interleaved_vs_official_{mode}": round(ms["official"] / ms[mode], 3) for mode in modes}
 
 
-def _bundle_parser(config_names: Sequence[str], overrides: dict):
-    """A ``ConfigParser`` of this repository's ``config_names`` (paths relative to its root, merged in order)
-    with ``overrides`` (config ids -> values) on top."""
-    from monai.bundle import ConfigParser
-
-    from .bundle_folder import source_root
-
-    parser = ConfigParser()
-    parser.read_config([str(source_root() / name) for name in config_names])
-    parser.update(overrides)
-    return parser
-
-
 def data_pipeline(dataset_dir: Path, size, batch: int, steps: int, num_workers: int) -> dict:
     """Training images/s with the bundle's own data pipeline (real images from disk: train.json's
     CacheDataset, augmentations and DataLoader) against the same training step on tensors already in
     memory. The ratio says whether data loading holds training back."""
-    parser = _bundle_parser(["configs/train.json"], {
-        "dataset_dir": str(dataset_dir), "image_size": list(size), "batch_size": batch, "num_workers": num_workers,
-        "device": "$torch.device('cpu')", "amp": False})
+    parser = config_parser("train.json", dataset_dir=str(dataset_dir), image_size=list(size), batch_size=batch,
+                           num_workers=num_workers, device="$torch.device('cpu')", amp_dtype="float32")
     loader = parser.get_parsed_content("train#dataloader")
     network, loss_fn = parser.get_parsed_content("network"), parser.get_parsed_content("loss")
     optimizer = parser.get_parsed_content("optimizer")
@@ -491,7 +512,7 @@ def markdown_lines(rows: list[dict], machine: str, pipeline: dict | None = None,
     lines = [f"Measured on: {machine}", "", "| model | size | " + " | ".join(columns) + " |",
              "|---|---|" + "---|" * len(columns)]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['size']} | " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+        lines.append(f"| {r['model']} | {r['size']} | " + " | ".join(format_number(r.get(c), "-") for c in columns) + " |")
     if peaks:
         lines += ["", f"Roofline: achieved GFLOP/s and % of the machine's peak measured in this run with an fp32 / "
                   f"bf16 matmul ({peaks['fp32']} / {peaks['bf16']} GFLOP/s); bf16 paths against the bf16 peak. "
@@ -514,12 +535,6 @@ def _column_order(name: str) -> tuple[int, str]:
     return next((i for i, prefix in enumerate(order) if name.startswith(prefix)), len(order)), name
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,}" if isinstance(value, int) else str(value)
-
-
 def training_loop_datalist(dataset_dir: Path, batch: int, iterations: int) -> dict[str, list]:
     """``dataset_dir``'s lists, checked to hold the ``batch * iterations`` training cases :func:`training_loop` uses
     (a ``ValueError`` naming the dataset otherwise)."""
@@ -530,6 +545,40 @@ def training_loop_datalist(dataset_dir: Path, batch: int, iterations: int) -> di
         raise ValueError(f"{dataset_dir}: {len(lists['training'])} training cases; the training loop needs "
                          f"batch x iterations = {batch * iterations}")
     return lists
+
+
+def _bare_training_step(parser, trainer, batch: int, multi_scale: bool) -> Callable[[], None]:
+    """The training step of ``trainer``'s config without the loop: forward + loss + backward + Adam of a copy of
+    the network on the first batch, preloaded as plain tensors at every scale (resized as
+    :class:`~transfuse_bundle.engines.MultiScaleIteration` resizes them)."""
+    import copy
+
+    from ..engines import scaled_size
+
+    inferer, loss_fn = parser.get_parsed_content("train#inferer"), parser.get_parsed_content("loss")
+    update = parser.get_parsed_content("iteration_update") if multi_scale else None
+    rates, multiple = (update.rates, update.size_multiple) if update else ([1.0], 1)
+    loader = parser.get_parsed_content("train#dataloader")
+    first = loader.collate_fn([loader.dataset[i] for i in range(batch)])  # in this process: no workers left behind
+    images = torch.as_tensor(first["image"]).to(trainer.state.device)  # plain tensors, no metadata
+    labels = torch.as_tensor(first["label"]).to(trainer.state.device)
+    scaled = []  # (images, labels) at each rate
+    for shape in (scaled_size(images.shape[2:], rate, multiple) for rate in rates):
+        same = tuple(shape) == tuple(images.shape[2:])
+        scaled.append((images, labels) if same else (
+            torch.nn.functional.interpolate(images, size=shape, mode="bilinear", align_corners=True),
+            torch.nn.functional.interpolate(labels.float(), size=shape, mode="nearest").to(labels.dtype)))
+    bare_net = copy.deepcopy(trainer.network).train()
+    bare_optimizer = torch.optim.Adam(bare_net.parameters(), **{k: v for k, v in trainer.optimizer.defaults.items()
+                                                               if k in ("lr", "betas", "eps", "weight_decay")})
+
+    def bare_step():
+        for x, y in scaled:
+            bare_optimizer.zero_grad(set_to_none=True)
+            loss_fn(inferer(x, bare_net), y).mean().backward()
+            bare_optimizer.step()
+
+    return bare_step
 
 
 def training_loop(dataset_dir: Path, size, batch: int, iterations: int, num_workers: int, multi_scale: bool = False,
@@ -561,49 +610,24 @@ def training_loop(dataset_dir: Path, size, batch: int, iterations: int, num_work
         ``training_loop_ratio`` (loop / bare), ``training_loop_ratio_with_epoch_end``, ``dataflow_s``,
         ``processing_s``, ``handlers_s`` and the settings.
     """
-    import copy
     import tempfile
 
     from ignite.engine import Events
     from ignite.handlers.time_profilers import HandlersTimeProfiler
-    from ..engines import scaled_size
 
     if epochs < 2:
         raise ValueError(f"epochs must be >= 2 (the first one warms up), got {epochs}")
     lists, cases = training_loop_datalist(dataset_dir, batch, iterations), batch * iterations
-    configs = ["configs/train.json", *(["configs/tasks/polyp/train.json"] if multi_scale else [])]
     with tempfile.TemporaryDirectory() as bundle_root:
-        parser = _bundle_parser(configs, {
-            "bundle_root": bundle_root, "image_size": list(size), "batch_size": batch, "num_workers": num_workers,
-            "max_epochs": epochs,
-            "datalist": {"training": lists["training"][:cases], "validation": lists["validation"][:2], "test": []}})
+        parser = config_parser(
+            "train.json", "polyp" if multi_scale else None, bundle_root=bundle_root, image_size=list(size),
+            batch_size=batch, num_workers=num_workers, max_epochs=epochs,
+            datalist={"training": lists["training"][:cases], "validation": lists["validation"][:2], "test": []})
         if device is not None:
             parser["device"] = f"$torch.device({str(device)!r})"
         parser.update(overrides or {})
         trainer = parser.get_parsed_content("train#trainer")
-        inferer, loss_fn = parser.get_parsed_content("train#inferer"), parser.get_parsed_content("loss")
-        update = parser.get_parsed_content("iteration_update") if multi_scale else None
-        rates, multiple = (update.rates, update.size_multiple) if update else ([1.0], 1)
-        loader = parser.get_parsed_content("train#dataloader")
-        first = loader.collate_fn([loader.dataset[i] for i in range(batch)])  # in this process: no workers left behind
-        images = torch.as_tensor(first["image"]).to(trainer.state.device)  # plain tensors, no metadata
-        labels = torch.as_tensor(first["label"]).to(trainer.state.device)
-        scaled = []  # (images, labels) at each rate, resized as MultiScaleIteration resizes them
-        for shape in (scaled_size(images.shape[2:], rate, multiple) for rate in rates):
-            same = tuple(shape) == tuple(images.shape[2:])
-            scaled.append((images, labels) if same else (
-                torch.nn.functional.interpolate(images, size=shape, mode="bilinear", align_corners=True),
-                torch.nn.functional.interpolate(labels.float(), size=shape, mode="nearest").to(labels.dtype)))
-        bare_net = copy.deepcopy(trainer.network).train()
-        bare_optimizer = torch.optim.Adam(bare_net.parameters(), **{k: v for k, v in trainer.optimizer.defaults.items()
-                                                                   if k in ("lr", "betas", "eps", "weight_decay")})
-
-        def bare_step():
-            for x, y in scaled:
-                bare_optimizer.zero_grad(set_to_none=True)
-                loss_fn(inferer(x, bare_net), y).mean().backward()
-                bare_optimizer.step()
-
+        bare_step = _bare_training_step(parser, trainer, batch, multi_scale)
         loop_s, wall_s, bare_s, started = [], [], [], []
         trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: started.append(time.perf_counter()))
 
@@ -651,8 +675,6 @@ def training_loop_lines(loops: Sequence[dict]) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------
 # Evaluation cost: evaluate.json at the original resolution against the forward passes it needs.
 
-#: the evaluation command's config chain (README "Commands").
-EVALUATION_CONFIGS = ("configs/train.json", "configs/evaluate.json")
 #: stages of :func:`evaluation_split`, in the order of one case's path through the evaluation.
 EVALUATION_STAGES = ("start", "loading", "inference", "postprocessing", "metrics", "report_metrics", "pictures",
                      "writing", "other")
@@ -683,8 +705,7 @@ def _evaluation_stage(event: str, handler: str) -> str:
 def evaluation_split(overrides: dict) -> dict:
     """Seconds per stage of one evaluation run in this process, measured by ignite's ``HandlersTimeProfiler``.
 
-    The workflow is the one ``python -m monai.bundle run`` builds from :data:`EVALUATION_CONFIGS` and
-    ``overrides``. Returns ``{"num_cases", "engine_s" (the evaluator's run), "stages": {stage: seconds},
+    The workflow is the one ``python -m monai.bundle run`` builds from the evaluation chain and ``overrides``. Returns ``{"num_cases", "engine_s" (the evaluator's run), "stages": {stage: seconds},
     "handlers_s": {"EVENT:handler": seconds}}`` with the stages of :data:`EVALUATION_STAGES` (``start`` has
     only the weights' loading here; the imports and config parsing before the run only the whole command shows):
     loading = the DataLoader (PIL decoding, resizing the image to the network size); inference = the
@@ -695,13 +716,8 @@ def evaluation_split(overrides: dict) -> dict:
     run (other handlers, ignite's own work), so that the stages add up to ``engine_s``.
     """
     from ignite.handlers.time_profilers import HandlersTimeProfiler
-    from monai.bundle import ConfigWorkflow
 
-    from .bundle_folder import source_root
-
-    root = source_root()
-    workflow = ConfigWorkflow(config_file=[str(root / name) for name in EVALUATION_CONFIGS],
-                              meta_file=str(root / "configs" / "metadata.json"), workflow_type="infer", **overrides)
+    workflow = config_workflow("evaluate.json", **overrides)
     workflow.initialize()
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
     profiler = HandlersTimeProfiler()
@@ -729,9 +745,8 @@ def evaluation_split(overrides: dict) -> dict:
 
 def evaluation_forward_ms(image_size: Sequence[int], iters: int = 10, warmup: int = 2) -> float:
     """Median time (ms) of one batch-1 forward at ``image_size`` through the evaluation's own network and
-    inferer (``validate#inferer`` of :data:`EVALUATION_CONFIGS`: the fast path), random weights and input."""
-    parser = _bundle_parser(EVALUATION_CONFIGS, {"image_size": [int(s) for s in image_size],
-                                                 "device": "$torch.device('cpu')"})
+    inferer (``validate#inferer`` of the evaluation chain: the served one), random weights and input."""
+    parser = config_parser("evaluate.json", image_size=[int(s) for s in image_size], device="$torch.device('cpu')")
     torch.manual_seed(0)
     network, inferer = parser.get_parsed_content("network").eval(), parser.get_parsed_content("validate#inferer")
     x = torch.rand(1, parser["in_channels"], *image_size)
@@ -746,7 +761,7 @@ def evaluation_forward_ms(image_size: Sequence[int], iters: int = 10, warmup: in
 def evaluation_benchmark(dataset_dir: str | Path, bundle_root: str | Path, output_dir: str | Path,
                          image_size: Sequence[int] = (192, 256), forward_iters: int = 10,
                          threads: int | None = None) -> dict:
-    """The evaluation's cost against the forward passes it needs (issue #17, item 3).
+    """The evaluation's cost against the forward passes it needs (what evaluation adds per case to the network).
 
     Runs :func:`evaluation_split` in a child process, the evaluation ``python -m monai.bundle run`` runs with
     the overrides of :func:`evaluation_overrides`, and times the child whole (process start included);

@@ -32,9 +32,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..errors import UserInputError
+from ..errors import UserInputError, root_cause
 from . import REPOSITORY
-from .tasks import CHAINS, TaskError, config_files, task_dir
+from .tasks import CHAINS, TaskError, config_files, config_parser, task_dir
 
 __all__ = [
     "parse_override",
@@ -46,6 +46,7 @@ __all__ = [
     "copy_bundle",
     "runtime_files",
     "task_configs",
+    "served_config",
     "describe_network",
     "bundle_network",
     "check_weights_fit",
@@ -177,7 +178,7 @@ def copy_bundle(
             an error. ``metadata.json``'s network description follows the configs automatically.
         weights: a state dict to install as ``models/model.pt`` (else the source's models/ are copied).
         include_models: copy the source's weights (``models/``: model.pt/ts/onnx, large_files.yml) when present.
-        source: the repository (or bundle folder) to copy from; default :func:`source_root`.
+        source: the repository checkout to copy from; default :func:`source_root`.
         overwrite: replace an existing ``dest``; otherwise an existing non-empty ``dest`` is an error.
     """
     src = source_root(source)
@@ -193,10 +194,23 @@ def copy_bundle(
             raise BundleFolderError(f"{dest} exists and is not empty (pass overwrite=True / --overwrite)")
         shutil.rmtree(dest)
     (dest / "configs").mkdir(parents=True, exist_ok=True)
+    written = _write_configs(dest, task, src, overrides)
+    # the code the configs run, the model card, the licence
+    for path in [*runtime_files(written.values(), src), *(Path(item) for item in DOC_ITEMS if (src / item).is_file())]:
+        (dest / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / path, dest / path)
+    if not (dest / "LICENSE").is_file():
+        raise BundleFolderError(f"{src / 'LICENSE'} is missing: a bundle must ship its licence")
+    _copy_weights(dest, src, weights, include_models)
+    logger.info("bundle folder %s written (task %s)", dest, task)
+    return dest
 
+
+def _write_configs(dest: Path, task: str, src: Path, overrides: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Writes ``dest/configs/``: the task's configs (:func:`task_configs`) with ``overrides`` set, the metadata's
+    network description derived from them, and ``logging.conf``; returns the JSON configs written."""
     written = task_configs(task, src)
-    overrides = dict(overrides or {})
-    for id_, value in overrides.items():
+    for id_, value in dict(overrides or {}).items():
         hit = [n for n, cfg in written.items() if _set_id(cfg, id_, value)]
         if not hit:
             raise BundleFolderError(f"override {id_!r}: no config of task {task!r} has this id ({sorted(written)})")
@@ -207,31 +221,20 @@ def copy_bundle(
     for path in (src / "configs").iterdir():  # logging.conf
         if path.is_file() and path.suffix != ".json":
             shutil.copy2(path, dest / "configs" / path.name)
+    return written
 
-    # the code the configs run, the model card, the licence
-    for path in runtime_files(written.values(), src):
-        (dest / path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / path, dest / path)
-    for item in DOC_ITEMS:
-        if (src / item).is_file():
-            (dest / item).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / item, dest / item)
-    if not (dest / "LICENSE").is_file():
-        raise BundleFolderError(f"{src / 'LICENSE'} is missing: a bundle must ship its licence")
 
-    # weights
+def _copy_weights(dest: Path, src: Path, weights: str | os.PathLike | None, include_models: bool) -> None:
+    """``dest/models/``: the source's weight files (``include_models``), then ``weights`` as ``model.pt``."""
     (dest / "models").mkdir(exist_ok=True)
     if include_models and (src / "models").is_dir():
         for name in MODEL_FILES:
             if (src / "models" / name).is_file():
                 shutil.copy2(src / "models" / name, dest / "models" / name)
     if weights is not None:
-        weights = Path(weights)
-        if not weights.is_file():
+        if not Path(weights).is_file():
             raise BundleFolderError(f"weights file {weights} does not exist")
         shutil.copy2(weights, dest / "models" / "model.pt")
-    logger.info("bundle folder %s written (task %s)", dest, task)
-    return dest
 
 
 def runtime_files(configs: Iterable[Mapping[str, Any]], source: str | os.PathLike | None = None) -> list[Path]:
@@ -255,24 +258,60 @@ def runtime_files(configs: Iterable[Mapping[str, Any]], source: str | os.PathLik
     return sorted(files)
 
 
+#: the bundle configs that hold their whole chain merged; evaluate.json and multi_gpu_train.json stay overlays of
+#: the bundle's train.json, as in the zoo's bundles
+MERGED_CONFIGS = ("train.json", "inference.json", "metadata.json")
+#: the ids of inference.json that MONAI (``InferProperties``), MONAI Label's ``monaibundle`` app and the run lists
+#: read: :func:`served_config` keeps them and what they refer to
+SERVED_IDS = ("imports", "initialize", "run", "finalize", "bundle_root", "device", "dataset_dir", "dataset",
+              "evaluator", "network_def", "network", "inferer", "handlers", "preprocessing", "postprocessing",
+              "key_metric", "displayable_configs")
+_REFERENCE = re.compile(r"[@%]([A-Za-z_]\w*)")  # MONAI's @id / %id (a#b: the top-level id a)
+
+
+def _referenced_ids(value: Any) -> set[str]:
+    """The top-level ids that ``@`` references and ``%`` macros in ``value`` (any nesting) name."""
+    if isinstance(value, str):
+        return set(_REFERENCE.findall(value))
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return set().union(*map(_referenced_ids, items)) if items else set()
+
+
+def served_config(config: Mapping[str, Any], overlays: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """The merged inference chain ``config`` without what serving never reaches (the optimizer, the training
+    data, the trainer...): the ids of :data:`SERVED_IDS`, those that ``overlays`` (the bundle's
+    ``inference_*.json``) refer to, and every id they refer to in turn, in ``config``'s order."""
+    wanted = set(SERVED_IDS).union(*map(_referenced_ids, overlays))
+    kept: set[str] = set()
+    while wanted - kept:
+        new = {i for i in wanted - kept if i in config}
+        kept |= wanted - kept
+        wanted |= set().union(*(_referenced_ids(config[i]) for i in new)) if new else set()
+    return {k: v for k, v in config.items() if k in kept}
+
+
 def task_configs(task: str, source: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
     """``{file name: config}`` of the bundle folder of ``task``, every JSON file of ``configs/``:
 
-    * a config whose chain starts with itself (train, inference, metadata) is its chain merged
-      (:func:`transfuse_bundle.tools.tasks.config_files`);
-    * an overlay of another config (evaluate, multi_gpu_train) stays an overlay: its keys, then those of
-      the task's file of the same name, applied in that order on the bundle's train.json at run time;
-    * any other JSON file (e.g. ``inference_torchscript.json``) is copied as it is.
+    * :data:`MERGED_CONFIGS` are their chains merged (:func:`transfuse_bundle.tools.tasks.config_files`),
+      inference.json without what serving never reaches (:func:`served_config`);
+    * evaluate.json and multi_gpu_train.json stay overlays of the bundle's train.json: the keys of the files of
+      their chains after train.json's chain, in that order;
+    * any other JSON file (an overlay such as ``inference_torchscript.json``) is copied as it is.
     """
     src = source_root(source)
     configs: dict[str, dict[str, Any]] = {}
+    train_chain = config_files("train.json", task, src)
     for path in sorted((src / "configs").glob("*.json")):
-        chain = config_files(path.name, task, src) if path.name in CHAINS else [path]
-        if chain[0] == path:
-            configs[path.name] = merged_config(chain) if len(chain) > 1 else read_json_object(path)
-        else:
-            overlays = [f for f in chain if f.name == path.name]  # configs/evaluate.json, tasks/T/evaluate.json
+        if path.name in MERGED_CONFIGS:
+            configs[path.name] = merged_config(config_files(path.name, task, src))
+        elif path.name in CHAINS:
+            overlays = [f for f in config_files(path.name, task, src) if f not in train_chain]
             configs[path.name] = {k: v for f in overlays for k, v in read_json_object(f).items()}
+        else:
+            configs[path.name] = read_json_object(path)
+    inference_overlays = [c for name, c in configs.items() if name.startswith("inference_")]
+    configs["inference.json"] = served_config(configs["inference.json"], inference_overlays)
     return configs
 
 
@@ -299,35 +338,28 @@ def bundle_network(bundle: str | os.PathLike, config: str = "inference.json") ->
 
     It is built by this ``transfuse_bundle`` (already imported, so a bundle root on ``sys.path`` would not
     change which copy ``_target_`` resolves to); the bundle's configs choose what is built."""
-    from monai.bundle import ConfigParser
-
     bundle = Path(bundle).resolve()
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / config))
-    parser["bundle_root"] = str(bundle)
+    parser = config_parser(config, source=bundle, bundle_root=str(bundle))
     if "pretrained" in parser:
         parser["pretrained"] = False  # never download ImageNet weights here
     try:
         return parser.get_parsed_content("network_def", instantiate=True)
     except Exception as e:  # MONAI wraps the network's own ValueError (e.g. an image size it cannot take)
-        cause = e
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        raise BundleFolderError(f"{bundle / 'configs' / config}: network_def cannot be built: {cause}") from None
+        raise BundleFolderError(f"{bundle / 'configs' / config}: network_def cannot be built: {root_cause(e)}") from None
 
 
 def check_weights_fit(bundle: str | os.PathLike, weights: str | os.PathLike) -> None:
     """Raises :class:`BundleFolderError` unless the state dict ``weights`` loads strictly into the network of
-    the bundle folder's ``inference.json``; the message names the file, the config and what differs: the config
-    value when the shapes tell it (``weights have out_channels 3, the config 1``, the image size of a position
-    grid), else the first missing and unexpected keys and shapes (:func:`~transfuse_bundle.utils.weights_misfit`),
-    so that weights of another task, size or class count are refused before they are shipped or served."""
-    from ..utils import load_weights, weights_misfit
+    the bundle folder's ``inference.json`` (:func:`~transfuse_bundle.weights.raise_misfit`: the message names the
+    file, the config and what differs), so that weights of another task, size or class count are refused before
+    they are shipped or served."""
+    from ..weights import WeightsFileError, load_weights, raise_misfit
 
-    problems = weights_misfit(bundle_network(bundle), load_weights(weights, "weights"))
-    if problems:
-        raise BundleFolderError(f"{weights} does not fit the network of {Path(bundle).name}/configs/inference.json: "
-                                + "; ".join(problems))
+    try:
+        raise_misfit(bundle_network(bundle), load_weights(weights, "weights"), str(weights),
+                     f"the network of {Path(bundle).name}/configs/inference.json")
+    except WeightsFileError as e:
+        raise BundleFolderError(str(e)) from None
 
 
 def write_initial_weights(bundle: str | os.PathLike, config: str = "inference.json", seed: int = 0) -> Path:

@@ -1,6 +1,6 @@
 """Train and evaluate TransFuse, its ablations, TransUNet and MedT with the same budget and data.
 
-Every model of :data:`MODELS` goes through the bundle's own configs (``train.json``, ``evaluate.json``)
+Every model of :data:`COMPARED_MODELS` goes through the bundle's own configs (``train.json``, ``evaluate.json``)
 with a ``configs/networks/*.json`` overlay or ``network_def`` overrides, run by MONAI's CLI
 (``python -m monai.bundle run``), so losses, augmentation, data and metrics are identical. Reported per
 model: parameters, batch-1 latency, Dice, IoU, HD95 and ASD (evaluated at the original resolution) and
@@ -26,13 +26,14 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from ..metrics.report import format_number
 from .benchmarking import forward_latency_ms, parameter_count
 from .bundle_folder import source_root
 from ..data import find_image_mask_pairs, write_datalist
 from .packaging import cli_arguments
-from .tasks import config_files
+from .tasks import config_file_option, config_parser
 
-__all__ = ["MODELS", "RECIPES", "compare_models", "compare_recipes", "write_recipe_table", "write_table"]
+__all__ = ["COMPARED_MODELS", "RECIPES", "compare_models", "compare_recipes", "write_recipe_table", "write_table"]
 
 REPORTED = ("mean_dice", "mean_iou", "hd95", "asd", "nsd")  # the evaluation report's keys in each row
 #: the columns of each row after the metrics: test images with an empty prediction (their HD95 / ASD count at the
@@ -40,7 +41,7 @@ REPORTED = ("mean_dice", "mean_iou", "hd95", "asd", "nsd")  # the evaluation rep
 COUNTED = ("empty_predictions", "train_s")
 
 # name -> (config overlays relative to the repository, config overrides {id: value})
-MODELS: dict[str, tuple[list[str], dict[str, Any]]] = {
+COMPARED_MODELS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "TransFuse-S": ([], {}),
     "TransFuse-S concat+res (E.5)": ([], {"network_def#fusion": "concat"}),
     "TransFuse-S sequential (E.3)": ([], {"network_def#composition": "sequential"}),
@@ -50,12 +51,12 @@ MODELS: dict[str, tuple[list[str], dict[str, Any]]] = {
 }
 
 
-def _run_bundle(root: Path, run_id: str, files: Sequence[str | Path], overrides: Mapping[str, Any], log: Path) -> float:
-    """Runs ``python -m monai.bundle run RUN_ID`` on ``root``'s config ``files`` and returns its wall time;
-    the output goes to ``log``, which a failure names."""
-    config_list = "[" + ",".join(f"'{root / f}'" for f in files) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config_list, "--bundle_root", str(root),
-           *cli_arguments(overrides)]
+def _run_bundle(root: Path, run_id: str, config: str, task: str | None, overlays: Sequence[str],
+                overrides: Mapping[str, Any], log: Path) -> float:
+    """Runs ``python -m monai.bundle run RUN_ID`` on ``root``'s ``config`` chain of ``task`` with ``overlays``
+    and returns its wall time; the output goes to ``log``, which a failure names."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file",
+           config_file_option(config, task, root, overlays), "--bundle_root", str(root), *cli_arguments(overrides)]
     start = time.time()
     with log.open("w") as stream:
         result = subprocess.run(cmd, cwd=root, stdout=stream, stderr=subprocess.STDOUT)
@@ -74,39 +75,32 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def _chains(task: str | None, overlays: Sequence[str], root: Path) -> tuple[list[Path], list[Path]]:
-    """The training and the evaluation config files of ``task`` with ``overlays`` on top of its training chain."""
-    train = [*config_files("train.json", task, root), *(root / f for f in overlays)]
-    evaluate = [f for f in config_files("evaluate.json", task, root) if f not in train]
-    return train, train + evaluate
-
-
 def _train_and_evaluate(root: Path, work: Path, dataset_dir: str | os.PathLike, task: str | None,
                         overlays: Sequence[str], overrides: Mapping[str, Any], epochs: int) -> dict[str, Any]:
     """Trains ``task``'s configs + ``overlays`` for ``epochs`` in ``work`` (``models/``, ``train/``, logs), evaluates
     its ``model.pt`` with ``evaluate.json`` at the original resolution (``work/eval``) and returns ``train_s``, the
     report's metrics of :data:`REPORTED` and ``empty_predictions``."""
     work.mkdir(parents=True, exist_ok=True)
-    train_files, eval_files = _chains(task, overlays, root)
     common = {"dataset_dir": str(Path(dataset_dir).resolve()), "ckpt_dir": str(work / "models"), **overrides}
-    train_s = _run_bundle(root, "training", train_files,
+    train_s = _run_bundle(root, "training", "train.json", task, overlays,
                           {**common, "output_dir": str(work / "train"), "max_epochs": epochs}, work / "train.log")
-    _run_bundle(root, "run", eval_files, {**common, "output_dir": str(work / "eval")}, work / "eval.log")
+    _run_bundle(root, "run", "evaluate.json", task, overlays, {**common, "output_dir": str(work / "eval")},
+                work / "eval.log")
     metrics = json.loads((work / "eval" / "metrics.json").read_text())
     return {"train_s": round(train_s, 1), **{k: metrics.get(k) for k in REPORTED},
             "empty_predictions": metrics["empty_cases"]["prediction_empty"]}
 
 
-def compare_models(dataset_dir: str | os.PathLike, out: str | os.PathLike, models: Sequence[str] = tuple(MODELS),
+def compare_models(dataset_dir: str | os.PathLike, out: str | os.PathLike, models: Sequence[str] = tuple(COMPARED_MODELS),
                    image_size: Sequence[int] = (128, 128), epochs: int = 5, batch_size: int = 8,
                    num_workers: int | None = None, latency_iters: int = 20, amp_dtype: str | None = None,
                    root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """Trains and evaluates each of ``models`` (names of :data:`MODELS`) in ``out/<slug of the name>/``.
+    """Trains and evaluates each of ``models`` (names of :data:`COMPARED_MODELS`) in ``out/<slug of the name>/``.
 
     Args:
         dataset_dir: a folder (``images/`` + ``masks/``) or a ``datalist.json``, as ``--dataset_dir``.
         out: the working folder; each model's training and evaluation outputs and logs go below it.
-        models: names of :data:`MODELS`, in the order of the rows.
+        models: names of :data:`COMPARED_MODELS`, in the order of the rows.
         image_size: ``(H, W)`` network input (multiples of 128 so that MedT fits).
         epochs, batch_size: the training budget, the same for every model.
         num_workers: data loader workers; ``None`` keeps the configs' own (none on a CPU of at most 4 cores).
@@ -117,26 +111,20 @@ def compare_models(dataset_dir: str | os.PathLike, out: str | os.PathLike, model
     Returns one row per model: ``model``, ``params``, ``latency_ms`` and the keys of :data:`REPORTED` and
     :data:`COUNTED`. A failing bundle run raises ``RuntimeError`` naming its log.
     """
-    from monai.bundle import ConfigParser
-
-    unknown = [m for m in models if m not in MODELS]
+    unknown = [m for m in models if m not in COMPARED_MODELS]
     if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+        raise ValueError(f"unknown model(s) {unknown}; choose from {list(COMPARED_MODELS)}")
     root, out = source_root(root).resolve(), Path(out).resolve()
     rows = []
     for name in models:
-        overlays, model_overrides = MODELS[name]
+        overlays, model_overrides = COMPARED_MODELS[name]
         work = out / _slug(name)
         print(f"[{name}] training {epochs} epochs, then evaluating ...", flush=True)
         result = _train_and_evaluate(root, work, dataset_dir, None, overlays, {
             "image_size": list(image_size), **_runtime_overrides(num_workers, amp_dtype), "batch_size": batch_size,
             **model_overrides}, epochs)
-        parser = ConfigParser()
-        parser.read_config([str(f) for f in _chains(None, overlays, root)[0]])
-        parser["image_size"] = list(image_size)
-        for key, value in model_overrides.items():
-            parser[key] = value
-        net = parser.get_parsed_content("network_def")
+        net = config_parser("train.json", overlays=overlays, source=root, image_size=list(image_size),
+                            **model_overrides).get_parsed_content("network_def")
         x = torch.rand(1, 3, *image_size)
         rows.append({"model": name, "params": parameter_count(net),
                      "latency_ms": round(forward_latency_ms(net, x, latency_iters, 2), 1), **result})
@@ -213,22 +201,15 @@ def write_recipe_table(rows: Sequence[Mapping[str, Any]], path: str | os.PathLik
     lines = [heading, "", "| recipe | seed | Dice | IoU | HD95 | ASD | NSD | empty predictions | training (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['recipe']} | {r['seed']} | " + " | ".join(_fmt(r[k]) for k in (*REPORTED, *COUNTED)) + " |")
+        lines.append(f"| {r['recipe']} | {r['seed']} | " + " | ".join(format_number(r[k], "-") for k in (*REPORTED, *COUNTED)) + " |")
     for recipe in dict.fromkeys(r["recipe"] for r in rows):
         runs = [r for r in rows if r["recipe"] == recipe]
         cells = []
         for key in (*REPORTED, *COUNTED):
             values = [r[key] for r in runs if r[key] is not None]
-            cells.append(f"{_fmt(sum(values) / len(values))} ({_fmt(max(values) - min(values))})" if values else "-")
+            cells.append(f"{format_number(sum(values) / len(values), '-')} ({format_number(max(values) - min(values), '-')})" if values else "-")
         lines.append(f"| **{recipe}**, mean (spread) | {len(runs)} seeds | " + " | ".join(cells) + " |")
     Path(path).write_text("\n".join(lines) + "\n")
-
-
-def _fmt(value: Any) -> str:
-    """Three decimals for scores, one for distances and seconds."""
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
-    return "-" if value is None else str(value)
 
 
 def write_table(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, heading: str) -> None:
@@ -238,5 +219,5 @@ def write_table(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, head
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['params']:,} | {r['latency_ms']} | "
-                     + " | ".join(_fmt(r[k]) for k in (*REPORTED, *COUNTED)) + " |")
+                     + " | ".join(format_number(r[k], "-") for k in (*REPORTED, *COUNTED)) + " |")
     Path(path).write_text("\n".join(lines) + "\n")

@@ -36,9 +36,8 @@ from typing import Any
 import torch
 
 from .benchmarking import add_roofline, machine_description, machine_peaks, markdown_lines, run_benchmark
-from .bundle_folder import source_root
 from ..data import write_datalist
-from .tasks import config_files
+from .tasks import config_workflow
 
 __all__ = ["CheckSettings", "FULL", "TINY", "run_gpu_check", "check_markdown", "REPORT_NAME"]
 
@@ -82,18 +81,6 @@ TINY = CheckSettings(device="cpu", models=("S",), bench_size=(32, 32), iters=1, 
                      num_workers=0, amp_dtype="auto", overrides={"multi_scale_multiple": 16, "num_overlays": 1})
 
 
-def _workflow(config: str, **overrides: Any):
-    """The polyp task's ``config`` chain as ``monai.bundle run`` builds it (ConfigWorkflow, initialized)."""
-    from monai.bundle import create_workflow
-
-    root = source_root()
-    workflow = create_workflow(config_file=[str(f) for f in config_files(config, TASK)],
-                               workflow_type="train",
-                               meta_file=str(root / "configs" / "metadata.json"),
-                               logging_file=str(root / "configs" / "logging.conf"), **overrides)
-    return workflow
-
-
 def _benchmark(settings: CheckSettings) -> dict:
     peaks = machine_peaks(settings.device, settings.peak_size)
     rows = run_benchmark(list(settings.models), [settings.bench_size], settings.device, settings.iters,
@@ -106,8 +93,10 @@ def _benchmark(settings: CheckSettings) -> dict:
 def _training(settings: CheckSettings, datalist: Path, bundle: Path) -> dict:
     common = {"dataset_dir": str(datalist), "bundle_root": str(bundle), "image_size": list(settings.image_size),
               "num_workers": settings.num_workers, "device": f"$torch.device({settings.device!r})", **settings.overrides}
-    workflow = _workflow("train.json", **common, batch_size=settings.batch_size, max_epochs=settings.max_epochs,
-                         val_interval=max(1, settings.max_epochs // 2), amp_dtype=settings.amp_dtype)
+    workflow = config_workflow("train.json", TASK, **common, batch_size=settings.batch_size,
+                               max_epochs=settings.max_epochs, val_interval=max(1, settings.max_epochs // 2),
+                               amp_dtype=settings.amp_dtype)
+    workflow.initialize()
     workflow.run()
     workflow.finalize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
@@ -122,9 +111,11 @@ def _training(settings: CheckSettings, datalist: Path, bundle: Path) -> dict:
 
 
 def _evaluation(settings: CheckSettings, datalist: Path, bundle: Path, out: Path) -> dict:
-    workflow = _workflow("evaluate.json", dataset_dir=str(datalist), bundle_root=str(bundle), output_dir=str(out),
-                         num_workers=settings.num_workers, device=f"$torch.device({settings.device!r})",
-                         image_size=list(settings.image_size), **settings.overrides)
+    workflow = config_workflow("evaluate.json", TASK, dataset_dir=str(datalist), bundle_root=str(bundle),
+                               output_dir=str(out), num_workers=settings.num_workers,
+                               device=f"$torch.device({settings.device!r})", image_size=list(settings.image_size),
+                               **settings.overrides)
+    workflow.initialize()
     start = time.perf_counter()
     workflow.run()
     workflow.finalize()

@@ -1,7 +1,7 @@
 """Model-zoo distribution: the bundle as ``dist/<name>_v<version>.zip``, TorchScript/ONNX exports.
 
 A package is the self-contained bundle folder of :func:`transfuse_bundle.tools.bundle_folder.copy_bundle` (configs
-with the task merged in, the ``transfuse_bundle`` package, ``docs/``, ``LICENSE``) zipped with its top
+with the task merged in, the ``transfuse_bundle`` modules they run, the model card, ``LICENSE``) zipped with its top
 folder ``<name>/``, the layout ``python -m monai.bundle download --name NAME --url URL`` extracts. Weights
 travel either inside (``models/model.pt``) or, with ``large_files_url``, next to the zip: the files are
 written to ``dist/`` as ``<name>_v<version>_<file>`` for upload, and the zip holds ``large_files.yml``
@@ -27,7 +27,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -41,10 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..files import atomic_file, sha256
 from .bundle_folder import (BundleFolderError, check_weights_fit, copy_bundle, merged_config, read_json_object,
                             source_root, write_initial_weights, write_json)
-from .tasks import TaskError, task_dir
-from ..utils import WeightsFileError, load_weights
+from .tasks import TaskError, config_file_option, task_dir
+from ..weights import WeightsFileError, load_weights
 
 __all__ = [
     "PackagingError",
@@ -107,15 +107,6 @@ def bundle_name(task: str) -> str:
     return f"transfuse_{task}"
 
 
-def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """The SHA-256 hex digest of a file (the hash ``download_large_files`` checks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def bundle_env(bundle: str | os.PathLike, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """An environment in which the bundle folder's own ``transfuse_bundle`` copy is importable first.
 
@@ -146,7 +137,7 @@ def export_commands(
     if unknown:
         raise PackagingError(f"unknown export format(s) {unknown}; expected some of {sorted(EXPORT_FILES)}")
     common = ["--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json",
-              "--config_file", "configs/inference.json", *cli_arguments(overrides or {})]
+              "--config_file", config_file_option("inference.json", source=bundle), *cli_arguments(overrides or {})]
     exe = python or sys.executable
     commands = []
     for fmt in formats:
@@ -235,22 +226,17 @@ def write_large_files(bundle: str | os.PathLike, out: str | os.PathLike, base_ur
 
 def zip_bundle(bundle: str | os.PathLike, zip_path: str | os.PathLike) -> Path:
     """Zips the folder ``bundle`` as ``zip_path`` with the top folder ``<bundle name>/`` (sorted, reproducible
-    order; weights stored, text deflated). Written to a ``.part`` file first, so no partial zip is left."""
+    order; weights stored, text deflated), written whole or not at all (:func:`~transfuse_bundle.files.atomic_file`)."""
     bundle, zip_path = Path(bundle), Path(zip_path)
-    part = zip_path.with_name(zip_path.name + ".part")
-    try:
-        with zipfile.ZipFile(part, "w") as zf:
-            for path in sorted(bundle.rglob("*")):
-                arcname = f"{bundle.name}/{path.relative_to(bundle).as_posix()}"
-                if path.is_dir():
-                    if not any(path.iterdir()):
-                        zf.writestr(arcname + "/", b"")  # keep empty folders such as models/
-                    continue
-                method = zipfile.ZIP_STORED if path.suffix in STORED_SUFFIXES else zipfile.ZIP_DEFLATED
-                zf.write(path, arcname, compress_type=method)
-        os.replace(part, zip_path)
-    finally:
-        part.unlink(missing_ok=True)
+    with atomic_file(zip_path) as file, zipfile.ZipFile(file, "w") as zf:
+        for path in sorted(bundle.rglob("*")):
+            arcname = f"{bundle.name}/{path.relative_to(bundle).as_posix()}"
+            if path.is_dir():
+                if not any(path.iterdir()):
+                    zf.writestr(arcname + "/", b"")  # keep empty folders such as models/
+                continue
+            method = zipfile.ZIP_STORED if path.suffix in STORED_SUFFIXES else zipfile.ZIP_DEFLATED
+            zf.write(path, arcname, compress_type=method)
     return zip_path
 
 
@@ -298,19 +284,7 @@ def package_bundle(
     name = name or bundle_name(task)
     if not NAME_PATTERN.match(name):
         raise PackagingError(f"bad bundle name {name!r}: use letters, digits and underscores, starting with a letter")
-    if init_weights and weights is not None:
-        raise PackagingError("pass either weights or init_weights, not both")
-    if not init_weights:
-        weights = Path(weights) if weights is not None else src / "models" / "model.pt"
-        if not weights.is_file():
-            raise PackagingError(
-                f"weights file {weights} {'is not a file' if weights.exists() else 'does not exist'}: train the bundle first (models/model.pt), pass --weights FILE "
-                f"or --init-weights"
-            )
-        try:  # never ship a file that users' torch.load would refuse (pickled code) or could not read
-            load_weights(weights, "weights to package")
-        except WeightsFileError as e:
-            raise PackagingError(str(e)) from None
+    weights = _weights_to_ship(src, weights, init_weights)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -319,18 +293,7 @@ def package_bundle(
         bundle = copy_bundle(Path(staging) / name, task=task, overrides=overrides, weights=weights,
                              include_models=False, source=src)
         meta_path = bundle / "configs" / "metadata.json"
-        meta = read_json_object(meta_path)
-        version = version or meta.get("version")
-        if not version:
-            raise PackagingError(f"{meta_path} has no version and none was given")
-        if version not in meta.get("changelog", {}):
-            raise PackagingError(
-                f"version {version!r} is not a key of 'changelog' in {src / 'configs' / 'metadata.json'}: "
-                f"add a changelog entry for it (the model zoo requires one)"
-            )
-        if meta.get("version") != version:
-            meta["version"] = version
-            write_json(meta_path, meta)
+        version = _set_version(meta_path, version, src)
         missing = [f for f in REQUIRED_FILES if not (bundle / f).is_file()]
         if missing:
             raise PackagingError(f"the package of {src} would lack {missing}: add them to the repository")
@@ -354,6 +317,41 @@ def package_bundle(
         zip_bundle(bundle, package.zip_path)
     logger.info("package %s written", package.zip_path)
     return package
+
+
+def _weights_to_ship(src: Path, weights: str | os.PathLike | None, init_weights: bool) -> Path | None:
+    """The weights file to package (default: the source's ``models/model.pt``), checked to be a readable plain
+    state dict; None with ``init_weights``."""
+    if init_weights and weights is not None:
+        raise PackagingError("pass either weights or init_weights, not both")
+    if init_weights:
+        return None
+    weights = Path(weights) if weights is not None else src / "models" / "model.pt"
+    if not weights.is_file():
+        raise PackagingError(
+            f"weights file {weights} {'is not a file' if weights.exists() else 'does not exist'}: train the bundle "
+            f"first (models/model.pt), pass --weights FILE or --init-weights")
+    try:  # never ship a file that users' torch.load would refuse (pickled code) or could not read
+        load_weights(weights, "weights to package")
+    except WeightsFileError as e:
+        raise PackagingError(str(e)) from None
+    return weights
+
+
+def _set_version(meta_path: Path, version: str | None, src: Path) -> str:
+    """The version to publish (default: the metadata's), written into ``meta_path``; it must be a key of the
+    metadata's ``changelog``, as the model zoo requires."""
+    meta = read_json_object(meta_path)
+    version = version or meta.get("version")
+    if not version:
+        raise PackagingError(f"{meta_path} has no version and none was given")
+    if version not in meta.get("changelog", {}):
+        raise PackagingError(f"version {version!r} is not a key of 'changelog' in {src / 'configs' / 'metadata.json'}: "
+                             f"add a changelog entry for it (the model zoo requires one)")
+    if meta.get("version") != version:
+        meta["version"] = version
+        write_json(meta_path, meta)
+    return version
 
 
 def _verify_metadata(meta_path: Path, schema: Path) -> None:

@@ -6,7 +6,7 @@ ETIS-LaribPolypDB}/{images,masks}``. Sets that are not there are reported as mis
 evaluation (the polyp task's evaluate config of the bundle root, see :func:`default_config_files`, with
 the weights ``B/models/model.pt``) runs once over every image found, at the original resolution, with
 each case tagged with its set; its report goes to ``OUT/eval`` (metrics.json, per_case.csv, summary.md,
-overlays) and :func:`run_benchmark` writes from it:
+overlays) and :func:`run_polyp_benchmark` writes from it:
 
 * ``OUT/polyp_benchmark.md``: Table 1's layout (mDice and mIoU per test set, seen and unseen sets) and
   the toolbox metrics per set (mDice, mIoU, wFm, Sm, mean Em, max Em, MAE; Dice and IoU of the mask
@@ -27,11 +27,10 @@ from typing import Any, Sequence
 
 from .prepare import PRANET_SEEN_SETS, PRANET_TEST_SETS, pranet_test_cases
 from ..outputs import claim, record
-from .tasks import config_files as task_config_files
-from .tasks import task_names
+from .tasks import config_files, is_repository
 from ..metrics.polyp import TOOLBOX_METRICS
 
-__all__ = ["benchmark_table", "benchmark_markdown", "default_config_files", "run_benchmark"]
+__all__ = ["benchmark_table", "benchmark_markdown", "default_config_files", "run_polyp_benchmark"]
 
 #: the task whose evaluation the benchmark runs by default (352x352, as the paper).
 POLYP_TASK = "polyp"
@@ -103,15 +102,13 @@ def benchmark_markdown(table: dict[str, Any], model: str = "TransFuse (this bund
 
 
 def default_config_files(bundle_root: str | os.PathLike, task: str = POLYP_TASK) -> list[Path]:
-    """The evaluate config chain of ``task`` in ``bundle_root`` (a checkout or a bundle folder with
-    ``configs/tasks/``), else the bundle's own ``configs/train.json`` + ``configs/evaluate.json``."""
-    if task in task_names(bundle_root):
-        return task_config_files("evaluate.json", task, source=bundle_root)
-    return [Path(bundle_root) / "configs" / "train.json", Path(bundle_root) / "configs" / "evaluate.json"]
+    """The evaluation chain of ``task`` in ``bundle_root`` when it is a checkout, else that of the bundle folder
+    (its ``configs/train.json`` + ``configs/evaluate.json``)."""
+    return config_files("evaluate.json", task if is_repository(bundle_root) else None, bundle_root)
 
 
-def run_benchmark(test_dir: str | os.PathLike, bundle_root: str | os.PathLike, output_dir: str | os.PathLike,
-                  config_files: Sequence[str | os.PathLike] | None = None, **overrides: Any) -> dict[str, Any]:
+def run_polyp_benchmark(test_dir: str | os.PathLike, bundle_root: str | os.PathLike, output_dir: str | os.PathLike,
+                  configs: Sequence[str | os.PathLike] | None = None, **overrides: Any) -> dict[str, Any]:
     """Evaluates the bundle's model on every PraNet test set found in ``test_dir`` and writes
     ``polyp_benchmark.{md,json}`` to ``output_dir`` (the evaluation report to ``output_dir/eval``).
 
@@ -119,7 +116,7 @@ def run_benchmark(test_dir: str | os.PathLike, bundle_root: str | os.PathLike, o
         test_dir: PraNet's ``TestDataset`` folder.
         bundle_root: the bundle folder (``configs/``, ``models/model.pt``).
         output_dir: where to write.
-        config_files: the evaluation configs; default :func:`default_config_files`.
+        configs: the evaluation chain's files; default :func:`default_config_files`.
         overrides: config overrides by id, e.g. ``image_size=[352, 352]``, ``ckpt_path=...``.
     Returns:
         the JSON written (see :func:`benchmark_table`).
@@ -128,8 +125,8 @@ def run_benchmark(test_dir: str | os.PathLike, bundle_root: str | os.PathLike, o
 
     bundle_root, output_dir = Path(bundle_root), Path(output_dir)
     cases, missing = pranet_test_cases(test_dir)
-    config_files = [str(f) for f in (config_files or default_config_files(bundle_root))]
-    for file in config_files:
+    files = [str(f) for f in (configs or default_config_files(bundle_root))]
+    for file in files:
         if not Path(file).is_file():
             raise FileNotFoundError(f"config file {file!r} does not exist (pass --config_file)")
     written = [output_dir / name for name in ("datalist.json", "polyp_benchmark.json", "polyp_benchmark.md")]
@@ -140,11 +137,11 @@ def run_benchmark(test_dir: str | os.PathLike, bundle_root: str | os.PathLike, o
     logger.info("evaluating %d images of %s; missing: %s", len(cases), ", ".join(dict.fromkeys(c["dataset"] for c in cases)),
                 ", ".join(missing) or "none")
     evaluation = output_dir / "eval"
-    bundle_run("evaluating", config_file=config_files, bundle_root=str(bundle_root), output_dir=str(evaluation),
+    bundle_run("evaluating", config_file=files, bundle_root=str(bundle_root), output_dir=str(evaluation),
                polyp_metrics=True, **{"validate#dataset#data": cases}, **overrides)
     metrics = json.loads((evaluation / "metrics.json").read_text())
     table = {**benchmark_table(metrics, missing), "test_dir": str(Path(test_dir).resolve()),
-             "config_files": config_files, "overrides": {k: v for k, v in overrides.items()},
+             "config_files": files, "overrides": {k: v for k, v in overrides.items()},
              "evaluation_report": str(evaluation)}
     (output_dir / "polyp_benchmark.json").write_text(json.dumps(table, indent=2))
     (output_dir / "polyp_benchmark.md").write_text(benchmark_markdown(table))

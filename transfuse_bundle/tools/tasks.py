@@ -5,49 +5,71 @@ packaging (:mod:`transfuse_bundle.tools.packaging`), MONAI Label (:mod:`transfus
 the docs and the tests all read them from here. Adding a task means adding a folder with a ``task.json``.
 
 A task folder holds MONAI bundle overlays, merged the way ``python -m monai.bundle run --config_file
-"[a, b, ...]"`` merges files (later files replace top-level keys, ``a#b`` keys replace nested items):
+"[a, b, ...]"`` merges them (later files replace top-level keys, ``a#b`` keys replace nested items):
 
 ==============  ====================================================================================
-task.json       required: what all of the task's configs share (image size, channels, class names,
-                spatial dims), merged on ``configs/train.json`` and ``configs/inference.json`` alike,
-                so the trained and the served network cannot disagree
-train.json      training settings (batch size, epochs, multi-scale, transforms by name)
+task.json       required: what the task is (image size, channels, class names, spatial dims) and how its
+                images are read and preprocessed; on every config of the task
+train.json      training settings (batch size, epochs, multi-scale, augmentation by name)
 evaluate.json   evaluation, on top of the training config and ``configs/evaluate.json``
-inference.json  inference, on top of ``configs/inference.json``
+inference.json  serving, on top of the training config and ``configs/inference.json``
 metadata.json   the bundle metadata (name, task, description, data source)
 ==============  ====================================================================================
+
+``configs/train.json`` is the one home of what training and serving share: the network, the precision
+(``amp_dtype``), the reading and preprocessing of an image, the inferer. Evaluation and inference are overlays
+on the training chain, so the served network and preprocessing are the trained ones by construction. A
+packaged bundle folder holds each chain merged (:mod:`transfuse_bundle.tools.bundle_folder`), as the zoo's do.
 
 :func:`config_files` gives the merge order of each config, e.g. for the prostate evaluation::
 
     configs/train.json, tasks/prostate/task.json, tasks/prostate/train.json,
     configs/evaluate.json, tasks/prostate/evaluate.json
 
-and ``python -m transfuse_bundle.tools.tasks`` prints every task with its bundle commands.
+:func:`config_parser` and :func:`config_workflow` are the one way to build a task's parser or workflow, from
+the repository or from a bundle folder; ``python -m transfuse_bundle.tools.tasks`` prints every task with its
+bundle commands.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import UserInputError
 from . import REPOSITORY
 
-__all__ = ["TASK_DIR", "TASK_FILE", "CHAINS", "TaskError", "task_names", "task_dir", "config_files",
-           "config_file_option", "commands"]
+if TYPE_CHECKING:
+    from monai.bundle import ConfigParser, ConfigWorkflow
+
+__all__ = ["TASK_DIR", "TASK_FILE", "CHAINS", "BUNDLE_CHAINS", "WORKFLOW_TYPES", "TaskError", "task_names", "task_dir",
+           "is_repository", "config_files", "config_parser", "config_workflow", "config_file_option", "commands"]
 
 TASK_DIR = Path("configs") / "tasks"
 TASK_FILE = "task.json"
 _TASK = "TASK/"
-#: for each config of a bundle, the files merged into it in order: ``TASK/x`` is the task folder's ``x``
-#: (skipped when the task has none), anything else a file of ``configs/``.
+_TRAIN = ("train.json", "TASK/task.json", "TASK/train.json")
+#: for each config of a task in the repository, the files merged into it in order: ``TASK/x`` is the task
+#: folder's ``x`` (skipped when the task has none), anything else a file of ``configs/``.
 CHAINS: dict[str, tuple[str, ...]] = {
-    "train.json": ("train.json", "TASK/task.json", "TASK/train.json"),
-    "evaluate.json": ("train.json", "TASK/task.json", "TASK/train.json", "evaluate.json", "TASK/evaluate.json"),
-    "multi_gpu_train.json": ("train.json", "TASK/task.json", "TASK/train.json", "multi_gpu_train.json"),
-    "inference.json": ("inference.json", "TASK/task.json", "TASK/inference.json"),
+    "train.json": _TRAIN,
+    "evaluate.json": (*_TRAIN, "evaluate.json", "TASK/evaluate.json"),
+    "multi_gpu_train.json": (*_TRAIN, "multi_gpu_train.json"),
+    "inference.json": (*_TRAIN, "inference.json", "TASK/inference.json"),
     "metadata.json": ("metadata.json", "TASK/metadata.json"),
 }
+#: the same in a bundle folder, whose train.json, inference.json and metadata.json are their chains merged
+BUNDLE_CHAINS: dict[str, tuple[str, ...]] = {
+    "train.json": ("train.json",),
+    "evaluate.json": ("train.json", "evaluate.json"),
+    "multi_gpu_train.json": ("train.json", "multi_gpu_train.json"),
+    "inference.json": ("inference.json",),
+    "metadata.json": ("metadata.json",),
+}
+#: the MONAI workflow type of each config
+WORKFLOW_TYPES = {"train.json": "train", "evaluate.json": "train", "multi_gpu_train.json": "train",
+                  "inference.json": "infer"}
 #: the files a task folder may hold
 TASK_CONFIGS = frozenset(c.removeprefix(_TASK) for chain in CHAINS.values() for c in chain if c.startswith(_TASK))
 
@@ -57,7 +79,7 @@ class TaskError(UserInputError, ValueError):
 
 
 def _root(source: str | os.PathLike | None) -> Path:
-    # the repository, or a bundle folder: the parent of this package (see bundle_folder.source_root)
+    """``source``, a repository or a bundle folder; default: the checkout this package lives in."""
     return Path(source) if source is not None else REPOSITORY
 
 
@@ -79,14 +101,25 @@ def task_dir(task: str, source: str | os.PathLike | None = None) -> Path:
     return folder
 
 
+def is_repository(source: str | os.PathLike | None = None) -> bool:
+    """Whether ``source`` is a repository checkout (it has task folders), not a bundle folder."""
+    return (_root(source) / TASK_DIR).is_dir()
+
+
 def config_files(config: str, task: str | None = None, source: str | os.PathLike | None = None) -> list[Path]:
     """The files merged, in order, into the bundle config ``config`` (e.g. ``"evaluate.json"``) of ``task``.
 
-    ``task=None`` gives the repository's own configs without a task (the synthetic default).
+    ``source`` is the repository (default) or a bundle folder (:data:`BUNDLE_CHAINS`; it has no tasks, so
+    ``task`` must be None). ``task=None`` in the repository gives its own configs without a task (the synthetic
+    default).
     """
     if config not in CHAINS:
         raise TaskError(f"unknown bundle config {config!r}: expected one of {sorted(CHAINS)}")
     root = _root(source)
+    if not is_repository(source):
+        if task is not None:
+            raise TaskError(f"{root} is a bundle folder (no {TASK_DIR}): its configs are its one task's")
+        return [root / "configs" / name for name in BUNDLE_CHAINS[config]]
     folder = task_dir(task, source) if task is not None else None
     files = []
     for name in CHAINS[config]:
@@ -97,22 +130,61 @@ def config_files(config: str, task: str | None = None, source: str | os.PathLike
     return files
 
 
-def config_file_option(config: str, task: str | None = None, source: str | os.PathLike | None = None) -> str:
-    """The ``--config_file`` value for ``monai.bundle run``, with paths relative to the repository root."""
+def _with_overlays(config: str, task: str | None, overlays: Sequence[str | os.PathLike],
+                   source: str | os.PathLike | None) -> list[str]:
+    """The chain of ``config`` then ``overlays`` (relative to the source root, or absolute), as strings."""
+    root = _root(source)
+    return [str(f) for f in config_files(config, task, source)] + [str(root / f) for f in overlays]
+
+
+def config_parser(config: str, task: str | None = None, overlays: Sequence[str | os.PathLike] = (),
+                  source: str | os.PathLike | None = None, **overrides: Any) -> ConfigParser:
+    """MONAI's ``ConfigParser`` of ``config`` of ``task`` (:func:`config_files`), then ``overlays`` (e.g.
+    ``["configs/options/sliding_window.json"]``), then ``overrides`` (``{id: value}``), merged as
+    ``python -m monai.bundle run --config_file "[...]" --id value`` merges them. Nothing is evaluated yet."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(_with_overlays(config, task, overlays, source))
+    parser.update(overrides)
+    return parser
+
+
+def config_workflow(config: str, task: str | None = None, overlays: Sequence[str | os.PathLike] = (),
+                    source: str | os.PathLike | None = None, **overrides: Any) -> ConfigWorkflow:
+    """MONAI's ``ConfigWorkflow`` of ``config`` of ``task`` (as :func:`config_parser`), what ``python -m
+    monai.bundle run`` builds: the task's merged metadata, the bundle's ``logging.conf``, the workflow type of
+    ``config`` (:data:`WORKFLOW_TYPES`). Call ``initialize()``, ``run()``, ``finalize()``."""
+    from monai.bundle import ConfigWorkflow
+
+    return ConfigWorkflow(config_file=_with_overlays(config, task, overlays, source),
+                          meta_file=[str(f) for f in config_files("metadata.json", task, source)],
+                          logging_file=str(_root(source) / "configs" / "logging.conf"),
+                          workflow_type=WORKFLOW_TYPES[config], **overrides)
+
+
+def config_file_option(config: str, task: str | None = None, source: str | os.PathLike | None = None,
+                       overlays: Sequence[str | os.PathLike] = ()) -> str:
+    """The ``--config_file`` value for ``monai.bundle run`` (the chain of :func:`config_parser`), with paths
+    relative to the source root when they are inside it."""
     root = _root(source).resolve()
-    files = [p.resolve().relative_to(root).as_posix() for p in config_files(config, task, source)]
-    return files[0] if len(files) == 1 else "\"[" + ",".join(f"'{f}'" for f in files) + "]\""
+    files = [Path(f).resolve() for f in _with_overlays(config, task, overlays, source)]
+    files = [f.relative_to(root).as_posix() if f.is_relative_to(root) else str(f) for f in files]
+    return files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
 
 
 def commands(task: str | None, source: str | os.PathLike | None = None) -> dict[str, str]:
     """``{"training", "evaluating", "inference"}`` -> the ``python -m monai.bundle run`` command of ``task``."""
     # MONAI finds configs/metadata.json and configs/logging.conf next to the first config file
     run = "python -m monai.bundle run"
-    return {
-        "training": f"{run} training --config_file {config_file_option('train.json', task, source)}",
-        "evaluating": f"{run} evaluating --config_file {config_file_option('evaluate.json', task, source)}",
-        "inference": f"{run} --config_file {config_file_option('inference.json', task, source)}",
-    }
+
+    def option(config: str) -> str:
+        files = config_file_option(config, task, source)
+        return f'"{files}"' if files.startswith("[") else files  # quoted for the shell
+
+    return {"training": f"{run} training --config_file {option('train.json')}",
+            "evaluating": f"{run} evaluating --config_file {option('evaluate.json')}",
+            "inference": f"{run} --config_file {option('inference.json')}"}
 
 
 def main() -> None:

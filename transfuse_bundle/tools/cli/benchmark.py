@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from . import int_at_least
-from ..benchmarking import (MODELS, add_roofline, data_pipeline, evaluation_benchmark, machine_description,
-                            machine_peaks, run_benchmark, training_loop, training_loop_datalist, write_markdown)
+from ..benchmarking import (BENCHMARKED_NETWORKS, benchmark_report, evaluation_benchmark, machine_description,
+                            training_loop_datalist)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -38,8 +38,8 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS), metavar="MODEL",
-                        help=f"benchmark names (default: all of {', '.join(MODELS)}; none: only --data-dir's measurements)")
+    parser.add_argument("--models", nargs="*", default=list(BENCHMARKED_NETWORKS), choices=list(BENCHMARKED_NETWORKS), metavar="MODEL",
+                        help=f"benchmark names (default: all of {', '.join(BENCHMARKED_NETWORKS)}; none: only --data-dir's measurements)")
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(192, 256), (352, 352)])
     parser.add_argument("--threads", type=int_at_least(1), default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -87,27 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         args.peak_size = 256
     if args.threads:
         torch.set_num_threads(args.threads)
-    peaks = machine_peaks(args.device, args.peak_size)
-    print(json.dumps({"peak_gflop_s": peaks}), flush=True)
-    rows = run_benchmark(args.models, args.sizes, args.device, args.iters, args.warmup, args.throughput_batch,
-                         args.throughput_iters, args.train_batch, args.train_iters, args.compile, args.batch_sweep)
-    add_roofline(rows, peaks)
-    machine = machine_description(args.device)
-    report = {"machine": machine, "peak_gflop_s": peaks, "results": rows}
-    if args.data_dir is not None:
-        report["data_pipeline"] = data_pipeline(args.data_dir, args.sizes[-1], args.train_batch, args.data_steps,
-                                                args.num_workers)
-        print(json.dumps(report["data_pipeline"]), flush=True)
-    for mode in args.training_loop:
-        for size in args.sizes:
-            loop = training_loop(args.data_dir, size, args.train_batch, args.loop_iterations, args.num_workers,
-                                 multi_scale=mode == "multi-scale", epochs=args.loop_epochs)
-            report.setdefault("training_loop", []).append(loop)
-            print(json.dumps(loop), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    write_markdown(rows, machine, args.out.with_suffix(".md"), report.get("data_pipeline"), peaks,
-                   report.get("training_loop"))
+    benchmark_report(args.out, args.models, args.sizes, args.device, args.iters, args.warmup, args.throughput_batch,
+                     args.throughput_iters, args.train_batch, args.train_iters, args.compile, args.batch_sweep,
+                     args.peak_size, args.data_dir, args.data_steps, args.num_workers, args.training_loop,
+                     args.loop_iterations, args.loop_epochs)
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
     return 0
 

@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 
 from . import int_at_least
-from ..comparison import (MODELS, RECIPES, check_test_fraction, compare_models, compare_recipes, write_recipe_table,
+from ..comparison import (COMPARED_MODELS, RECIPES, check_test_fraction, compare_models, compare_recipes, write_recipe_table,
                           write_table)
-from ...engines import AMP_DTYPES, resolve_amp_dtype
+from ...devices import AMP_DTYPES, resolve_amp_dtype
 from ...errors import UserInputError
 from ...locking import lock_folders
 from ..tasks import task_names
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset_dir", type=Path, required=True,
                         help="folder (images/ + masks/) or datalist.json (networks only)")
     what = parser.add_mutually_exclusive_group()
-    what.add_argument("--models", nargs="+", choices=list(MODELS), help="networks to compare (default: all)")
+    what.add_argument("--models", nargs="+", choices=list(COMPARED_MODELS), help="networks to compare (default: all)")
     what.add_argument("--recipes", nargs="+", choices=list(RECIPES), help="training recipes to compare instead")
     parser.add_argument("--task", choices=task_names(), help="recipes: the task configs they overlay")
     parser.add_argument("--image_size", type=int_at_least(1), nargs=2, default=None,
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"{torch.get_num_threads()} CPU threads, training in {precision}")
         else:
             image_size = args.image_size or [128, 128]
-            rows = compare_models(args.dataset_dir, out, args.models or list(MODELS), image_size, args.epochs,
+            rows = compare_models(args.dataset_dir, out, args.models or list(COMPARED_MODELS), image_size, args.epochs,
                                   args.batch_size, args.num_workers, args.latency_iters, args.amp_dtype)
             name, write = "comparison", write_table
             heading = (f"{args.epochs} epochs, batch {args.batch_size}, {image_size[0]}x{image_size[1]}, "

@@ -4,7 +4,8 @@
     transfuse-export --bundle_root BUNDLES/transfuse_polyp --formats ts
     python scripts/export.py ...             # the same from a checkout
 
-Runs MONAI's own commands in the bundle root (with its transfuse_bundle first on PYTHONPATH):
+Runs MONAI's own commands in the bundle root (with its transfuse_bundle first on PYTHONPATH; in the
+repository the inference chain is "['configs/train.json','configs/inference.json']"):
 
     python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt \\
         --meta_file configs/metadata.json --config_file configs/inference.json

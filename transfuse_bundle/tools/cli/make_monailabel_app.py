@@ -9,7 +9,7 @@
 
 The app is copied from the installed monailabel wheel when ``--app`` does not exist and made the
 active-learning app (``epistemic`` strategy, MC-dropout scoring; ``--stock-app`` keeps the stock one); the bundle folder
-(configs with the task merged in, the transfuse_bundle package, models/, docs/, LICENSE) is written to
+(configs with the task merged in, the transfuse_bundle modules they run, models/, the model card, LICENSE) is written to
 ``APP/model/NAME``. See docs/monailabel.md.
 """
 
@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--app", required=True, help="monaibundle app folder (made from the monailabel wheel if missing)")
     parser.add_argument("--name", help="bundle folder / MONAI Label model name (default: transfuse_<task>)")
-    parser.add_argument("--task", "--preset", dest="task", default="polyp", choices=task_names(),
-                        help="a task of configs/tasks/ (--preset is the former name)")
+    parser.add_argument("--task", default="polyp", choices=task_names(),
+                        help="a task of configs/tasks/")
     parser.add_argument("--weights", help="a state dict to install as models/model.pt (default: the repository's models/)")
     parser.add_argument("--init-weights", action="store_true",
                         help="write untrained weights when there is no model.pt (to train from MONAI Label)")

@@ -6,14 +6,14 @@
     python scripts/package_bundle.py ...                          # the same from a checkout
 
 The zip's top folder is <name>/ (default transfuse_<task>): configs with the task merged in, the
-transfuse_bundle package (the bundle runs without pip install), models/ (or large_files.yml with URLs and
+modules of transfuse_bundle those configs run (the bundle runs without pip install), models/ (or large_files.yml with URLs and
 sha256), docs/README.md (model card), docs/data_license.txt, LICENSE. Users then run
 
     python -m monai.bundle download --name transfuse_polyp --version 0.1.0 --url URL/transfuse_polyp_v0.1.0.zip \\
         --bundle_dir BUNDLES
     python -m monai.bundle download_large_files --bundle_path BUNDLES/transfuse_polyp   # large-files mode only
 
-See docs/README.md ("Model zoo").
+See README.md ("Model zoo").
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from ..tasks import task_names
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", "--preset", dest="task", default="polyp", choices=task_names(),
-                        help="a task of configs/tasks/ (--preset is the former name)")
+    parser.add_argument("--task", default="polyp", choices=task_names(),
+                        help="a task of configs/tasks/")
     parser.add_argument("--weights", help="state dict to ship as models/model.pt (default: models/model.pt)")
     parser.add_argument("--init-weights", action="store_true",
                         help="ship untrained weights of the task's network (to train it from MONAI Label)")

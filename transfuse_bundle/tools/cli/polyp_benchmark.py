@@ -17,7 +17,7 @@ from typing import Any
 
 from . import int_at_least
 from ...data.datalist import DatasetError
-from ..polyp_benchmark import benchmark_markdown, run_benchmark
+from ..polyp_benchmark import benchmark_markdown, run_polyp_benchmark
 from ..tasks import TaskError
 
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     try:
-        table = run_benchmark(args.test_dir, args.bundle_root, args.output_dir, args.config_file, **overrides)
+        table = run_polyp_benchmark(args.test_dir, args.bundle_root, args.output_dir, args.config_file, **overrides)
     except (DatasetError, TaskError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError,
             ImportError) as err:
         print(f"error: {err}", file=sys.stderr)

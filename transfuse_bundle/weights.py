@@ -1,4 +1,4 @@
-"""Small checks the configs run before any work, and the one trusted way the package reads weights.
+"""The one trusted way the package reads weights, and whether they fit a network.
 
 Weights files are pickles, and unpickling can run code. Every weights file the bundle reads goes
 through :func:`load_weights`: ``torch.load(..., weights_only=True)``, whose restricted unpickler builds
@@ -12,84 +12,26 @@ by :func:`transfuse_bundle.monailabel.app.server_env` so that no call site can t
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .errors import ConfigValueError, MissingFileError, NotAFolderError, NotWritableError, UserInputError
+from .checks import require_file
+from .errors import UserInputError
 
 if TYPE_CHECKING:
+    import os
+
     import torch
 
-__all__ = ["WeightsFileError", "available_cpus", "loader_workers", "flag", "load_weights", "load_checkpoint", "weights_misfit", "require_file",
-           "require_weights", "require_checkpoint", "raise_misfit", "require_writable_dir"]
+__all__ = ["WeightsFileError", "load_weights", "load_checkpoint", "weights_misfit", "require_weights", "require_checkpoint",
+           "raise_misfit"]
 
 RESAVE_HINT = "re-save it with torch.save(model.state_dict(), path)"
 
 
 class WeightsFileError(UserInputError, ValueError):
     """A weights file that is refused: pickled Python objects, not a state dict, or unreadable."""
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity, which containers and ``taskset`` narrow; ``os.cpu_count()``
-    where the OS has none): what PyTorch's ``DataLoader`` compares ``num_workers`` with (:func:`loader_workers` stays within it, so
-    no warning)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def loader_workers(device: torch.device | str) -> int:
-    """The configs' default ``num_workers``: ``min(4, available_cpus())`` worker processes, but none when the
-    compute runs on a CPU of at most 4 cores. There PyTorch's threads already use every core, and worker
-    processes take cores from them: on 2 cores, 2 workers slowed a 192x256 training step from 5.7 to 6.9 s while
-    augmenting its batch in the main process costs ~0.2 s (docs/README.md, training loop)."""
-    import torch
-
-    cpus = available_cpus()
-    return 0 if torch.device(device).type == "cpu" and cpus <= 4 else min(4, cpus)
-
-
-def flag(value: bool | str | int, name: str = "option") -> bool:
-    """A yes/no config value as a bool. ``monai.bundle run --name false`` passes the *string* ``"false"``
-    (python-fire reads only ``True``/``False`` as booleans), which plain ``bool()`` would take for true;
-    ``true/false/yes/no/1/0`` in any case are read as meant, anything else raises ``ValueError`` naming ``name``."""
-    if isinstance(value, (bool, int)) and value in (0, 1):
-        return bool(value)
-    words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-    if isinstance(value, str) and value.strip().lower() in words:
-        return words[value.strip().lower()]
-    raise ConfigValueError(f"{name} must be true or false, got {value!r}")
-
-
-def require_file(path: str | os.PathLike, what: str = "file") -> str:
-    """Returns ``path`` if it is an existing file, else raises ``MissingFileError`` (a ``FileNotFoundError``)
-    naming it and ``what``."""
-    if not Path(path).is_file():
-        problem = "is a folder, not a file" if Path(path).is_dir() else "does not exist"
-        raise MissingFileError(f"{what}: {str(path)!r} {problem}")
-    return str(path)
-
-
-def require_writable_dir(path: str | os.PathLike, what: str = "output folder") -> str:
-    """Returns ``path`` if it is a folder this process can write in, or can create (its nearest existing parent
-    is such a folder); nothing is created. Raises ``NotADirectoryError`` / ``PermissionError`` naming ``what``
-    and the path otherwise, so that a run stops before any work instead of at its first save."""
-    target = Path(os.path.abspath(Path(path).expanduser()))
-    existing = target
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        where = "is a file" if existing == target else f"cannot be created: {existing} is a file"
-        raise NotAFolderError(f"{what}: {str(path)!r} {where}, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):  # permissions, or a read-only file system (also for root)
-        where = "" if existing == target else f" cannot be created: {existing}"
-        raise NotWritableError(f"{what}: {str(path)!r}{where} is not writable by this user")
-    return str(path)
 
 
 def load_weights(path: str | os.PathLike, what: str = "weights") -> dict[str, torch.Tensor]:
@@ -259,8 +201,10 @@ def require_checkpoint(path: str | os.PathLike, what: str = "training checkpoint
     return str(path)
 
 
-def raise_misfit(network: torch.nn.Module, state: Mapping[str, torch.Tensor], name: str) -> None:
-    """Raises :class:`WeightsFileError` ``"NAME does not fit the network: ..."`` unless ``state`` fits ``network``."""
+def raise_misfit(network: torch.nn.Module, state: Mapping[str, torch.Tensor], name: str,
+                 network_name: str = "the network") -> None:
+    """Raises :class:`WeightsFileError` ``"NAME does not fit NETWORK_NAME: ..."`` unless ``state`` fits ``network``
+    (what differs: :func:`weights_misfit`)."""
     problems = weights_misfit(network, state)
     if problems:
-        raise WeightsFileError(f"{name} does not fit the network: {'; '.join(problems)}")
+        raise WeightsFileError(f"{name} does not fit {network_name}: {'; '.join(problems)}")
