@@ -178,6 +178,23 @@ def format_number(value: Any, missing: str = "n/a") -> str:
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
+def _class_sentence(name: str, dice: np.ndarray, asd: float | None, hd95: float | None, missed: int, noun: str,
+                    unit: str) -> str:
+    """One class in words: its median Dice (and range), its median distances, the cases it was missed on."""
+    finite = dice[np.isfinite(dice)]
+    if finite.size == 0:
+        return f"- **{name}**: no {noun} to measure."
+    sentence = f"- **{name}**: median Dice {np.median(finite):.2f} over {_count(finite.size, noun)}"
+    if finite.size > 1:
+        sentence += f" (from {finite.min():.2f} to {finite.max():.2f})"
+    if asd is not None and hd95 is not None:
+        sentence += (f"; the predicted outline is on average {asd:.1f} {unit} from the expert's, "
+                     f"and 95% of it within {hd95:.1f} {unit} (medians)")
+    if missed:
+        sentence += f"; nothing predicted on {_count(missed, noun)} that hold this class"
+    return sentence + "."
+
+
 class SegmentationReport:
     """Ignite handler writing ``metrics.json``, ``per_case.csv``, ``summary.md`` and overlays to ``output_dir``.
 
@@ -443,10 +460,17 @@ class SegmentationReport:
         """A table per dataset and class, the toolbox table, and one sentence per class, for readers who
         skip the numbers."""
         noun = "volume" if self._volumes else "image"
-        unit_words = {"mm": "millimetres", "px": "pixels of the original image", "mixed": "mm or pixels (see per_case.csv)"}
+        lines = self._summary_intro(noun)
+        datasets = np.asarray(self._datasets)
+        for dataset, part in summary["per_dataset"].items():
+            lines += self._dataset_section(dataset, part, datasets == dataset, tables, names, noun)
+        return "\n".join(lines) + "\n"
+
+    def _summary_intro(self, noun: str) -> list[str]:
+        """What the metrics mean and how empty masks count, in words."""
         maximum = ("the image diagonal" if self.empty_distance == "diagonal"
                    else f"{float(self.empty_distance):g} (empty_distance)")
-        lines = [
+        return [
             "# Evaluation summary",
             "",
             f"{_count(len(self._files), noun)}, measured at each case's original resolution. Dice and IoU: 1 = the "
@@ -462,57 +486,41 @@ class SegmentationReport:
             f"(\"prediction empty\", \"truth empty\") they are 0 and distances are {maximum}, in the "
             "distances' unit. The empty columns count such cases (both / prediction / truth).",
         ]
-        datasets = np.asarray(self._datasets)
-        for dataset, part in summary["per_dataset"].items():
-            rows = datasets == dataset
-            unit = part["hd95_unit"]
+
+    def _dataset_section(self, dataset: str, part: dict, rows: np.ndarray, tables: dict[str, np.ndarray],
+                         names: list[str], noun: str) -> list[str]:
+        """One dataset's table (a row per class), its toolbox table and a sentence per class; ``rows`` selects its
+        cases in ``tables``."""
+        unit_words = {"mm": "millimetres", "px": "pixels of the original image", "mixed": "mm or pixels (see per_case.csv)"}
+        unit = part["hd95_unit"]
+        lines = [
+            "",
+            f"## {dataset} ({_count(part['num_cases'], noun)}, distances in {unit_words.get(unit, unit)})",
+            "",
+            f"| class | median Dice | mean Dice | mean IoU | sensitivity | specificity | thresholded Jaccard "
+            f"| mean HD95 ({unit}) | mean ASD ({unit}) | NSD ({self.nsd_tolerance:g} {unit}) "
+            f"| empty: both / prediction / truth | {noun}s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        sentences = []
+        for c, name in enumerate(names):
+            values = part["per_class"][name]
+            empty = values["empty_cases"]
+            lines.append(f"| {name} | " + " | ".join(format_number(v) for v in (
+                _nan_median(tables["dice"][rows, c]), values["mean_dice"], values["mean_iou"], values["sensitivity"],
+                values["specificity"], values["thresholded_jaccard"], values["hd95"], values["asd"], values["nsd"]))
+                + f" | {' / '.join(str(empty[k]) for k in EMPTY_KINDS)} | {part['num_cases']} |")
+            sentences.append(_class_sentence(name, tables["dice"][rows, c], _nan_median(tables["asd"][rows, c]),
+                                             _nan_median(tables["hd95"][rows, c]), empty["prediction_empty"], noun, unit))
+        if "polyp_toolbox" in part:
+            toolbox = part["polyp_toolbox"]
             lines += [
                 "",
-                f"## {dataset} ({_count(part['num_cases'], noun)}, distances in {unit_words.get(unit, unit)})",
+                f"Polyp toolbox metrics (PraNet evaluation toolbox, via PySODMetrics, from the probability maps; "
+                f"{_count(toolbox['num_cases'], noun)}):",
                 "",
-                f"| class | median Dice | mean Dice | mean IoU | sensitivity | specificity | thresholded Jaccard "
-                f"| mean HD95 ({unit}) | mean ASD ({unit}) | NSD ({self.nsd_tolerance:g} {unit}) "
-                f"| empty: both / prediction / truth | {noun}s |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|",
+                "| mDice | mIoU | wFm | Sm | mean Em | max Em | MAE |",
+                "|---|---|---|---|---|---|---|",
+                "| " + " | ".join(format_number(toolbox[key]) for key in TOOLBOX_METRICS) + " |",
             ]
-            sentences = []
-            for c, name in enumerate(names):
-                dice = tables["dice"][rows, c]
-                values = part["per_class"][name]
-                empty = values["empty_cases"]
-                lines.append(
-                    f"| {name} | {format_number(_nan_median(dice))} | {format_number(values['mean_dice'])} | {format_number(values['mean_iou'])} "
-                    f"| {format_number(values['sensitivity'])} | {format_number(values['specificity'])} "
-                    f"| {format_number(values['thresholded_jaccard'])} "
-                    f"| {format_number(values['hd95'])} | {format_number(values['asd'])} | {format_number(values['nsd'])} "
-                    f"| {' / '.join(str(empty[k]) for k in EMPTY_KINDS)} | {part['num_cases']} |"
-                )
-                finite = dice[np.isfinite(dice)]
-                if finite.size == 0:
-                    sentences.append(f"- **{name}**: no {noun} to measure.")
-                    continue
-                sentence = f"- **{name}**: median Dice {np.median(finite):.2f} over {_count(finite.size, noun)}"
-                if finite.size > 1:
-                    sentence += f" (from {finite.min():.2f} to {finite.max():.2f})"
-                asd = _nan_median(tables["asd"][rows, c])
-                hd95 = _nan_median(tables["hd95"][rows, c])
-                if asd is not None and hd95 is not None:
-                    sentence += (f"; the predicted outline is on average {asd:.1f} {unit} from the expert's, "
-                                 f"and 95% of it within {hd95:.1f} {unit} (medians)")
-                missed = empty["prediction_empty"]
-                if missed:
-                    sentence += f"; nothing predicted on {_count(missed, noun)} that hold this class"
-                sentences.append(sentence + ".")
-            if "polyp_toolbox" in part:
-                toolbox = part["polyp_toolbox"]
-                lines += [
-                    "",
-                    f"Polyp toolbox metrics (PraNet evaluation toolbox, via PySODMetrics, from the probability maps; "
-                    f"{_count(toolbox['num_cases'], noun)}):",
-                    "",
-                    "| mDice | mIoU | wFm | Sm | mean Em | max Em | MAE |",
-                    "|---|---|---|---|---|---|---|",
-                    "| " + " | ".join(format_number(toolbox[key]) for key in TOOLBOX_METRICS) + " |",
-                ]
-            lines += ["", *sentences]
-        return "\n".join(lines) + "\n"
+        return lines + ["", *sentences]
