@@ -193,6 +193,12 @@ def test_quantize_gate_refuses_then_writes_and_int8_serves_its_weights_only(bund
     _infer(bundle, "int8", "configs/inference_int8.json")
     assert len(_masks(bundle / "int8")) == 2
 
+    resized = _infer(bundle, "int8_resized", "configs/inference_int8.json", extra=["--image_size", "[96,96]"],
+                     check=False)
+    assert resized.returncode == 1 and "Traceback" not in resized.stderr
+    last = resized.stderr.strip().splitlines()[-1]
+    assert "was quantized for network inputs [3, 64, 64]" in last and "[3, 96, 96]" in last, last
+
     weights = models / "model.pt"
     state = torch.load(weights, weights_only=True)
     torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, weights)

@@ -35,7 +35,7 @@ import secrets
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -130,14 +130,18 @@ def read_quantized_record(ckpt_path: str | os.PathLike) -> dict[str, Any]:
     return content
 
 
-def require_quantized_model(ckpt_path: str | os.PathLike) -> str:
-    """Returns ``ckpt_path`` after checking that its INT8 model exists and was quantized from these very weights
-    (the file's SHA-256 recorded by ``transfuse-quantize``); :class:`EngineError` otherwise. For the run lists of
-    ``inference_int8.json``, before any work."""
+def require_quantized_model(ckpt_path: str | os.PathLike, input_shape: Sequence[int] | None = None) -> str:
+    """Returns ``ckpt_path`` after checking that its INT8 model exists, was quantized from these very weights (the
+    file's SHA-256 recorded by ``transfuse-quantize``) and, given ``input_shape`` ``(C, H, W)``, for that network
+    input; :class:`EngineError` otherwise. For ``initialize`` of ``inference_int8.json``, before any work."""
     from .files import sha256
 
     require_engine()
     record = read_quantized_record(ckpt_path)
+    if input_shape is not None and [int(s) for s in input_shape] != list(record["input_shape"]):
+        raise EngineError(f"{quantized_files(ckpt_path)[0]} was quantized for network inputs {record['input_shape']} "
+                          f"(channels, height, width), the config's are {[int(s) for s in input_shape]}: set "
+                          f"image_size to theirs, or run transfuse-quantize again with --image_size")
     if Path(ckpt_path).is_file() and record.get("ckpt_sha256") not in (None, sha256(ckpt_path)):
         raise EngineError(f"{quantized_files(ckpt_path)[0]} was quantized from other weights than {ckpt_path} "
                           f"(sha256 {record['ckpt_sha256'][:12]}...): run transfuse-quantize again for these weights")
@@ -205,7 +209,7 @@ def engine_model(network: nn.Module, ckpt_path: str | os.PathLike, input_shape: 
     model = convert_network(network, tuple(input_shape))
     try:
         save_model(model, xml)
-    except OSError as error:
+    except (OSError, RuntimeError) as error:  # OpenVINO reports a folder it cannot write as a RuntimeError
         logger.warning("%s: cannot cache the converted model (%s); it is converted again in each process",
                        xml.parent, error)
         return model
