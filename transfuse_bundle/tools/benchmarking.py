@@ -261,13 +261,14 @@ def inference_modes(name: str, model: nn.Module, device: torch.device,
 
 
 def engine_modes(model: nn.Module, size: tuple[int, int], workdir: Path,
-                 calibration: int = 8) -> dict[str, tuple[nn.Module, bool, bool]]:
+                 calibration: torch.Tensor | None = None) -> dict[str, tuple[nn.Module, bool, bool]]:
     """The CPU engine's paths for ``model`` (eval mode, what ``configs/inference_cpu.json`` /
     ``inference_int8.json`` run; mode -> (model, channels_last input, autocast) as :func:`inference_modes`):
     ``engine-fp32``, ``engine-bf16`` (CPUs with native bf16) and ``engine-int8`` (NNCF post-training quantization
-    as ``transfuse-quantize`` makes it, calibrated here on ``calibration`` random inputs: its speed is that of a
-    model calibrated on images, its accuracy is measured by ``transfuse-quantize``; the float operations left run
-    at the precision ``amp_dtype: auto`` gives this CPU). The converted model is cached in ``workdir``."""
+    as ``transfuse-quantize`` makes it, calibrated on ``calibration`` ``(N, 3, H, W)``, else on 8 random inputs:
+    such a model is as fast, but its outputs are off, so compare outputs only after calibrating on images; the
+    float operations left run at the precision ``amp_dtype: auto`` gives this CPU). The converted model is cached
+    in ``workdir``."""
     import nncf
     import numpy as np
 
@@ -278,10 +279,12 @@ def engine_modes(model: nn.Module, size: tuple[int, int], workdir: Path,
     modes = {"engine-fp32": (EngineNetwork(lambda shape: compile_model(fp32, torch.float32)), False, False)}
     if fast_autocast_available("cpu"):
         modes["engine-bf16"] = (EngineNetwork(lambda shape: compile_model(fp32, torch.bfloat16)), False, False)
-    rng = np.random.default_rng(0)
-    samples = [rng.standard_normal((1, 3, *size), dtype=np.float32) for _ in range(calibration)]
+    if calibration is None:
+        samples = [np.random.default_rng(i).standard_normal((1, 3, *size), dtype=np.float32) for i in range(8)]
+    else:
+        samples = [image[None].numpy() for image in calibration]
     int8 = nncf.quantize(fp32, nncf.Dataset(samples), preset=nncf.QuantizationPreset.MIXED,
-                         model_type=nncf.ModelType.TRANSFORMER, subset_size=calibration)
+                         model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples))
     served = resolve_amp_dtype("auto", "cpu")
     modes["engine-int8"] = (EngineNetwork(lambda shape: compile_model(int8, served)), False, False)
     return modes
@@ -309,17 +312,19 @@ def output_agreement(reference: nn.Module, modes: dict[str, tuple[nn.Module, boo
             for key, values in result.items()}
 
 
-def agreement_inputs(dataset: str | Path | None, size: tuple[int, int], count: int = 8) -> torch.Tensor | None:
-    """Up to ``count`` images of ``dataset`` (its evaluation list: a datalist's test list, or a folder's images),
-    preprocessed as the bundle serves them at ``size``; None without a dataset."""
+def agreement_inputs(dataset: str | Path | None, size: tuple[int, int], count: int = 8,
+                     calibration: bool = False) -> torch.Tensor | None:
+    """Up to ``count`` images of ``dataset``, preprocessed as the bundle serves them at ``size``: its evaluation list
+    (a datalist's test list, or a folder's images), or with ``calibration`` its training list (what calibrates the
+    INT8 path, apart from the images its outputs are compared on); None without a dataset."""
     if dataset is None:
         return None
-    from ..data import evaluation_datalist
+    from ..data import evaluation_datalist, load_datalist
 
     parser = config_parser("inference.json", image_size=list(size), device="$torch.device('cpu')")
     parser.get_parsed_content("imports")
     preprocessing = parser.get_parsed_content("preprocessing")
-    entries = evaluation_datalist(dataset)[:count]
+    entries = (load_datalist(dataset)["training"] if calibration else evaluation_datalist(dataset))[:count]
     return torch.stack([torch.as_tensor(preprocessing({"image": e["image"]})["image"]).float() for e in entries])
 
 
@@ -402,7 +407,8 @@ def run_benchmark(models: Sequence[str], sizes: Sequence[tuple[int, int]], devic
         official_code: a checkout of github.com/Rayicer/TransFuse, for the model ``official``
             (:mod:`transfuse_bundle.tools.official`).
         engine: on a CPU, add the CPU engine's paths to TransFuse's (:func:`engine_modes`) and their outputs against
-            PyTorch's (:func:`output_agreement`, on ``agreement_data``'s images when given, else the random input).
+            PyTorch's (:func:`output_agreement`, on ``agreement_data``'s evaluation images when given, INT8 then
+            calibrated on 8 of its training images; else the random input).
         weights: a state dict for S (e.g. a trained model; used at the sizes it fits, random weights elsewhere).
     """
     import tempfile
@@ -424,8 +430,9 @@ def run_benchmark(models: Sequence[str], sizes: Sequence[tuple[int, int]], devic
                 row["weights"] = note
             modes = inference_modes(name, model, device, compile)
             if engine and name in TRANSFUSE and device.type == "cpu":
-                modes.update(engine_modes(model, size, Path(workdir.name) / f"{name}-{size[0]}x{size[1]}"))
                 images = agreement_inputs(agreement_data, size)
+                modes.update(engine_modes(model, size, Path(workdir.name) / f"{name}-{size[0]}x{size[1]}",
+                                          agreement_inputs(agreement_data, size, calibration=True)))
                 row.update(output_agreement(model, modes, images if images is not None else x))
             if name in OFFICIAL_MODELS and official is None:
                 official, row_official = model, name

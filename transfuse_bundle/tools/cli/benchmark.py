@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                              "outputs against PyTorch's")
     parser.add_argument("--weights", type=Path, default=None, help="a state dict for S (used at the sizes it fits)")
     parser.add_argument("--agreement-data", type=Path, default=None, metavar="DATASET",
-                        help="--engine: compare the outputs on up to 8 images of DATASET (else the random input)")
+                        help="--engine: compare the outputs on up to 8 evaluation images of DATASET, INT8 calibrated on 8 of its training images (else random inputs)")
     args = parser.parse_args(argv)
     if args.evaluation is not None:
         return _evaluation(args)
