@@ -209,3 +209,18 @@ def test_quantize_gate_refuses_then_writes_and_int8_serves_its_weights_only(bund
     assert stale.returncode == 1 and "Traceback" not in stale.stderr
     last = stale.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "quantized from other weights" in last and "transfuse-quantize" in last, last
+
+
+def test_monailabel_install_refuses_int8_without_its_model_before_touching_the_app(bundle, tmp_path):
+    """``transfuse-monailabel-app --engine int8`` for weights with no INT8 model beside them: one line, no app."""
+    app = tmp_path / "apps" / "monaibundle"
+    weights = tmp_path / "elsewhere" / "model.pt"
+    weights.parent.mkdir()
+    shutil.copyfile(bundle / "bundle" / "models" / "model.pt", weights)
+    result = run_command([sys.executable, str(REPO / "scripts" / "make_monailabel_app.py"), "--app", app, "--task",
+                          "polyp", "--weights", weights, "--set", "image_size=[64,64]", "--engine", "int8"],
+                         env={**os.environ, **ONE_THREAD}, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "model.int8.xml: no INT8 model beside" in last, last
+    assert not app.exists()

@@ -24,7 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..tools.bundle_folder import BundleFolderError, check_weights_fit, copy_bundle, serve_with, write_initial_weights
+from ..tools.bundle_folder import (BundleFolderError, check_weights_fit, copy_bundle, serve_with, source_root,
+                                   write_initial_weights)
 from ..locking import locked_folders
 from ..weights import WeightsFileError, load_weights
 
@@ -196,9 +197,11 @@ def install_bundle(
     if engine not in ENGINE_OVERLAYS:
         raise BundleFolderError(f"engine {engine!r}: expected one of {sorted(ENGINE_OVERLAYS)}")
     if engine != "pytorch":
-        from ..cpu_engine import require_engine
+        from ..cpu_engine import require_engine, require_quantized_model
 
         require_engine()
+        if engine == "int8":  # the INT8 model beside the weights to install, before the app is touched
+            require_quantized_model(weights if weights is not None else source_root() / "models" / "model.pt")
     if weights is not None:
         try:  # refused before the app or the bundle folder is touched
             load_weights(weights, "weights to serve")
