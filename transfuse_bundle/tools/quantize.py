@@ -45,7 +45,7 @@ from ..errors import ConfigValueError, UserInputError
 from ..files import sha256, write_text_atomically
 from ..locking import locked_folders
 from ..metrics.report import format_number
-from ..outputs import claim, record
+from ..outputs import OutputConflictError, claim, record
 from ..weights import load_weights, raise_misfit
 from .tasks import config_parser, config_workflow, is_repository
 
@@ -195,8 +195,13 @@ def quantize(bundle_root: str | os.PathLike, dataset_dir: str | os.PathLike, tas
 
     check_dataset({"calibration": calibration, "held_out": held_out},
                   **{key: parser.get_parsed_content(key) for key in ("num_classes", "spatial_dims", "in_channels")})
-    claim(ckpt_path.parent, [xml, binary, record_file], overwrite=overwrite)
-    claim(output_dir, [output_dir / name for name in REPORT_FILES], overwrite=overwrite)
+    for folder, files in ((ckpt_path.parent, [xml, binary, record_file]),
+                          (output_dir, [output_dir / name for name in REPORT_FILES])):
+        try:
+            claim(folder, files, overwrite=overwrite)
+        except OutputConflictError as error:  # claim's advice names the bundle commands' options; these are ours
+            raise OutputConflictError(f"{str(error).split('; nothing was written')[0]}; nothing was written: move the "
+                                      f"file(s), choose another --output_dir for the report, or pass --overwrite") from None
     with locked_folders([ckpt_path.parent, output_dir]):
         return _quantize_locked(parser, network, state, ckpt_path, calibration, held_out, task, source, overrides,
                                 output_dir, calibration_size, seed, max_dice_drop, force, overwrite, nncf_version)
