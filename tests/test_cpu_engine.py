@@ -102,6 +102,24 @@ def test_engine_follows_new_weights_and_replaces_its_cache(bundle, tmp_path):
     assert not old[0].with_suffix(".bin").exists()
 
 
+def test_engine_converts_inside_the_bf16_autocast_of_serving(tmp_path):
+    """With amp_dtype bfloat16 (``auto`` where bf16 is native, as MONAI Label serves) the first call converts the
+    network inside the inferer's autocast, with gradients enabled as MONAI Label calls it: the conversion must see
+    the weights, not autocast's bf16 copies of them."""
+    from transfuse_bundle.cpu_engine import CPUEngineInferer
+    from transfuse_bundle.networks import TransFuse
+
+    torch.manual_seed(0)
+    network = TransFuse("S", img_size=(64, 64)).eval()
+    torch.save(network.state_dict(), tmp_path / "model.pt")
+    x = torch.rand(2, 3, 64, 64)
+    got = torch.sigmoid(CPUEngineInferer(tmp_path / "model.pt", dtype=torch.bfloat16)(x, network))
+    with torch.no_grad():
+        expected = torch.sigmoid(network(x))
+    assert got.shape == expected.shape and float((got - expected).abs().max()) < 0.1
+    assert float(((got > 0.5) == (expected > 0.5)).float().mean()) > 0.99
+
+
 def test_cpu_overlay_evaluates_like_pytorch(bundle):
     """evaluate.json with the CPU overlay: the full report, its Dice equal to the PyTorch evaluation's."""
     reports = {}

@@ -154,7 +154,9 @@ def convert_network(network: nn.Module, input_shape: tuple[int, ...]) -> Any:
 
     model = copy.deepcopy(network).eval().cpu()
     example = torch.zeros(1, *input_shape)
-    with torch.no_grad(), warnings.catch_warnings():
+    # no autocast: the inferer converts on its first call, inside its bf16 autocast, whose casts of the weights the
+    # trace would take for constants ("Cannot insert a Tensor that requires grad as a constant")
+    with torch.no_grad(), torch.autocast("cpu", enabled=False), warnings.catch_warnings():
         # the trace OpenVINO takes warns about the network's shape checks (constants for one input shape, which the
         # converted model has) and about torch.jit's deprecation: nothing a user acts on
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
