@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -39,8 +38,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..cpu_engine import (EngineError, compile_model, engine_model, quantized_files, require_engine,
-                          weights_digest)
+from ..cpu_engine import EngineError, engine_model, quantized_files, require_engine, weights_digest
 from ..errors import ConfigValueError, UserInputError
 from ..files import sha256, write_text_atomically
 from ..locking import locked_folders
