@@ -188,9 +188,10 @@ def test_trt_overlay_refuses_without_cuda_in_one_line(bundle, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_quantize_gate_refuses_then_writes_and_int8_serves_its_weights_only(bundle):
+def test_quantize_gate_refuses_then_writes_and_int8_serves_its_weights_only(bundle, caplog):
     """transfuse-quantize: a gate that cannot be met writes nothing into models/ and says by how much it missed;
-    a met gate writes the INT8 model, which inference_int8.json serves; new weights make it refuse in one line."""
+    a met gate writes the INT8 model, which inference_int8.json serves; a network retrained in place (MONAI Label) is
+    served by the fp32 engine with a warning, and new weights in the file make the overlay refuse in one line."""
     env = {**os.environ, **ONE_THREAD}
     quantize = [sys.executable, str(REPO / "scripts" / "quantize.py"), "--bundle_root", bundle / "bundle",
                 "--dataset_dir", bundle / "datalist.json", "--image_size", "64", "64", "--calibration-size", "4",
@@ -217,8 +218,21 @@ def test_quantize_gate_refuses_then_writes_and_int8_serves_its_weights_only(bund
     last = resized.stderr.strip().splitlines()[-1]
     assert "was quantized for network inputs [3, 64, 64]" in last and "[3, 96, 96]" in last, last
 
+    # MONAI Label after /train: the network holds other weights than the INT8 model's; the fp32 engine serves them
+    from transfuse_bundle.cpu_engine import CPUEngineInferer
+    from transfuse_bundle.networks import TransFuse
+
     weights = models / "model.pt"
     state = torch.load(weights, weights_only=True)
+    retrained = TransFuse("S", img_size=(64, 64)).eval()
+    retrained.load_state_dict({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()})
+    x = torch.rand(1, 3, 64, 64)
+    with caplog.at_level("WARNING", logger="transfuse_bundle.cpu_engine"), torch.no_grad():
+        got = CPUEngineInferer(weights, dtype=torch.float32, quantized=True)(x, retrained)
+        expected = retrained(x)
+    assert "quantized from other weights" in caplog.text
+    assert float((torch.sigmoid(got) - torch.sigmoid(expected)).abs().max()) < 1e-4
+
     torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, weights)
     try:
         stale = _infer(bundle, "int8_stale", "configs/inference_int8.json", check=False)
