@@ -131,7 +131,7 @@ def test_benchmark_script_tiny_mode(tmp_path):
     write_datalist(ROOT.parent / "shared" / "data" / "kvasir_seg", datalist, num_training=8, num_validation=2)
     out = tmp_path / "bench"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--tiny", "--threads", "2", "--out", str(out),
-                    "--data-dir", str(datalist), "--data-steps", "2", "--num-workers", "0"],
+                    "--data-dir", str(datalist), "--data-steps", "2", "--num-workers", "0", "--engine"],
                    check=True, cwd=tmp_path, timeout=600)
     report = json.loads(out.with_suffix(".json").read_text())
     pipeline = report["data_pipeline"]
@@ -156,6 +156,15 @@ def test_benchmark_script_tiny_mode(tmp_path):
     for what in ("latency_fp32-fast", "throughput_fp32", "train_fp32"):
         assert ours[f"pct_peak_{what}"] == pytest.approx(100 * ours[f"gflop_s_{what}"] / peaks["fp32"], abs=0.1)
     assert ours["gflop_s_throughput_fp32"] == pytest.approx(ours["gflop"] * ours["throughput_img_s_fp32"], rel=0.05)
+    # the CPU engine's paths (--engine): timed against the official model, outputs against PyTorch's, INT8 roofline
+    for mode in ("engine-fp32", "engine-int8"):
+        assert ours[f"latency_ms_{mode}"] > 0 and ours[f"speedup_interleaved_vs_official_{mode}"] > 0, mode
+        assert 0 <= ours[f"max_prob_diff_{mode}"] <= 1 and 0 <= ours[f"mask_agreement_pct_{mode}"] <= 100, mode
+    assert ours["max_prob_diff_engine-fp32"] < 1e-4 and ours["mask_agreement_pct_engine-fp32"] >= 99.9
+    assert peaks["int8"] > 0
+    assert ours["pct_peak_latency_engine-int8"] == pytest.approx(
+        100 * ours["gflop_s_latency_engine-int8"] / peaks["int8"], abs=0.1)
+    assert "CPU features: avx512_bf16" in report["machine"]
     table = out.with_suffix(".md").read_text()
     assert "| S | 32x32 |" in table and "Measured on:" in table and "Data pipeline" in table
     assert f"| S | 32x32 | train_fp32 | {ours['train_gflop']} | {ours['gflop_s_train_fp32']} |" in table

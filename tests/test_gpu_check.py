@@ -15,7 +15,7 @@ def test_gpu_check_tiny_runs_every_stage(tmp_path: Path):
     out = tmp_path / "check"
     assert main(["--tiny", "--out", str(out), "--data", str(DATA / "kvasir_seg")]) == 0
     report = json.loads((out / "gpu_check.json").read_text())
-    assert report["mode"] == "tiny" and list(report["stages"]) == ["benchmark", "training", "evaluation"]
+    assert report["mode"] == "tiny" and list(report["stages"]) == ["benchmark", "training", "evaluation", "tensorrt"]
     bench = report["stages"]["benchmark"]
     row = bench["results"][0]
     assert row["model"] == "S" and row["size"] == "32x32"
@@ -28,9 +28,13 @@ def test_gpu_check_tiny_runs_every_stage(tmp_path: Path):
     evaluation = report["stages"]["evaluation"]
     assert evaluation["num_cases"] == 2 and 0.0 <= evaluation["mean_dice"] <= 1.0
     assert json.loads((out / "eval" / "metrics.json").read_text())["num_cases"] == 2
+    # the TensorRT overlay refuses on a CPU in one line instead of running PyTorch eagerly under its name
+    assert report["stages"]["tensorrt"]["refused"].startswith("configs/inference_trt.json compiles the network with "
+                                                               "TensorRT, which needs a CUDA GPU")
+    assert not (out / "eval_trt").exists()
     assert report["total_wall_s"] >= sum(stage["wall_s"] for stage in report["stages"].values()) - 0.5
     markdown = (out / "gpu_check.md").read_text()
-    for heading in ("# GPU check (tiny)", "## Benchmark", "Roofline:", "## Training", "## Evaluation",
+    for heading in ("# GPU check (tiny)", "## Benchmark", "Roofline:", "## Training", "## Evaluation", "## Tensorrt",
                     "| S | 32x32 | train_fp32 |", "| autocast_dtype |"):
         assert heading in markdown, heading
 

@@ -67,6 +67,9 @@ PROSTATE = DATA / "prostate158" / "020" / "t2.nii.gz"
 PH2_IMAGE = DATA / "ph2" / "images" / "IMD002.jpg"
 
 POLYP = "transfuse_polyp"
+CPU_ENGINE = "transfuse_polyp_cpu"  # the trained polyp weights served by the CPU engine (--engine cpu)
+INT8 = "transfuse_polyp_int8"  # ... and by their INT8 model (transfuse-quantize, --engine int8)
+MIN_AGREEMENT = 0.99  # CPU engine / INT8 mask against PyTorch's, share of pixels (both at amp_dtype auto)
 PROSTATE_MODEL = "transfuse_prostate"
 UNTRUSTED = "transfuse_untrusted"  # a polyp bundle whose model.pt is a malicious pickle
 N_PRETRAIN = 8  # Kvasir images of the short training before the server starts
@@ -222,10 +225,24 @@ def server(tmp_path_factory, request):
     assert _md5(polyp / "models" / "model.pt") != untrained, "the short training did not write models/model.pt"
     TIMINGS[f"short training (bundle CLI, {PRETRAIN_EPOCHS} epochs)"] = time.monotonic() - t0
 
+    t0 = time.monotonic()  # the trained weights quantized (gate relaxed: 2 held-out images), then served by the engine
+    from transfuse_bundle.tools.quantize import quantize
+
+    labelled = [{"image": str(studies / f"{n}.jpg"), "label": str(studies / "labels" / "final" / f"{n}.png")}
+                for n in names]
+    (root / "quantize_datalist.json").write_text(json.dumps({"training": labelled[:8], "validation": [],
+                                                             "test": labelled[8:]}))
+    quantize(polyp, root / "quantize_datalist.json", calibration_size=8, max_dice_drop=1.0, output_dir=root / "int8")
+    for name, engine in ((CPU_ENGINE, "cpu"), (INT8, "int8")):
+        install_bundle(app, name, task="polyp", overrides=POLYP_OVERRIDES, weights=polyp / "models" / "model.pt",
+                       engine=engine)
+    TIMINGS["quantize and install the CPU engine bundles"] = time.monotonic() - t0
+
     t0 = time.monotonic()
     # MC-dropout scoring with the loop's model; scoring only when asked (not in the background at start,
     # after /train and after each /activelearning call, MONAI Label's default), so that the tests control it
-    srv = MonaiLabelServer(app, studies, [POLYP, PROSTATE_MODEL, UNTRUSTED, LOOP, *map(bundle_name, others)],
+    srv = MonaiLabelServer(app, studies, [POLYP, PROSTATE_MODEL, UNTRUSTED, LOOP, CPU_ENGINE, INT8,
+                                          *map(bundle_name, others)],
                            root / "server.log", conf={"epistemic_model": LOOP, "epistemic_simulation_size": MC_SAMPLES},
                            env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
     try:
@@ -298,6 +315,43 @@ def test_infer_by_id_overlaps_ground_truth(server):
     TIMINGS["  dice by id"] = dice
     assert dice > MIN_DICE, f"Dice {dice:.3f} of the served mask of {name} vs its ground truth is not > {MIN_DICE}"
     assert "Checkpoint keys don't match" not in server.log()
+
+
+def test_cpu_engine_and_int8_serve_the_trained_model(server):
+    """The polyp bundle installed with ``--engine cpu`` and ``--engine int8`` answers /infer like the PyTorch one."""
+    from PIL import Image
+
+    name = server.names[1]
+    served = _infer_png(server, f"/infer/{POLYP}?image={name}&output=image", "infer by id (PyTorch)")
+    truth = np.asarray(Image.open(server.studies / "labels" / "final" / f"{name}.png"))
+    for model in (CPU_ENGINE, INT8):
+        pred = _infer_png(server, f"/infer/{model}?image={name}&output=image", f"infer by id ({model})")
+        _check_label_map(pred, server.studies / f"{name}.jpg", {1})
+        agreement = float((pred == served).mean())
+        TIMINGS[f"  agreement with PyTorch ({model})"] = agreement
+        assert agreement >= MIN_AGREEMENT, f"{model}: the mask agrees with PyTorch's on {agreement:.4f} of the pixels"
+        assert _dice(pred, truth) > MIN_DICE
+    models = server.root / "apps" / "monaibundle" / "model"
+    assert list((models / CPU_ENGINE / "models").glob("model.openvino-*.xml")), "no engine model cached beside the weights"
+    assert (models / INT8 / "models" / "model.int8.xml").is_file()
+    assert "quantized from other weights" not in server.log()
+
+
+def test_cpu_engine_follows_the_weights_trained_through_monailabel(server):
+    """/train on the CPU-engine bundle rewrites model.pt; the next /infer runs an engine model of the new weights
+    (a new cache file beside them, the old one gone), as the PyTorch app reloads its network."""
+    name = server.names[2]
+    models = server.root / "apps" / "monaibundle" / "model" / CPU_ENGINE / "models"
+    _infer_png(server, f"/infer/{CPU_ENGINE}?image={name}&output=image", "infer before /train (CPU engine)")
+    before = sorted(p.name for p in models.glob("model.openvino-*.xml"))
+    t0 = time.monotonic()
+    server.request("POST", f"/train/{CPU_ENGINE}?run_sync=true", timeout=600,
+                   json={"max_epochs": 1, "val_split": 0.2, "device": "cpu"})
+    TIMINGS["/train 1 epoch (CPU engine bundle)"] = time.monotonic() - t0
+    pred = _infer_png(server, f"/infer/{CPU_ENGINE}?image={name}&output=image", "infer after /train (CPU engine)")
+    _check_label_map(pred, server.studies / f"{name}.jpg", {1})
+    after = sorted(p.name for p in models.glob("model.openvino-*.xml"))
+    assert len(before) == len(after) == 1 and before != after, (before, after)
 
 
 def test_infer_by_upload_overlaps_ground_truth(server):

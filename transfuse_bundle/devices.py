@@ -12,9 +12,11 @@ import os
 
 import torch
 
+from .errors import UserInputError
 from .networks.fast import fast_autocast_available
 
-__all__ = ["AMP_DTYPES", "resolve_amp_dtype", "available_cpus", "loader_workers"]
+__all__ = ["AMP_DTYPES", "resolve_amp_dtype", "available_cpus", "loader_workers", "require_tensorrt",
+           "trt_precision"]
 
 AMP_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -62,3 +64,33 @@ def loader_workers(device: torch.device | str) -> int:
     augmenting its batch in the main process costs ~0.2 s (docs/performance.md, training loop)."""
     cpus = available_cpus()
     return 0 if torch.device(device).type == "cpu" and cpus <= 4 else min(4, cpus)
+
+
+def require_tensorrt(device: torch.device | str) -> str:
+    """Returns the TensorRT version when ``configs/inference_trt.json`` can run on ``device``: a CUDA device with
+    the ``tensorrt`` and ``polygraphy`` packages (what MONAI's ``trt_compile`` needs). Otherwise raises
+    :class:`~transfuse_bundle.errors.UserInputError` in one line: ``trt_compile`` itself would only log a warning
+    and run the network eagerly, so a user would believe TensorRT ran."""
+    import importlib.util
+
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise UserInputError(f"configs/inference_trt.json compiles the network with TensorRT, which needs a CUDA GPU; "
+                             f"the device is {device} (CUDA available: {torch.cuda.is_available()}): run inference.json "
+                             f"(PyTorch) or inference_cpu.json (the CPU engine) instead")
+    missing = [name for name in ("tensorrt", "polygraphy", "onnx") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserInputError(f"configs/inference_trt.json needs {', '.join(missing)} (MONAI's trt_compile): pip install "
+                             f"tensorrt polygraphy onnx, matching this machine's CUDA")
+    import tensorrt
+
+    return tensorrt.__version__
+
+
+def trt_precision(dtype: torch.dtype) -> str:
+    """The ``trt_compile`` precision of the resolved ``amp_dtype``: ``"bf16"``, ``"fp16"`` or ``"fp32"``.
+
+    >>> trt_precision(torch.bfloat16)
+    'bf16'
+    """
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]

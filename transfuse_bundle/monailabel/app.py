@@ -24,13 +24,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..tools.bundle_folder import BundleFolderError, check_weights_fit, copy_bundle, write_initial_weights
+from ..tools.bundle_folder import (BundleFolderError, check_weights_fit, copy_bundle, serve_with, source_root,
+                                   write_initial_weights)
 from ..locking import locked_folders
 from ..weights import WeightsFileError, load_weights
 
 __all__ = [
     "APP_NAME", "LOOPBACK_HOSTS", "RESERVED_WORDS", "ACTIVE_LEARNING_MARK", "require_monailabel", "ensure_app",
-    "install_bundle",
+    "ENGINE_OVERLAYS", "install_bundle",
     "server_command", "server_env",
 ]
 
@@ -60,6 +61,10 @@ from {ACTIVE_LEARNING_MODULE[:-3]} import ActiveLearningMixin
 class TransFuseActiveLearningApp(ActiveLearningMixin, {STOCK_MAIN[:-3]}.MyApp, MONAILabelApp):
     pass
 '''
+
+
+#: ``install_bundle(engine=...)``: the inference overlay merged into the served inference.json (None: PyTorch)
+ENGINE_OVERLAYS = {"pytorch": None, "cpu": "inference_cpu.json", "int8": "inference_int8.json"}
 
 
 def require_monailabel() -> str:
@@ -158,6 +163,7 @@ def install_bundle(
     include_models: bool = True,
     overwrite: bool = False,
     active_learning: bool = True,
+    engine: str = "pytorch",
 ) -> Path:
     """Writes the bundle folder of ``task`` as ``APP/model/NAME`` (making the app if needed); returns it.
 
@@ -172,6 +178,10 @@ def install_bundle(
         init_weights: when the bundle ends up without ``models/model.pt``, write untrained weights of the
             task's network (MONAI Label skips a bundle without weights; train it through ``/train``).
         active_learning: as for :func:`ensure_app` (the app, not the bundle folder, changes).
+        engine: what runs the network when MONAI Label infers (:data:`ENGINE_OVERLAYS`): ``"pytorch"``, ``"cpu"``
+            (the CPU engine, ``configs/inference_cpu.json`` merged into the served ``inference.json``) or ``"int8"``
+            (``inference_int8.json``: the INT8 model ``transfuse-quantize`` wrote beside the weights, installed
+            with them and checked to be theirs). Training and MC-dropout scoring still run PyTorch.
 
     The app folder is locked while this runs (:func:`~transfuse_bundle.locking.locked_folders`): a second
     install into the same app, from another process, is refused instead of racing on the app's files.
@@ -184,6 +194,14 @@ def install_bundle(
         raise BundleFolderError(
             f"model name {name!r} contains {bad[0]!r}: the monaibundle app would not serve it as segmentation"
         )
+    if engine not in ENGINE_OVERLAYS:
+        raise BundleFolderError(f"engine {engine!r}: expected one of {sorted(ENGINE_OVERLAYS)}")
+    if engine != "pytorch":
+        from ..cpu_engine import require_engine, require_quantized_model
+
+        require_engine()
+        if engine == "int8":  # the INT8 model beside the weights to install, before the app is touched
+            require_quantized_model(weights if weights is not None else source_root() / "models" / "model.pt")
     if weights is not None:
         try:  # refused before the app or the bundle folder is touched
             load_weights(weights, "weights to serve")
@@ -206,6 +224,12 @@ def install_bundle(
                         f"pass weights, or ask for untrained weights (init_weights=True / --init-weights)"
                     )
                 write_initial_weights(bundle)
+            if engine == "int8":
+                from ..cpu_engine import require_quantized_model
+
+                require_quantized_model(bundle / "models" / "model.pt")
+            if ENGINE_OVERLAYS[engine] is not None:
+                serve_with(bundle, ENGINE_OVERLAYS[engine])
             if target.exists():
                 shutil.rmtree(target)
             os.replace(bundle, target)

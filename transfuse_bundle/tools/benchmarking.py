@@ -1,11 +1,11 @@
-"""Benchmarks of TransFuse S / L / L* against the official computation and MONAI's networks.
+"""Benchmarks of TransFuse S / L / L* against the official code and MONAI's networks, on PyTorch and the CPU engine.
 
 The measurements (median latencies, interleaved ratios, GMACs, parameters) are shared with
 :mod:`transfuse_bundle.tools.comparison`; :func:`run_benchmark` measures, for every model of :func:`build` and
 input size, parameters, GMACs, batch-1 latency (median after warm-up), batch throughput, a training step
 (forward + backward + Adam) and the process's peak memory; TransFuse also in its fast inference modes
 (BatchNorm folded, linears on oneDNN, channels-last; and bf16 autocast where the hardware has native
-bf16). Our S's speed-ups against official-S are also measured with the two models called in turn in
+bf16). Our S's speed-ups against the official model are also measured with the two models called in turn in
 every iteration (``speedup_interleaved_vs_official_*``), the ratio to trust on a shared machine.
 
 Roofline: every row also gives the FLOPs of one image's forward (``gflop``, torch's FlopCounterMode) and
@@ -17,17 +17,21 @@ bf16 matmuls in the same run and :func:`add_roofline` puts each figure against t
 :func:`write_markdown` writes the tables; the command is ``transfuse-benchmark``
 (:mod:`transfuse_bundle.tools.cli.benchmark`).
 
-"official-S" is TransFuse-S computed exactly as the official code does it (explicit attention
-instead of fused attention, all three heads computed at inference too, BatchNorm unfolded,
-contiguous layout, and for training the official structure loss: 31x31 boundary pooling in
-float64): the official repository is not vendored here and cannot be downloaded, and this model
-reproduces its outputs to ~1e-6 (tests/test_networks.py). Its ratios are also given against the
-official latencies measured on the reference 2-core CPU (116 ms at 192x256, 282 ms at 352x352).
+"official" is the real official TransFuse_S, imported at run time from a local checkout of its repository
+(``official_code``, :mod:`transfuse_bundle.tools.official`, which first proves that it reproduces the official
+reference outputs); nothing of it is part of this project. "official-S" is its re-implementation here (explicit
+attention, all three heads computed at inference, BatchNorm unfolded, contiguous layout, the official float64
+structure loss in training; outputs equal to ~1e-6, tests/test_networks.py): it stands in for the official code
+where no checkout is at hand (the test suite's ``--tiny`` run). With ``engine=True`` the rows of S on a CPU also
+hold the CPU engine's paths (:func:`engine_modes`: OpenVINO fp32 / bf16, INT8) and their outputs against
+PyTorch's (:func:`output_agreement`); the INT8 paths' roofline is against the machine's int8 matmul peak.
 
 Example::
 
     from transfuse_bundle.tools.benchmarking import run_benchmark
     rows = run_benchmark(["official-S", "S"], [(192, 256)], "cpu")   # one dict per model and size
+    rows = run_benchmark(["official", "S"], [(192, 256), (352, 352)], official_code="/work/official_transfuse",
+                         engine=True)
 """
 
 from __future__ import annotations
@@ -106,7 +110,8 @@ def gmacs(model: nn.Module, x: torch.Tensor) -> float:
 
 
 def machine_peaks(device: torch.device | str, n: int | None = None, iters: int = 5) -> dict[str, float]:
-    """The practical peak, GFLOP/s of an ``n x n`` by ``n x n`` matmul in fp32 and in bf16 (median of ``iters``).
+    """The practical peak, GFLOP/s of an ``n x n`` by ``n x n`` matmul in fp32 and in bf16 (median of ``iters``),
+    and on a CPU GOP/s of the same int8 matmul (``torch._int_mm``, int32 accumulation: the peak of the INT8 paths).
 
     ``n`` defaults to 8192 on CUDA and 2048 on a CPU; a bf16 matmul on a CPU without native bf16 is emulated,
     ~100x slower, so it is measured at ``min(n, 512)`` (its "peak" is what emulated bf16 reaches). On a CPU the
@@ -117,6 +122,10 @@ def machine_peaks(device: torch.device | str, n: int | None = None, iters: int =
     device = torch.device(device)
     n = n or (8192 if device.type == "cuda" else 2048)
     peaks = {}
+    if device.type == "cpu":  # int8 x int8 -> int32 (oneDNN: VNNI / AMX where the CPU has them): the INT8 paths' peak
+        a8, b8 = (torch.randint(-128, 127, (n, n), dtype=torch.int8) for _ in range(2))
+        with torch.inference_mode():
+            peaks["int8"] = round(2 * n**3 / median_ms(lambda: torch._int_mm(a8, b8), iters, 1, device) / 1e6, 1)
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         side = n if dtype == torch.float32 or fast_autocast_available(device) else min(n, 512)
         a, b = (torch.randn(side, side, device=device, dtype=dtype) for _ in range(2))
@@ -146,9 +155,9 @@ def forward_latency_ms(model: nn.Module, x: torch.Tensor, iters: int = 20, warmu
     return median_ms(step, iters, warmup, x.device)
 
 
-# Official TransFuse_S latencies measured on the reference 2-core CPU (transfuse-reference.md).
-OFFICIAL_REFERENCE_MS = {(192, 256): 116.0, (352, 352): 282.0}
 TRANSFUSE = ("S", "L", "L*")  # benchmark names that are TransFuse variants (fast inference modes apply)
+#: the official TransFuse-S: the real code (``official``, from a checkout) and its re-implementation here
+OFFICIAL_MODELS = ("official", "official-S")
 
 
 def _official_s(size: tuple[int, int]) -> nn.Module:
@@ -179,8 +188,15 @@ BENCHMARKED_NETWORKS: dict[str, Callable[[tuple[int, int]], nn.Module]] = {
 }
 
 
-def build(name: str, size: tuple[int, int]) -> nn.Module:
-    """A model of :data:`BENCHMARKED_NETWORKS` by benchmark name, 3 input channels, 1 output channel, for inputs of ``size``."""
+def build(name: str, size: tuple[int, int], official_code: str | Path | None = None) -> nn.Module:
+    """A model of :data:`BENCHMARKED_NETWORKS` by benchmark name, 3 input channels, 1 output channel, for inputs of
+    ``size``; ``"official"`` is the real official TransFuse_S imported from the checkout ``official_code``."""
+    if name == "official":
+        if official_code is None:
+            raise ValueError("the model 'official' needs a checkout of the official code (--official-code DIR)")
+        from .official import official_transfuse_s
+
+        return official_transfuse_s(official_code, size)
     if name not in BENCHMARKED_NETWORKS:
         raise ValueError(f"unknown model {name!r}; choose from {list(BENCHMARKED_NETWORKS)}")
     return BENCHMARKED_NETWORKS[name](size)
@@ -244,6 +260,74 @@ def inference_modes(name: str, model: nn.Module, device: torch.device,
     return modes
 
 
+def engine_modes(model: nn.Module, size: tuple[int, int], workdir: Path,
+                 calibration: torch.Tensor | None = None) -> dict[str, tuple[nn.Module, bool, bool]]:
+    """The CPU engine's paths for ``model`` (eval mode, what ``configs/inference_cpu.json`` /
+    ``inference_int8.json`` run; mode -> (model, channels_last input, autocast) as :func:`inference_modes`):
+    ``engine-fp32``, ``engine-bf16`` (CPUs with native bf16) and ``engine-int8`` (NNCF post-training quantization
+    as ``transfuse-quantize`` makes it, calibrated on ``calibration`` ``(N, 3, H, W)``, else on 8 random inputs:
+    such a model is as fast, but its outputs are off, so compare outputs only after calibrating on images; the
+    float operations left run at the precision ``amp_dtype: auto`` gives this CPU). The converted model is cached
+    in ``workdir``."""
+    import nncf
+    import numpy as np
+
+    from ..cpu_engine import EngineNetwork, compile_model, engine_model
+    from ..devices import resolve_amp_dtype
+
+    fp32 = engine_model(model, workdir / "model.pt", (3, *size))
+    modes = {"engine-fp32": (EngineNetwork(lambda shape: compile_model(fp32, torch.float32)), False, False)}
+    if fast_autocast_available("cpu"):
+        modes["engine-bf16"] = (EngineNetwork(lambda shape: compile_model(fp32, torch.bfloat16)), False, False)
+    if calibration is None:
+        samples = [np.random.default_rng(i).standard_normal((1, 3, *size), dtype=np.float32) for i in range(8)]
+    else:
+        samples = [image[None].numpy() for image in calibration]
+    int8 = nncf.quantize(fp32, nncf.Dataset(samples), preset=nncf.QuantizationPreset.MIXED,
+                         model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples))
+    served = resolve_amp_dtype("auto", "cpu")
+    modes["engine-int8"] = (EngineNetwork(lambda shape: compile_model(int8, served)), False, False)
+    return modes
+
+
+def output_agreement(reference: nn.Module, modes: dict[str, tuple[nn.Module, bool, bool]],
+                     inputs: torch.Tensor) -> dict[str, float]:
+    """Each path's outputs against ``reference`` (the PyTorch fp32 eager network) on ``inputs`` ``(N, C, H, W)``, one
+    image at a time: ``max_prob_diff_<mode>`` (the largest difference of the sigmoid probabilities) and
+    ``mask_agreement_pct_<mode>`` (pixels whose thresholded mask agrees, %)."""
+    result: dict[str, list[float]] = {}
+    for image in inputs.split(1):
+        with torch.inference_mode():
+            expected = torch.sigmoid(reference.eval()(image).float())
+            for mode, (net, channels_last, autocast) in modes.items():
+                if mode == "fp32":
+                    continue
+                xin = image.contiguous(memory_format=torch.channels_last) if channels_last else image
+                with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=autocast):
+                    got = torch.sigmoid(net(xin).float())
+                result.setdefault(f"max_prob_diff_{mode}", []).append(float((got - expected).abs().max()))
+                result.setdefault(f"mask_agreement_pct_{mode}", []).append(
+                    float(((got > 0.5) == (expected > 0.5)).float().mean()) * 100)
+    return {key: round(max(values) if key.startswith("max_") else sum(values) / len(values), 5)
+            for key, values in result.items()}
+
+
+def agreement_inputs(dataset: str | Path | None, size: tuple[int, int], count: int = 8,
+                     calibration: bool = False) -> torch.Tensor | None:
+    """Up to ``count`` images of ``dataset``, preprocessed as the bundle serves them at ``size``: its evaluation list
+    (a datalist's test list, or a folder's images), or with ``calibration`` its training list (what calibrates the
+    INT8 path, apart from the images its outputs are compared on); None without a dataset."""
+    if dataset is None:
+        return None
+    from ..data import evaluation_datalist, load_datalist
+
+    parser = config_parser("inference.json", image_size=list(size), device="$torch.device('cpu')")
+    parser.get_parsed_content("imports")
+    preprocessing = parser.get_parsed_content("preprocessing")
+    entries = (load_datalist(dataset)["training"] if calibration else evaluation_datalist(dataset))[:count]
+    return torch.stack([torch.as_tensor(preprocessing({"image": e["image"]})["image"]).float() for e in entries])
+
+
 def throughput_sweep(net: nn.Module, size, device: torch.device, channels_last: bool, autocast: bool,
                      batches: Sequence[int], iters: int) -> dict[int, float]:
     """Images/s of ``net`` for each batch size (median of ``iters`` forwards after one warm-up), stopping at the
@@ -266,8 +350,8 @@ def throughput_sweep(net: nn.Module, size, device: torch.device, channels_last: 
 
 
 def training_loss(name: str):
-    """The loss each model trains with: the official one for official-S, the bundle's otherwise."""
-    if name == "official-S":
+    """The loss each model trains with: the official one for the official models, the bundle's otherwise."""
+    if name in OFFICIAL_MODELS:
         return lambda heads, y: sum(w * official_structure_loss(h, y) for w, h in zip(DEEP_SUPERVISION_WEIGHTS, heads))
     return transfuse_deep_supervision_loss()
 
@@ -305,11 +389,13 @@ def train_step_ms(model: nn.Module, name: str, size, batch: int, iters: int, dev
 def run_benchmark(models: Sequence[str], sizes: Sequence[tuple[int, int]], device: str | torch.device = "cpu",
                   iters: int = 20, warmup: int = 3, throughput_batch: int = 16, throughput_iters: int = 3,
                   train_batch: int = 8, train_iters: int = 3, compile: bool = False,
-                  batch_sweep: Sequence[int] = ()) -> list[dict]:
+                  batch_sweep: Sequence[int] = (), official_code: str | Path | None = None, engine: bool = False,
+                  weights: str | Path | None = None, agreement_data: str | Path | None = None) -> list[dict]:
     """One row per size and model of :data:`BENCHMARKED_NETWORKS`, printed as a JSON line when measured (see the module doc).
 
     Args:
-        models: benchmark names; ``official-S`` before ``S`` adds the interleaved speed-ups to S's row.
+        models: benchmark names; ``official`` (the real official code, see ``official_code``) or ``official-S``
+            before ``S`` adds the interleaved speed-ups to S's row (against the first of them).
         sizes: ``(H, W)`` input sizes.
         device: where to run.
         iters, warmup: timed and untimed batch-1 forwards (the median is reported).
@@ -318,22 +404,40 @@ def run_benchmark(models: Sequence[str], sizes: Sequence[tuple[int, int]], devic
         compile: add the torch.compile and CUDA-graph paths (CUDA; see :func:`inference_modes`).
         batch_sweep: batch sizes to try for each path's best throughput (``best_batch_<mode>``,
             ``throughput_img_s_best_<mode>``); empty: only ``throughput_batch``.
+        official_code: a checkout of github.com/Rayicer/TransFuse, for the model ``official``
+            (:mod:`transfuse_bundle.tools.official`).
+        engine: on a CPU, add the CPU engine's paths to TransFuse's (:func:`engine_modes`) and their outputs against
+            PyTorch's (:func:`output_agreement`, on ``agreement_data``'s evaluation images when given, INT8 then
+            calibrated on 8 of its training images; else the random input).
+        weights: a state dict for S (e.g. a trained model; used at the sizes it fits, random weights elsewhere).
     """
+    import tempfile
+
     device = torch.device(device)
     rows = []
+    workdir = tempfile.TemporaryDirectory(prefix="transfuse-benchmark-")
     for size in sizes:
         official = None
         for name in models:
             torch.manual_seed(0)
-            model = build(name, size).to(device).eval()
+            model = build(name, size, official_code).to(device).eval()
+            note = _load_benchmark_weights(model, weights) if name == "S" and weights else None
             x = torch.rand(1, 3, *size, device=device)
             macs = gmacs(model, x)
             row = {"model": name, "size": f"{size[0]}x{size[1]}", "params": parameter_count(model),
                    "gmacs": round(macs, 2), "gflop": round(2 * macs, 3)}
+            if note:
+                row["weights"] = note
             modes = inference_modes(name, model, device, compile)
-            if name == "official-S":
-                official = model
+            if engine and name in TRANSFUSE and device.type == "cpu":
+                images = agreement_inputs(agreement_data, size)
+                modes.update(engine_modes(model, size, Path(workdir.name) / f"{name}-{size[0]}x{size[1]}",
+                                          agreement_inputs(agreement_data, size, calibration=True)))
+                row.update(output_agreement(model, modes, images if images is not None else x))
+            if name in OFFICIAL_MODELS and official is None:
+                official, row_official = model, name
             elif name == "S" and official is not None:
+                row["speedup_reference"] = row_official
                 row.update(interleaved_speedups(official, modes, x, iters, warmup))
             for mode, (net, channels_last, autocast) in modes.items():
                 xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -359,8 +463,20 @@ def run_benchmark(models: Sequence[str], sizes: Sequence[tuple[int, int]], devic
             row["peak_memory_mb"] = round(peak_memory_mb(device), 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
+    workdir.cleanup()
     add_ratios(rows)
     return rows
+
+
+def _load_benchmark_weights(model: nn.Module, weights: str | Path) -> str:
+    """Loads ``weights`` into ``model`` when they fit it; returns what the row's ``weights`` column says."""
+    from ..weights import load_weights, weights_misfit
+
+    state = load_weights(weights, "benchmark weights (--weights)")
+    if weights_misfit(model, state):
+        return "random (the weights do not fit this size)"
+    model.load_state_dict(state)
+    return Path(weights).name
 
 
 def benchmark_report(out: Path, models: Sequence[str], sizes: Sequence[tuple[int, int]], device: str = "cpu",
@@ -368,19 +484,28 @@ def benchmark_report(out: Path, models: Sequence[str], sizes: Sequence[tuple[int
                      train_batch: int = 8, train_iters: int = 3, compile: bool = False, batch_sweep: Sequence[int] = (),
                      peak_size: int | None = None, data_dir: Path | None = None, data_steps: int = 6,
                      num_workers: int = 2, training_loops: Sequence[str] = (), loop_iterations: int = 4,
-                     loop_epochs: int = 2) -> dict:
+                     loop_epochs: int = 2, official_code: Path | None = None, official_reference: Path | None = None,
+                     engine: bool = False, weights: Path | None = None, agreement_data: Path | None = None) -> dict:
     """The benchmark command's whole run, written to ``out.json`` and ``out.md``: the machine's peaks
     (:func:`machine_peaks`), every model of ``models`` at every size (:func:`run_benchmark`) with its roofline,
     then, given ``data_dir``, the training data pipeline (:func:`data_pipeline`) and each of ``training_loops``
     (``"single-scale"``, ``"multi-scale"``: :func:`training_loop`) at every size. Each result is also printed as a
-    JSON line when measured. Returns the report."""
+    JSON line when measured. With ``official_code``, the official model is first checked against
+    ``official_reference`` (:func:`~transfuse_bundle.tools.official.check_official`; the report keeps its error).
+    Returns the report."""
+    report: dict = {}
+    if official_code is not None and official_reference is not None:
+        from .official import check_official
+
+        report["official_check_relative_error"] = check_official(official_code, official_reference)
+        print(json.dumps({"official_check_relative_error": report["official_check_relative_error"]}), flush=True)
     peaks = machine_peaks(device, peak_size)
     print(json.dumps({"peak_gflop_s": peaks}), flush=True)
     rows = run_benchmark(models, sizes, device, iters, warmup, throughput_batch, throughput_iters, train_batch,
-                         train_iters, compile, batch_sweep)
+                         train_iters, compile, batch_sweep, official_code, engine, weights, agreement_data)
     add_roofline(rows, peaks)
     machine = machine_description(device)
-    report = {"machine": machine, "peak_gflop_s": peaks, "results": rows}
+    report.update({"machine": machine, "peak_gflop_s": peaks, "results": rows})
     if data_dir is not None:
         report["data_pipeline"] = data_pipeline(data_dir, sizes[-1], train_batch, data_steps, num_workers)
         print(json.dumps(report["data_pipeline"]), flush=True)
@@ -454,35 +579,32 @@ def data_pipeline(dataset_dir: Path, size, batch: int, steps: int, num_workers: 
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """Speed-ups of our S against the official computation in the same run and the reference numbers."""
+    """Speed-ups of our S against the official model of the same run (the real code ``official`` when measured, else
+    ``official-S``): ``speedup_vs_official_<mode>`` (batch-1 latency, measured one after the other) for every path."""
     by_key = {(r["model"], r["size"]): r for r in rows}
     for row in rows:
         if row["model"] != "S":
             continue
-        official = by_key.get(("official-S", row["size"]))
-        for mode in ("fp32", "fp32-fast", "bf16-fast"):
-            ours = row.get(f"latency_ms_{mode}")
-            if ours is None:
-                continue
-            if official:
-                row[f"speedup_vs_official_{mode}"] = round(official["latency_ms_fp32"] / ours, 2)
-            reference = OFFICIAL_REFERENCE_MS.get(tuple(int(s) for s in row["size"].split("x")))
-            if reference:
-                row[f"speedup_vs_official_reference_{mode}"] = round(reference / ours, 2)
-        if official:
-            row["train_speedup_vs_official_fp32"] = round(official["train_step_ms_fp32"] / row["train_step_ms_fp32"], 2)
+        official = next((by_key[(name, row["size"])] for name in OFFICIAL_MODELS if (name, row["size"]) in by_key), None)
+        if official is None:
+            continue
+        for key in [k for k in row if k.startswith("latency_ms_")]:
+            row["speedup_vs_official_" + key.removeprefix("latency_ms_")] = round(official["latency_ms_fp32"] / row[key], 2)
+        row["train_speedup_vs_official_fp32"] = round(official["train_step_ms_fp32"] / row["train_step_ms_fp32"], 2)
 
 
 def add_roofline(rows: list[dict], peaks: dict[str, float]) -> None:
-    """``pct_peak_<what>`` = 100 x ``gflop_s_<what>`` / the peak of its dtype (bf16 paths: ``peaks["bf16"]``)."""
+    """``pct_peak_<what>`` = 100 x ``gflop_s_<what>`` / the peak of its dtype (bf16 paths: ``peaks["bf16"]``, INT8
+    paths: ``peaks["int8"]``)."""
     for row in rows:
         for key in [k for k in row if k.startswith("gflop_s_")]:
-            peak = peaks["bf16" if "bf16" in key else "fp32"]
+            peak = peaks["int8" if "int8" in key and "int8" in peaks else "bf16" if "bf16" in key else "fp32"]
             row["pct_peak_" + key.removeprefix("gflop_s_")] = round(100 * row[key] / peak, 1)
 
 
 def machine_description(device: str | torch.device) -> str:
-    """The hardware (GPU name, or CPU model and threads), torch version and native bf16 support, in one line."""
+    """The hardware (GPU name, or CPU model and threads), torch version, native bf16 support and (CPU) whether it has
+    AVX512-BF16, AMX-BF16, AVX512-VNNI, AVX-VNNI and AMX-INT8, in one line."""
     device = torch.device(device)
     if device.type == "cuda":
         hardware = torch.cuda.get_device_name(device)
@@ -493,7 +615,22 @@ def machine_description(device: str | torch.device) -> str:
             hardware = f"{model_name.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads"
         except (OSError, StopIteration):
             pass
-    return f"{hardware}; torch {torch.__version__}; native bf16: {fast_autocast_available(device)}"
+    return f"{hardware}; torch {torch.__version__}; native bf16: {fast_autocast_available(device)}{_cpu_features(device)}"
+
+
+#: the CPU features that decide the speed of the bf16 and INT8 paths, as /proc/cpuinfo names them
+CPU_FEATURES = ("avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def _cpu_features(device: torch.device) -> str:
+    """``"; CPU features: avx512_bf16 yes, ..."`` (Linux), or ``""``."""
+    if device.type != "cpu":
+        return ""
+    try:
+        flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return ""
+    return "; CPU features: " + ", ".join(f"{name} {'yes' if name in flags else 'no'}" for name in CPU_FEATURES)
 
 
 def write_markdown(rows: list[dict], machine: str, path: Path, pipeline: dict | None = None,

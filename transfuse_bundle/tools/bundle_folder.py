@@ -32,6 +32,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..cpu_engine import quantized_files
 from ..errors import UserInputError, root_cause
 from . import REPOSITORY
 from .tasks import CHAINS, TaskError, config_files, config_parser, task_dir
@@ -46,6 +47,7 @@ __all__ = [
     "copy_bundle",
     "runtime_files",
     "task_configs",
+    "serve_with",
     "served_config",
     "describe_network",
     "bundle_network",
@@ -59,7 +61,8 @@ PACKAGE_NAME = "transfuse_bundle"
 # what a bundle folder holds besides configs/ and the package (copied when present in the source)
 # the model card and the licences; the repository's other documents (experiments, speed logs) stay there
 DOC_ITEMS = ("docs/README.md", "docs/data_license.txt", "LICENSE")
-MODEL_FILES = ("model.pt", "model.ts", "model.onnx", "large_files.yml")
+MODEL_FILES = ("model.pt", "model.ts", "model.onnx", "large_files.yml", "model.int8.xml", "model.int8.bin",
+               "model.int8.json")
 
 
 class BundleFolderError(UserInputError, RuntimeError):
@@ -235,6 +238,22 @@ def _copy_weights(dest: Path, src: Path, weights: str | os.PathLike | None, incl
         if not Path(weights).is_file():
             raise BundleFolderError(f"weights file {weights} does not exist")
         shutil.copy2(weights, dest / "models" / "model.pt")
+        # an INT8 model belongs to the weights it was quantized from: the one beside the given weights, if any
+        for made, shipped in zip(quantized_files(weights), quantized_files(dest / "models" / "model.pt")):
+            shipped.unlink(missing_ok=True)
+            if made.is_file():
+                shutil.copy2(made, shipped)
+
+
+def serve_with(bundle: str | os.PathLike, overlay: str) -> Path:
+    """Merges the bundle folder's ``configs/OVERLAY`` (e.g. ``inference_cpu.json``) into its ``inference.json``, the
+    config that ``monai.bundle run --config_file configs/inference.json`` and MONAI Label serve; returns ``bundle``."""
+    configs = Path(bundle) / "configs"
+    for path in (configs / "inference.json", configs / overlay):
+        if not path.is_file():
+            raise BundleFolderError(f"cannot serve {Path(bundle).name} with {overlay}: {path} does not exist")
+    write_json(configs / "inference.json", merged_config([configs / "inference.json", configs / overlay]))
+    return Path(bundle)
 
 
 def runtime_files(configs: Iterable[Mapping[str, Any]], source: str | os.PathLike | None = None) -> list[Path]:

@@ -11,7 +11,11 @@ run cut short still leaves what it measured):
    ``amp_dtype`` bfloat16 on a Kvasir-SEG subset, through the bundle workflow (``monai.bundle``'s
    ``ConfigWorkflow``, as ``python -m monai.bundle run training`` runs it);
 3. **evaluation**: the polyp task's ``evaluate.json`` on held-out Kvasir-SEG images at their original
-   resolution, with the trained weights (metrics.json, per-case CSV, overlays).
+   resolution, with the trained weights (metrics.json, per-case CSV, overlays);
+4. **tensorrt**: the same evaluation served by ``configs/inference_trt.json`` (MONAI's ``trt_compile``, at the
+   precision of ``amp_dtype``; the plan is built on the first image): its seconds per image and metrics against
+   stage 3's. Where TensorRT cannot run (no CUDA, or no ``tensorrt`` / ``polygraphy``: the ``--tiny`` run on a
+   CPU), the stage records the overlay's one-line refusal instead.
 
 :data:`TINY` runs the same stages on the CPU in well under a minute (32x32 images, a few of them, one
 epoch, ``amp_dtype`` auto: emulated bf16 on a CPU without native bf16 is many times slower; the bf16
@@ -35,6 +39,7 @@ from typing import Any
 
 import torch
 
+from ..errors import find_user_error
 from .benchmarking import add_roofline, machine_description, machine_peaks, markdown_lines, run_benchmark
 from ..data import write_datalist
 from .tasks import config_workflow
@@ -110,8 +115,8 @@ def _training(settings: CheckSettings, datalist: Path, bundle: Path) -> dict:
             "best_val_mean_dice": round(float(validator.state.best_metric), 4)}
 
 
-def _evaluation(settings: CheckSettings, datalist: Path, bundle: Path, out: Path) -> dict:
-    workflow = config_workflow("evaluate.json", TASK, dataset_dir=str(datalist), bundle_root=str(bundle),
+def _evaluation(settings: CheckSettings, datalist: Path, bundle: Path, out: Path, overlays: tuple[str, ...] = ()) -> dict:
+    workflow = config_workflow("evaluate.json", TASK, overlays, dataset_dir=str(datalist), bundle_root=str(bundle),
                                output_dir=str(out), num_workers=settings.num_workers,
                                device=f"$torch.device({settings.device!r})", image_size=list(settings.image_size),
                                **settings.overrides)
@@ -125,6 +130,17 @@ def _evaluation(settings: CheckSettings, datalist: Path, bundle: Path, out: Path
             **{k: metrics[k] for k in ("mean_dice", "mean_iou", "hd95") if k in metrics}}
 
 
+def _tensorrt(settings: CheckSettings, datalist: Path, bundle: Path, out: Path) -> dict:
+    """Stage 4: the evaluation through ``configs/inference_trt.json``, or ``{"refused": its one-line message}``."""
+    try:
+        return _evaluation(settings, datalist, bundle, out, ("configs/inference_trt.json",))
+    except Exception as error:  # MONAI's config parser wraps what the overlay's check raised
+        refusal = find_user_error(error)
+        if refusal is None:
+            raise
+        return {"refused": str(refusal)}
+
+
 def check_markdown(report: dict) -> str:
     """The report as Markdown: the stages' wall times, the benchmark and roofline tables, training, evaluation."""
     stages = report["stages"]
@@ -135,7 +151,7 @@ def check_markdown(report: dict) -> str:
     if "benchmark" in stages:
         bench = stages["benchmark"]
         lines += ["", "## Benchmark", ""] + markdown_lines(bench["results"], report["machine"], None, bench["peak_gflop_s"])
-    for name in ("training", "evaluation"):
+    for name in ("training", "evaluation", "tensorrt"):
         if name in stages:
             lines += ["", f"## {name.capitalize()}", "", "| | |", "|---|---|"]
             lines += [f"| {key} | {value} |" for key, value in stages[name].items() if key != "wall_s"]
@@ -149,7 +165,7 @@ def _write(report: dict, out: Path) -> None:
 
 def run_gpu_check(out: str | os.PathLike, data: str | os.PathLike, settings: CheckSettings = FULL,
                   tiny: bool = False) -> dict:
-    """Runs the three stages (see the module doc) and writes ``out/gpu_check.{json,md}`` after each.
+    """Runs the four stages (see the module doc) and writes ``out/gpu_check.{json,md}`` after each.
 
     Args:
         out: a folder that does not exist yet, or an empty one (nothing in it is overwritten).
@@ -176,7 +192,8 @@ def run_gpu_check(out: str | os.PathLike, data: str | os.PathLike, settings: Che
                               "settings": {k: v for k, v in asdict(settings).items()}, "stages": {}}
     stages = [("benchmark", lambda: _benchmark(settings)),
               ("training", lambda: _training(settings, datalist, out / "bundle")),
-              ("evaluation", lambda: _evaluation(settings, datalist, out / "bundle", out / "eval"))]
+              ("evaluation", lambda: _evaluation(settings, datalist, out / "bundle", out / "eval")),
+              ("tensorrt", lambda: _tensorrt(settings, datalist, out / "bundle", out / "eval_trt"))]
     begin = time.perf_counter()
     for name, stage in stages:
         start = time.perf_counter()

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..files import atomic_file, sha256
-from .bundle_folder import (BundleFolderError, check_weights_fit, copy_bundle, merged_config, read_json_object,
+from .bundle_folder import (BundleFolderError, check_weights_fit, copy_bundle, read_json_object, serve_with,
                             source_root, write_initial_weights, write_json)
 from .tasks import TaskError, config_file_option, task_dir
 from ..weights import WeightsFileError, load_weights
@@ -380,7 +380,7 @@ def make_torchscript_only(bundle: str | os.PathLike) -> Path:
     for path in needed:
         if not path.is_file():
             raise PackagingError(f"cannot make a TorchScript-only bundle: {path} does not exist")
-    write_json(configs / "inference.json", merged_config([configs / "inference.json", configs / "inference_torchscript.json"]))
+    serve_with(bundle, "inference_torchscript.json")
     (bundle / "models" / "model.pt").unlink(missing_ok=True)
     for name in ("train.json", "evaluate.json", "multi_gpu_train.json"):
         (configs / name).unlink(missing_ok=True)

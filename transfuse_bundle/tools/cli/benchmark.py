@@ -6,6 +6,7 @@ official-S, and the roofline: each path's GFLOP/s against the machine's fp32 / b
 in the same run (what each figure means: transfuse_bundle.tools.benchmarking). Writes OUT.json and OUT.md.
 
     transfuse-benchmark --threads 2 --out docs/benchmark
+    transfuse-benchmark --models S --official-code ../official_transfuse --engine --threads 2 --out /tmp/cpu
     transfuse-benchmark --tiny --out /tmp/bench      # seconds; what the test suite runs
     transfuse-benchmark --models --threads 2 --data-dir DATA --training-loop single-scale multi-scale --out /tmp/loop
     transfuse-benchmark --evaluation DATALIST --bundle-root B --out /tmp/eval   # evaluate.json's cost per stage
@@ -23,6 +24,8 @@ from pathlib import Path
 import torch
 
 from . import int_at_least
+from .. import REPOSITORY
+from ...errors import UserInputError
 from ..benchmarking import (BENCHMARKED_NETWORKS, benchmark_report, evaluation_benchmark, machine_description,
                             training_loop_datalist)
 
@@ -38,7 +41,8 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="*", default=list(BENCHMARKED_NETWORKS), choices=list(BENCHMARKED_NETWORKS), metavar="MODEL",
+    parser.add_argument("--models", nargs="*", default=list(BENCHMARKED_NETWORKS),
+                        choices=["official", *BENCHMARKED_NETWORKS], metavar="MODEL",
                         help=f"benchmark names (default: all of {', '.join(BENCHMARKED_NETWORKS)}; none: only --data-dir's measurements)")
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(192, 256), (352, 352)])
     parser.add_argument("--threads", type=int_at_least(1), default=None, help="CPU threads (torch.set_num_threads)")
@@ -70,6 +74,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead: the cost of evaluate.json on DATASET (a folder, or a datalist's test list) at its "
                              "original resolution, per stage, against the forward passes; writes OUT.json")
     parser.add_argument("--bundle-root", type=Path, default=Path("."), help="--evaluation: holds models/model.pt")
+    parser.add_argument("--official-code", type=Path, default=None, metavar="DIR",
+                        help="a checkout of github.com/Rayicer/TransFuse: adds the model 'official' (the real code, "
+                             "imported from DIR at run time) and makes it the reference of S's speed-ups")
+    parser.add_argument("--official-reference", type=Path, default=REPOSITORY.parent / "shared" / "reference", metavar="DIR",
+                        help="the official reference state dict and outputs that prove --official-code is the official "
+                             "model (default: ../shared/reference beside the repository)")
+    parser.add_argument("--engine", action="store_true",
+                        help="CPU: also the CPU engine's paths (OpenVINO fp32 / bf16, INT8; the cpu extra) and their "
+                             "outputs against PyTorch's")
+    parser.add_argument("--weights", type=Path, default=None, help="a state dict for S (used at the sizes it fits)")
+    parser.add_argument("--agreement-data", type=Path, default=None, metavar="DATASET",
+                        help="--engine: compare the outputs on up to 8 evaluation images of DATASET, INT8 calibrated on 8 of its training images (else random inputs)")
     args = parser.parse_args(argv)
     if args.evaluation is not None:
         return _evaluation(args)
@@ -80,6 +96,22 @@ def main(argv: list[str] | None = None) -> int:
             training_loop_datalist(args.data_dir, args.train_batch, args.loop_iterations)
         except ValueError as error:
             parser.error(f"{error} (--train-batch x --loop-iterations)")
+    if args.official_code is not None:
+        if "official" not in args.models:
+            args.models = ["official", *[m for m in args.models if m != "official-S"]]
+        try:  # refused before any measurement
+            from ..official import load_official_module
+
+            load_official_module(args.official_code)
+        except UserInputError as error:
+            parser.error(str(error))
+    if args.engine:
+        try:
+            from ...cpu_engine import require_engine
+
+            require_engine()
+        except UserInputError as error:
+            parser.error(str(error))
     if args.tiny:
         args.models = ["official-S", "S", "unet"]
         args.sizes, args.iters, args.warmup = [(32, 32)], 2, 1
@@ -90,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     benchmark_report(args.out, args.models, args.sizes, args.device, args.iters, args.warmup, args.throughput_batch,
                      args.throughput_iters, args.train_batch, args.train_iters, args.compile, args.batch_sweep,
                      args.peak_size, args.data_dir, args.data_steps, args.num_workers, args.training_loop,
-                     args.loop_iterations, args.loop_epochs)
+                     args.loop_iterations, args.loop_epochs, args.official_code,
+                     args.official_reference if args.official_reference.is_dir() else None, args.engine, args.weights,
+                     args.agreement_data)
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
     return 0
 

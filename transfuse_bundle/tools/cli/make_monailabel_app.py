@@ -2,6 +2,7 @@
 
     transfuse-monailabel-app --app apps/monaibundle --task polyp
     transfuse-monailabel-app --app apps/monaibundle --task prostate --init-weights
+    transfuse-monailabel-app --app apps/monaibundle --task polyp --engine cpu      # served by the CPU engine
     python scripts/make_monailabel_app.py ...      # the same from a checkout
     TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 python -m monailabel.main start_server --app apps/monaibundle \\
         --studies STUDIES --conf models transfuse_polyp --conf zoo_source github --conf sam2 false \\
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from ..bundle_folder import parse_override
 from ...errors import UserInputError
-from ...monailabel.app import install_bundle, server_command
+from ...monailabel.app import ENGINE_OVERLAYS, install_bundle, server_command
 from ..packaging import bundle_name
 from ..tasks import task_names
 
@@ -41,12 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stock-app", action="store_true",
                         help="keep MONAI Label's stock monaibundle main.py (no epistemic strategy, MC-dropout scoring "
                              "or tolerant batch inference); default: the active-learning app")
+    parser.add_argument("--engine", choices=list(ENGINE_OVERLAYS), default="pytorch",
+                        help="what runs the network at inference: PyTorch, the CPU engine (OpenVINO, the cpu extra) or "
+                             "its INT8 model (made beside the weights by transfuse-quantize)")
     args = parser.parse_args(argv)
     try:
         name = args.name or bundle_name(args.task)
         bundle = install_bundle(args.app, name, task=args.task, overrides=dict(args.overrides),
                                 weights=args.weights, init_weights=args.init_weights, overwrite=args.overwrite,
-                                active_learning=not args.stock_app)
+                                active_learning=not args.stock_app, engine=args.engine)
     except (UserInputError, ModuleNotFoundError, OSError) as e:  # a refused input, the app folder in use, an unwritable --app
         print(f"error: {e}", file=sys.stderr)
         return 1
