@@ -92,7 +92,16 @@ def write_hip_dataset(root, count: int, seed: int = 7):
 
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+SHARED = REPO.parent / "shared"  # the data, reference outputs and schemas beside the checkout, never copied into it
+DATA = SHARED / "data"
+KVASIR = DATA / "kvasir_seg"
+PH2 = DATA / "ph2"
+PROSTATE158 = DATA / "prostate158"
+PROSTATE_CASE = PROSTATE158 / "020"
+PROSTATE_T2 = PROSTATE_CASE / "t2.nii.gz"
+# The tiny-run overrides: small images, no loader processes (a worker costs ~8 s to start on 2 cores)
+SMALL = {"image_size": [64, 64], "num_workers": 0, "batch_size": 4}
+TINY = {**SMALL, "image_size": [32, 32]}
 # One intra-op thread per subprocess: on a shared 2-core machine, 2 OpenMP threads per process made a
 # training step 3-50x slower whenever another process was busy (measured), 1 thread is ~0.4 s either way.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

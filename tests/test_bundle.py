@@ -23,18 +23,16 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import console_noise, run_command, run_workflow
+from conftest import REPO, SMALL, console_noise, run_command, run_workflow
 from transfuse_bundle.data import make_synthetic_case, synthetic_dataset
 from transfuse_bundle.networks import TransFuse
 from transfuse_bundle.tools.tasks import config_parser, config_workflow
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 #: the user's inference command: the served config is an overlay on the training chain
 INFERENCE_CLI = "['configs/train.json','configs/inference.json']"
-IMAGE_SIZE = [64, 64]
+IMAGE_SIZE = SMALL["image_size"]
 SYNTHETIC_HW = (48, 80)  # not square: a transposed prediction would not match its mask
-SMALL = {"image_size": IMAGE_SIZE, "num_workers": 0, "batch_size": 4}
 CLI_SMALL = ["--image_size", "[64,64]", "--num_workers", "0", "--batch_size", "4"]
 WATCHED = ("models", "eval", "data", "runs", "configs", "mlruns")  # where a stray bundle write would land
 

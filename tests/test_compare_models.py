@@ -13,18 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import KVASIR, REPO
 from transfuse_bundle.data import write_datalist
 
-ROOT = Path(__file__).resolve().parents[1]
-KVASIR = ROOT.parent / "shared" / "data" / "kvasir_seg"
 
 
 @pytest.mark.slow
 def test_compare_models_trains_each_network_on_real_images(tmp_path):
     datalist = tmp_path / "kvasir.json"
-    write_datalist(ROOT.parent / "shared" / "data" / "kvasir_seg", datalist, num_training=3, num_validation=1, num_test=2)
+    write_datalist(REPO.parent / "shared" / "data" / "kvasir_seg", datalist, num_training=3, num_validation=1, num_test=2)
     models = ["MedT", "TransFuse-S concat+res (E.5)"]  # TransUNet (100M parameters) is built in test_other_networks
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_models.py"), "--dataset_dir", str(datalist),
+    subprocess.run([sys.executable, str(REPO / "scripts" / "compare_models.py"), "--dataset_dir", str(datalist),
                     "--models", *models, "--epochs", "1", "--batch_size", "3", "--num_workers", "0",
                     "--latency_iters", "1", "--out", str(tmp_path / "out")], check=True, cwd=tmp_path, timeout=900)
     rows = {r["model"]: r for r in json.loads((tmp_path / "out" / "comparison.json").read_text())}
@@ -49,7 +48,7 @@ def test_recipe_comparison_carves_a_test_split_and_evaluates_every_run_on_it(tmp
         os.symlink(image, tmp_path / "data" / "images" / image.name)
         os.symlink(KVASIR / "masks" / f"{image.stem}.png", tmp_path / "data" / "masks" / f"{image.stem}.png")
     out = tmp_path / "out"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_models.py"), "--recipes", "default", "official",
+    subprocess.run([sys.executable, str(REPO / "scripts" / "compare_models.py"), "--recipes", "default", "official",
                     "--dataset_dir", str(tmp_path / "data"), "--image_size", "64", "64", "--epochs", "1", "--seeds", "3",
                     "--test_fraction", "0.25", "--amp_dtype", "float32", "--out", str(out)], check=True, cwd=tmp_path,
                    timeout=900)

@@ -15,12 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ONE_THREAD, bundle_cli, run_command, untrained_weights
+from conftest import KVASIR, ONE_THREAD, PROSTATE_T2, REPO, bundle_cli, run_command, untrained_weights
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "data"
-KVASIR = DATA / "kvasir_seg"
-PROSTATE = DATA / "prostate158" / "020" / "t2.nii.gz"
 CHAIN = ["configs/train.json", "configs/inference.json"]
 SIZE = ["--image_size", "[64,64]", "--num_workers", "0"]
 
@@ -150,7 +146,7 @@ def test_prostate_volume_runs_slice_by_slice_through_the_engine(tmp_path):
     torch.manual_seed(0)
     network = parsers["pytorch"].get_parsed_content("network_def").eval()
     torch.save(network.state_dict(), weights)
-    volume = parsers["pytorch"].get_parsed_content("preprocessing")({"image": str(PROSTATE)})["image"]
+    volume = parsers["pytorch"].get_parsed_content("preprocessing")({"image": str(PROSTATE_T2)})["image"]
     volume = torch.as_tensor(volume)[None, ..., 8:14]  # (1, 1, 64, 64, 6): six slices, batched 4 + 2
     with torch.no_grad():
         probabilities = {name: torch.softmax(parser.get_parsed_content("inferer")(volume, network), 1)

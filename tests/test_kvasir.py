@@ -12,17 +12,14 @@ against "background everywhere" (about 0.87 on Kvasir, which it does not beat).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import bundle_cli, check_binary_report
+from conftest import KVASIR, bundle_cli, check_binary_report
 from transfuse_bundle.data import write_datalist
 
-REPO = Path(__file__).resolve().parents[1]
-KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
 
 
 def _constant_prediction_scores(masks: list[np.ndarray], polyp: bool) -> dict[str, float]:
