@@ -252,7 +252,7 @@ INJECT = {
 def test_ddp_one_failing_rank_ends_the_job_non_zero(kvasir, tmp_path, failure):
     """torchrun, 2 CPU processes (gloo). A crash: torchrun stops the other rank. A hang: the process-group timeout
     (``ddp_timeout_s``) ends rank 0's collective. Either way the job exits non-zero in bounded time."""
-    timeout_s = 20
+    timeout_s = 10  # longer than any step of this tiny run takes, even with the other worker busy
     inject = tmp_path / "inject.json"
     inject.write_text(json.dumps({
         "training": [
