@@ -194,3 +194,45 @@ def test_mc_dropout_samples_differ_through_the_bundle_inferer():
     same = uncertainty([c[0], c[0]])
     assert same["epistemic_sample_std"] == 0 and same["epistemic_mutual_information"] < 1e-6, same
     assert 0 < same["epistemic_entropy"] <= float(torch.log(torch.tensor(2.0))) + 1e-6, same
+
+
+def test_monailabel_trains_its_served_bundle_in_place_and_other_bundles_keep_their_model(tmp_path):
+    """Training refuses to replace a trained model.pt unasked; MONAI Label's /train retrains the served bundle over
+    its model.pt by design, so the installer's train.json says so (overwrite_weights) and no other bundle does."""
+    from transfuse_bundle.errors import UserInputError
+    from transfuse_bundle.monailabel.app import ensure_app
+
+    app = ensure_app(tmp_path / "apps" / "monaibundle")
+    served = install_bundle(app, "transfuse_polyp", task="polyp", overrides={"image_size": [64, 64]}, init_weights=True)
+    packaged = copy_bundle(tmp_path / "transfuse_polyp", task="polyp", overrides={"image_size": [64, 64]},
+                           include_models=False)
+    write_initial_weights(packaged)
+    for bundle in (served, packaged):
+        assert (bundle / "models" / "model.pt").is_file()
+    assert _json(served / "configs" / "train.json")["overwrite_weights"] is True
+    # the run's own check, as MONAI Label's `monai.bundle run` of the served train.json makes it
+    config_parser("train.json", source=served, bundle_root=str(served)).get_parsed_content("check_writable")
+    with pytest.raises(Exception) as err:
+        config_parser("train.json", source=packaged, bundle_root=str(packaged)).get_parsed_content("check_writable")
+    assert isinstance(err.value.__cause__, UserInputError) and "--overwrite true" in str(err.value.__cause__)
+
+
+def test_export_of_weights_that_do_not_fit_is_refused_and_changes_nothing(tmp_path, capsys):
+    """Before, transfuse-export removed the previous model.ts, then failed deep in MONAI's export with two screens of
+    output. Now the weights are checked against the bundle's network first: one line naming the user's file and the
+    value to set; the bundle folder is unchanged."""
+    from transfuse_bundle.tools.cli.export import main
+
+    bundle = copy_bundle(tmp_path / "transfuse_polyp", task="polyp", include_models=False)  # 352x352
+    small = copy_bundle(tmp_path / "small", task="polyp", overrides={"image_size": [64, 64]}, include_models=False)
+    weights = write_initial_weights(small)
+    (bundle / "models").mkdir(exist_ok=True)
+    shutil.copyfile(weights, bundle / "models" / "model.pt")
+    (bundle / "models" / "model.ts").write_bytes(b"the previous export")
+    before = {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+    assert main(["--bundle_root", str(bundle), "--formats", "ts"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {bundle / 'models' / 'model.pt'} does not fit the network of transfuse_polyp/configs/inference.json: "
+        "weights were trained at image size 64x64, the config 352x352: set image_size to theirs (--image_size [64,64]; "
+        "--set image_size=[64,64] when packaging)"]
+    assert {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()} == before

@@ -120,3 +120,16 @@ def test_comparison_refuses_float16_on_a_cpu_before_any_work(tmp_path, capsys):
         "error: --amp_dtype: amp_dtype 'float16' needs a CUDA device (its GradScaler is CUDA's), the device is cpu; "
         "use 'bfloat16' or 'float32'")
     assert not out.exists()
+
+
+def test_comparison_on_a_missing_dataset_folder_stops_in_one_line_and_makes_nothing(tmp_path, capsys):
+    """Before, --out was made and locked, then the first training failed with MONAI's output."""
+    from transfuse_bundle.tools.cli.compare_models import main
+
+    out, missing = tmp_path / "out", tmp_path / "kvasir_typo"
+    for what in (["--models", "TransUNet"], ["--recipes", "default"]):
+        assert main([*what, "--dataset_dir", str(missing), "--epochs", "1", "--out", str(out)]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: --dataset_dir {missing}: does not exist (a folder with images/ + masks/, or a datalist.json); "
+            "nothing was done"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == []

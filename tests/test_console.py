@@ -50,15 +50,22 @@ def test_refusals_print_one_line_and_crashes_keep_their_traceback(tmp_path):
     assert lines[0] == "error: 2 problems:" and len(lines) == 3
     assert lines[1].startswith(f"{data / 'images'}: 1 image(s) have no mask") and lines[2].startswith(f"{data / 'masks'}: 1 mask(s)")
     assert not (bundle / "models").exists()
-    # a config value (on the synthetic default data) the network cannot take
+    # a config value the network cannot take, and a misspelt override: refused before any work (the synthetic
+    # default data is not even generated); before, the misspelt one was accepted and the default size trained
     assert _refused("run", "training", *TRAIN, "--bundle_root", bundle, "--image_size", "[65,65]") == [
-        "error: TransFuse: img_size must be (H, W) with sides that are multiples of 16, got [65, 65]; pad or resize to (80, 80)"]
-    # a real crash (here torch's refusal of a learning rate, not one of our checks) keeps its traceback, and its
+        "error: image_size must be [H, W] with sides that are multiples of 16: pad or resize to [80, 80], got [65, 65] "
+        "(--image_size); nothing was done"]
+    lines = _refused("run", "training", *TRAIN, "--bundle_root", bundle, "--imagesize", "[64,64]")
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: unknown config id 'imagesize' (a misspelt --imagesize?), defined by no config file; did you mean "
+        "image_size or resize? other ids: amp, amp_dtype,"), lines
+    assert not bundle.exists()
+    # a real crash (here torch's refusal of Adam's betas, not one of our checks) keeps its traceback, and its
     # last line is the cause MONAI wrapped, not 'Failed to instantiate component'
-    crash = bundle_cli("run", "training", *TRAIN, "--bundle_root", bundle, "--learning_rate", "-1", *TINY, env=_env(),
-                       check=False)
+    crash = bundle_cli("run", "training", *TRAIN, "--bundle_root", bundle, "--optimizer#betas", "[2,0.999]", *TINY,
+                       env=_env(), check=False)
     assert crash.returncode == 1 and "Traceback" in crash.stderr, crash.stderr[-3000:]
-    assert crash.stderr.splitlines()[-1] == "error: ValueError: Invalid learning rate: -1", crash.stderr[-3000:]
+    assert crash.stderr.splitlines()[-1] == "error: ValueError: Invalid beta parameter at index 0: 2", crash.stderr[-3000:]
 
 
 def test_loader_workers_leave_a_small_cpu_to_the_compute_threads():

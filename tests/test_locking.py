@@ -99,7 +99,8 @@ def test_a_second_training_on_one_bundle_root_is_refused(tmp_path):
         while "Epoch: 1/100, Iter: 1/" not in log.read_text():  # A trains
             assert first.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
-        second = bundle_cli(*command, "--max_epochs", "1", env=env, check=False)
+        # --overwrite true: A may have saved its first model.pt already, which B would otherwise refuse to replace
+        second = bundle_cli(*command, "--max_epochs", "1", "--overwrite", "true", env=env, check=False)
         assert first.poll() is None, log.read_text()[-3000:]  # A is still training
     finally:
         _kill(first)

@@ -165,3 +165,43 @@ def test_claim_on_real_files(tmp_path):
         claim(out, ["x" * 296 + ".png"])
     assert not (tmp_path / "new").exists() and claim(tmp_path / "new" / "out", ["x.png"])
     assert not (tmp_path / "new").exists()  # checked, not created: the writers create it
+
+
+# ---- training: a trained model is replaced only when the run says so ----------------------------------------
+
+
+def _training(bundle: Path, data: Path, **overrides):
+    """The training workflow on ``data`` into ``bundle``, initialized (nothing runs yet)."""
+    workflow = config_workflow("train.json", bundle_root=str(bundle), dataset_dir=str(data), **SMALL, **overrides)
+    workflow.initialize()
+    return workflow
+
+
+def test_training_into_a_bundle_root_with_a_trained_model_is_refused_before_any_work(tmp_path):
+    """Before, training again into a bundle root replaced model.pt and checkpoint.pt after one epoch, exit 0, no
+    warning. Now it stops before the data is read, naming the file and the two ways on; nothing is written."""
+    data = tmp_path / "data"
+    for stem in STEMS:
+        _image(stem, data / "images" / f"{stem}.jpg"), _mask(stem, data / "masks" / f"{stem}.png")
+    bundle = tmp_path / "bundle"
+    model = untrained_weights(bundle)
+    (bundle / "models" / "checkpoint.pt").write_bytes(b"the user's checkpoint")
+    before = _files(bundle)
+    with pytest.raises(Exception) as err:
+        _training(bundle, data).run()
+    cause = root_cause(err.value)
+    assert isinstance(cause, OutputConflictError), repr(err.value)
+    assert str(cause).startswith(f"{model} (and checkpoint.pt): exists (a trained model)"), str(cause)
+    assert "--resume true" in str(cause) and "--overwrite true" in str(cause)
+    assert _files(bundle) == before and not (bundle / "eval").exists()
+    # either way on passes this check (the run's first checks, without training)
+    assert _training(bundle, data, overwrite=True).parser.get_parsed_content("check_writable")
+    assert _training(bundle, data, overwrite="true").parser.get_parsed_content("check_writable")
+    model.chmod(0o444)  # protected by its owner: replaced (os.replace) only after chmod u+w, even with overwrite
+    try:
+        with pytest.raises(Exception) as err:
+            _training(bundle, data, overwrite=True).parser.get_parsed_content("check_writable")
+        assert f"{model}: is read-only (protected)" in str(root_cause(err.value))
+    finally:
+        model.chmod(0o644)
+    assert _files(bundle) == before

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import ignite.engine
 import numpy as np
 import pytest
 import torch
@@ -148,6 +149,42 @@ def test_resuming_a_finished_training_says_there_is_nothing_left(tmp_path, caplo
         f"{path} is at epoch 1 of max_epochs 1: nothing left to train (raise --max_epochs to train on)"]
 
 
+def _cosine_run(path: Path, max_epochs: int, resume: bool) -> list[float]:
+    """Trains a real (tiny) network for ``max_epochs`` with train.json's schedule (Adam, cosine over ``max_epochs``,
+    stepped per epoch by MONAI's LrScheduleHandler) and its checkpoint; returns the learning rate of each epoch run."""
+    torch.manual_seed(0)
+    network = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-4, betas=(0.5, 0.999))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
+
+    def step(engine, batch):
+        optimizer.zero_grad()
+        network(batch).sum().backward()
+        optimizer.step()
+
+    engine, rates = Engine(step), []
+    engine.add_event_handler(ignite.engine.Events.EPOCH_STARTED, lambda e: rates.append(optimizer.param_groups[0]["lr"]))
+    LrScheduleHandler(scheduler, epoch_level=True, print_lr=False).attach(engine)  # train.json's order: step, then save
+    TrainingCheckpoint(path, {"network": network, "optimizer": optimizer, "lr_scheduler": scheduler},
+                       resume=resume).attach(engine)
+    engine.run([torch.ones(1, 2)] * 2, max_epochs=max_epochs)
+    return rates
+
+
+def test_resuming_a_finished_run_with_more_epochs_follows_the_longer_schedule(tmp_path):
+    """The hint of a finished run says: raise max_epochs to train on. Before, the checkpoint's cosine (T_max = the
+    first run's 2 epochs) came back with it: epoch 3 ran at the rate 0 it had reached, epoch 4 at half the initial
+    rate, climbing back up. Now epochs 3 and 4 run at the 4-epoch schedule's rates and it ends at 0."""
+    path = tmp_path / "checkpoint.pt"
+    assert _cosine_run(path, 2, resume=False) == pytest.approx([1e-4, 5e-5])
+    cosine = lambda epoch, length: 1e-4 * (1 + np.cos(np.pi * epoch / length)) / 2  # noqa: E731
+    assert _cosine_run(path, 4, resume=True) == pytest.approx([cosine(2, 4), cosine(3, 4)])
+    saved = torch.load(path, weights_only=True)
+    assert saved["lr_scheduler"]["T_max"] == 4 and saved["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0, abs=1e-12)
+    # an interrupted run resumed with its own max_epochs is unchanged: the schedule it saved is this run's
+    assert _cosine_run(tmp_path / "other.pt", 4, resume=False) == pytest.approx([cosine(e, 4) for e in range(4)])
+
+
 def test_ddp_ranks_other_than_0_run_the_handlers_that_keep_them_in_step(kvasir, tmp_path):
     """The configured train handlers, built for real: every rank runs validation, clipping, the LR schedule and
     the checkpoint (and a CheckpointLoader wherever it is inserted, as MONAI Label does); logging is rank 0's."""
@@ -217,6 +254,46 @@ def test_sigkill_mid_epoch_then_resume_finishes_at_max_epochs(kvasir, tmp_path):
     assert _sha256(model_path) == model_before, "the resumed run replaced model.pt without a better metric"
     state_dict = torch.load(model_path, map_location="cpu", weights_only=True)
     TransFuse("S", img_size=[32, 32]).load_state_dict(state_dict, strict=True)  # a plain network state dict
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_a_save_stops_training_in_one_line_keeping_the_last_files(kvasir, tmp_path, caplog):
+    """The disk fills during epoch 2 (a file-size limit, RLIMIT_FSIZE as ``ulimit -f`` sets it, stands for a full
+    disk: writes beyond it fail with EFBIG, as they fail with ENOSPC on a full one). Before, the save's OSError came
+    with MONAI's logged traceback and the interpreter's; now one refusal that names the file, says what is kept and how
+    to go on, and epoch 1's model.pt and checkpoint.pt are intact, with no temporary file left."""
+    import resource
+
+    from transfuse_bundle.errors import DiskFullError, find_user_error
+
+    root = tmp_path / "bundle"
+    workflow = config_workflow("train.json", bundle_root=str(root), dataset_dir=str(kvasir), max_epochs=2, **TINY)
+    workflow.initialize()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    kept = {}
+
+    def fill_the_disk(engine):
+        kept.update({p.name: _sha256(p) for p in (root / "models").iterdir()})
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))  # 1 MB: model.pt (100 MB) cannot be written
+
+    workflow.parser.get_parsed_content("train#trainer").add_event_handler(ignite.engine.Events.EPOCH_STARTED(once=2),
+                                                                          fill_the_disk)
+    try:
+        with pytest.raises(Exception) as err, caplog.at_level("INFO"):
+            workflow.run()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        workflow.finalize()
+    refusal = find_user_error(err.value)
+    assert isinstance(refusal, DiskFullError), repr(err.value)
+    assert str(refusal) == (
+        f"training stopped at the end of epoch 2: {root}/models/model.pt: could not be written: File too large (a full "
+        f"disk, a quota or a file-size limit); the previous model.pt is kept as it was and no partial file is left; free "
+        f"some space, then continue from the last saved checkpoint with --resume true")
+    assert not [r for r in caplog.records if r.exc_info], "a refusal was logged with its traceback"
+    assert sorted(kept) == ["checkpoint.pt", "model.pt"]
+    assert {p.name: _sha256(p) for p in (root / "models").iterdir()} == kept  # epoch 1's files, nothing else
+    assert torch.load(root / "models" / "checkpoint.pt", weights_only=True)["trainer"]["iteration"] == 2  # 1 epoch
 
 
 # --- determinism -----------------------------------------------------------------------------------------------

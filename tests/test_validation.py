@@ -259,6 +259,8 @@ def test_exif_rotated_picture_or_mask_is_refused(tmp_path):
     ({"label": "MASK"}, "has no 'image'"),
     ({"image": "IMAGE", "label": "MASK", "spacing": [0.2, float("nan")]}, "spacing [0.2, nan] must be"),
     ({"image": "IMAGE", "label": "MASK", "spacing": "0.2"}, "spacing '0.2' must be"),
+    ({"image": "IMAGE", "label": "MASK", "spacing": [1e308, 1e308]}, "spacing [1e+308, 1e+308] must be one number or "
+                                                                       "one per axis, > 0 and <= 1e+06 (mm per pixel)"),
     # the number of axes is known once the config's spatial_dims is: checked with the files, not on reading
     ({"image": "IMAGE", "label": "MASK", "spacing": [0.2, 0.2, 0.2]}, "must be one number or 2 (one per axis)"),
 ])
@@ -492,7 +494,8 @@ def test_training_and_evaluation_stop_before_any_work_and_keep_the_model(tmp_pat
     model = untrained_weights(bundle)
     before = model.read_bytes()
     workflow = config_workflow(f"{config}.json", bundle_root=str(bundle), dataset_dir=str(tmp_path / "data"),
-                               image_size=[64, 64], num_workers=0, device="cpu")
+                               image_size=[64, 64], num_workers=0, device="cpu",
+                               overwrite=config == "train")  # training over model.pt: the data is still checked first
     workflow.initialize()
     with pytest.raises(Exception) as err:
         workflow.run()

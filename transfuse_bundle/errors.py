@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from types import TracebackType
 
-__all__ = ["UserInputError", "ConfigValueError", "FolderInUseError", "MissingFileError", "NotAFolderError",
+__all__ = ["UserInputError", "ConfigValueError", "DiskFullError", "FolderInUseError", "MissingFileError", "NotAFolderError",
            "NotWritableError", "find_user_error", "root_cause", "install_excepthook"]
 
 
@@ -41,6 +41,11 @@ class NotAFolderError(UserInputError, NotADirectoryError):
 
 class NotWritableError(UserInputError, PermissionError):
     """A folder this run must write into cannot be written (permissions, a read-only file system)."""
+
+
+class DiskFullError(UserInputError, OSError):
+    """A file could not be written for lack of room (a full disk, a quota, a file-size limit); the previous file is
+    kept (:func:`transfuse_bundle.files.atomic_file`). Not the user's input, but theirs to fix, so one line too."""
 
 
 class FolderInUseError(UserInputError):

@@ -14,6 +14,7 @@ from ignite.handlers import ProgressBar as _IgniteProgressBar
 from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
 
+from transfuse_bundle.errors import DiskFullError, find_user_error
 from transfuse_bundle.files import save_atomically
 from transfuse_bundle.checks import flag
 from transfuse_bundle.weights import load_checkpoint, raise_misfit
@@ -75,6 +76,31 @@ class GradientClipping:
         engine.state.grad_norm = float(norm)
 
 
+def _save_training_file(obj: Any, path: Path, engine: Engine) -> None:
+    """:func:`save_atomically` for training; no room on the disk stops training in one line that says what is kept
+    and how to go on (the last complete files are intact: atomic writes)."""
+    try:
+        save_atomically(obj, path)
+    except DiskFullError as e:
+        raise DiskFullError(f"training stopped at the end of epoch {engine.state.epoch}: {e}; free some space, then "
+                            f"continue from the last saved checkpoint with --resume true") from e.__cause__
+
+
+def _raise_refusals_unlogged(engine: Engine, error: BaseException) -> None:
+    """``Events.EXCEPTION_RAISED``, attached before MONAI's ``StatsHandler``: ignite calls only the first handler that
+    raises, and MONAI's logs the exception with its traceback before raising it. A refusal (a
+    :class:`~transfuse_bundle.errors.UserInputError`, e.g. a full disk) is raised unlogged, so the user reads the one
+    ``error:`` line of :func:`transfuse_bundle.errors.install_excepthook`; any other error goes on to the next handler
+    (MONAI's logs it), or is raised here when there is none."""
+    if find_user_error(error) is not None or len(engine._event_handlers[Events.EXCEPTION_RAISED]) <= 1:
+        raise error
+
+
+def _attach_refusals_unlogged(engine: Engine) -> None:
+    if not engine.has_event_handler(_raise_refusals_unlogged, Events.EXCEPTION_RAISED):
+        engine.add_event_handler(Events.EXCEPTION_RAISED, _raise_refusals_unlogged)
+
+
 def _unwrap(module: Any) -> Any:
     """The network inside ``DistributedDataParallel`` / ``DataParallel``, so saved keys have no ``module.`` prefix."""
     return module.module if isinstance(module, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else module
@@ -88,12 +114,16 @@ class AtomicDiskSaver(DiskSaver):
     place. Here removing is a no-op, since the next save replaces the file in one step.
     """
 
-    def __init__(self, path: str | os.PathLike, save_on_rank: int = 0) -> None:
+    def __init__(self, path: str | os.PathLike, save_on_rank: int = 0, engine: Engine | None = None) -> None:
         super().__init__(dirname=Path(path).parent, require_empty=False, save_on_rank=save_on_rank)
         self.filename = Path(path).name
+        self.engine = engine  # the trainer, named in a full disk's message
 
     def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
-        save_atomically(checkpoint, self.dirname / self.filename)
+        if self.engine is None:
+            save_atomically(checkpoint, self.dirname / self.filename)
+        else:
+            _save_training_file(checkpoint, self.dirname / self.filename, self.engine)
 
     def remove(self, filename: str) -> None:
         pass
@@ -127,12 +157,13 @@ class ModelSaver:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        _attach_refusals_unlogged(engine)
 
     def __call__(self, engine: Engine) -> None:
         best = self.keep == "best"
         if idist.get_rank() != 0 or (best and self.validator.state.best_metric_epoch != engine.state.epoch):
             return
-        save_atomically(_unwrap(self.network).state_dict(), self.path)
+        _save_training_file(_unwrap(self.network).state_dict(), self.path, engine)
         if best:
             engine.logger.info(f"Saved the best model so far (epoch {engine.state.epoch}, "
                                f"{self.validator.state.best_metric:.4f}): {self.path}")
@@ -205,10 +236,37 @@ class TrainingCheckpoint:
         if self.resume:
             # map to CPU: load_state_dict copies onto each object's own device (every DDP rank loads the rank-0 file)
             CheckpointLoader(str(self.path), objects, map_location="cpu").attach(engine)
+            scheduler = self.save_dict.get("lr_scheduler")
+            if scheduler is not None and hasattr(scheduler, "state_dict"):
+                configured = _schedule_settings(scheduler)  # this run's (T_max: its max_epochs), before the restore
+                engine.add_event_handler(Events.STARTED, self._follow_configured_schedule, scheduler, configured)
             engine.add_event_handler(Events.STARTED, self._say_if_finished)
-        saver = Checkpoint(objects, AtomicDiskSaver(self.path), filename_pattern=self.path.name, n_saved=1)
+        saver = Checkpoint(objects, AtomicDiskSaver(self.path, engine=engine), filename_pattern=self.path.name, n_saved=1)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), saver)
+        _attach_refusals_unlogged(engine)
 
+
+    def _follow_configured_schedule(self, engine: Engine, scheduler: Any, configured: dict[str, Any]) -> None:
+        """After the restore: the LR schedule's settings are this run's, not the saved ones, and the learning rate is
+        the schedule's value at the epoch reached. The saved ``T_max`` of a cosine schedule is the first run's
+        ``max_epochs``: resuming a finished run with a larger ``max_epochs`` kept it, and past its end the cosine
+        climbs back up to the initial learning rate. Now the schedule is the one of the new length, as if the run had
+        been started with it (at epoch 25 of 50, half the initial rate)."""
+        saved = _schedule_settings(scheduler)
+        if saved == configured:
+            return
+        closed_form = getattr(scheduler, "_get_closed_form_lr", None)
+        if closed_form is None:
+            engine.logger.warning(f"{self.path}: the LR schedule {type(scheduler).__name__} was saved with {saved}, this "
+                                  f"run configures {configured}; it has no closed form, so the saved settings are kept")
+            return
+        scheduler.__dict__.update(configured)
+        rates = closed_form()
+        for group, rate in zip(scheduler.optimizer.param_groups, rates):
+            group["lr"] = rate
+        scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+        engine.logger.info(f"LR schedule: {configured} (saved: {saved}); learning rate at epoch {scheduler.last_epoch}: "
+                           f"{', '.join(f'{r:.3g}' for r in rates)}")
 
     def _say_if_finished(self, engine: Engine) -> None:
         """After the restore: a checkpoint already at ``max_epochs`` leaves nothing to train, which would
@@ -216,6 +274,16 @@ class TrainingCheckpoint:
         if engine.state.epoch >= engine.state.max_epochs:
             engine.logger.warning(f"{self.path} is at epoch {engine.state.epoch} of max_epochs {engine.state.max_epochs}: "
                                   f"nothing left to train (raise --max_epochs to train on)")
+
+
+#: the state of a torch LR scheduler that is progress, not settings
+_SCHEDULE_PROGRESS = frozenset({"last_epoch", "_step_count", "_is_initial", "_get_lr_called_within_step", "_last_lr",
+                                "base_lrs"})
+
+
+def _schedule_settings(scheduler: Any) -> dict[str, Any]:
+    """The settings of an LR scheduler (``T_max``, ``eta_min``...): its state dict less its progress."""
+    return {k: v for k, v in scheduler.state_dict().items() if k not in _SCHEDULE_PROGRESS}
 
 
 def every_rank_handlers(handlers: list) -> list:

@@ -13,7 +13,9 @@ current content (the user's, or ours changed since) stops the run, naming the fi
 * :func:`record` / :class:`RecordOutputs`: add files to the manifest (a function, and an ignite handler
   that records what ``SaveImaged(savepath_in_metadict=True)`` wrote, or named files at the end);
 * :func:`ours`: the files of a folder this package wrote (the folder listings leave them out of the inputs);
-* :func:`saved_files`: the paths ``SaveImaged`` will write for a datalist (MONAI's own naming).
+* :func:`saved_files`: the paths ``SaveImaged`` will write for a datalist (MONAI's own naming);
+* :func:`claim_weights`: training's check of the weights and checkpoint it will replace (no manifest: a trained
+  model is worth keeping whoever wrote it).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from .errors import NotAFolderError, NotWritableError, UserInputError
 from .files import sha256, write_text_atomically
 from .checks import flag
 
-__all__ = ["MANIFEST_NAME", "OutputConflictError", "claim", "record", "ours", "is_ours", "saved_files", "RecordOutputs"]
+__all__ = ["MANIFEST_NAME", "OutputConflictError", "claim", "record", "ours", "is_ours", "saved_files", "RecordOutputs",
+           "claim_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -234,3 +237,36 @@ class RecordOutputs:
     def _named(self, engine) -> None:
         done = ours(self.output_dir)
         record(self.output_dir, [name for name in _planned(self.output_dir, self.files) if name not in done])
+
+
+def claim_weights(paths: Sequence[str | os.PathLike], resume: bool | str = False, overwrite: bool | str = False) -> list[str]:
+    """Training's check, before any work, of the files it replaces after its first epoch (``model.pt``,
+    ``checkpoint.pt``); returns ``paths``.
+
+    A file that exists holds a trained model (ours or the user's: a manifest does not make hours of training
+    worth less), so training starts only when the run says what to do with it: ``resume`` (continue that training
+    from ``checkpoint.pt``) or ``overwrite`` (train anew over it). Either way a read-only file (someone protected
+    it: ``os.replace`` would still swap it out) or a folder in its place is refused.
+
+    Raises:
+        OutputConflictError: a file exists and neither ``resume`` nor ``overwrite`` is true (names the first one and
+            the two ways on), or a path is a folder.
+        NotWritableError: a file exists that nobody may write (no write permission bit: chmod a-w).
+    """
+    resume, overwrite = flag(resume, "resume"), flag(overwrite, "overwrite")
+    existing = [Path(p) for p in paths if os.path.lexists(p)]
+    for path in existing:
+        if path.is_dir():
+            raise OutputConflictError(f"{path}: a folder where training writes a file; nothing was written "
+                                      f"(move it, or give another --bundle_root / --ckpt_dir)")
+    if existing and not (resume or overwrite):
+        more = f" (and {existing[1].name})" if len(existing) > 1 else ""
+        raise OutputConflictError(
+            f"{existing[0]}{more}: exists (a trained model) and training would replace it after its first epoch; "
+            f"nothing was written: pass --resume true to continue that training, --overwrite true to train anew over "
+            f"it, or give another --bundle_root")
+    for path in existing:  # the mode bits, not os.access: root may write anything, yet the owner meant "keep"
+        if path.is_file() and not path.stat().st_mode & 0o222:
+            raise NotWritableError(f"{path}: is read-only (protected), and training would replace it; nothing was "
+                                   f"written: make it writable (chmod u+w) to replace it, or give another --bundle_root")
+    return [str(p) for p in paths]

@@ -92,15 +92,21 @@ class DatasetProblem:
 def spacing_problem(spacing: Any, spatial_dims: int | None = None) -> str | None:
     """Why ``spacing`` (mm per pixel or voxel: one number, or one per spatial axis) cannot be used, or None.
 
-    The one rule for a datalist's ``"spacing"`` and ``prepare_data --spacing``: finite numbers > 0, one or
-    ``spatial_dims`` of them (2 for ``[row, col]``)."""
+    The one rule for a datalist's ``"spacing"`` and ``prepare_data --spacing``: numbers > 0 and at most
+    :data:`MAX_SPACING_MM`, one or ``spatial_dims`` of them (2 for ``[row, col]``)."""
     values = spacing if isinstance(spacing, (list, tuple)) else [spacing]
     counts = (1, spatial_dims) if spatial_dims else None
     if (not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values)
-            or any(not math.isfinite(v) or v <= 0 for v in values) or (counts and len(values) not in counts)):
+            or any(not math.isfinite(v) or not 0 < v <= MAX_SPACING_MM for v in values)
+            or (counts and len(values) not in counts)):
         count = f"{spatial_dims} (one per axis)" if spatial_dims else "one per axis"
-        return f"spacing {spacing!r} must be one number or {count}, finite and > 0 (mm per pixel)"
+        return f"spacing {spacing!r} must be one number or {count}, > 0 and <= {MAX_SPACING_MM:g} (mm per pixel)"
     return None
+
+
+#: the largest pixel or voxel spacing taken, in mm (a kilometre): a finite but absurd one such as ``[1e308, 1e308]``
+#: passed the check and the run failed later in a traceback (distances in mm are squared: they overflow)
+MAX_SPACING_MM = 1e6
 
 
 def entry_problem(entry: Any, spatial_dims: int | None = None) -> str | None:

@@ -185,6 +185,8 @@ def install_bundle(
 
     The app folder is locked while this runs (:func:`~transfuse_bundle.locking.locked_folders`): a second
     install into the same app, from another process, is refused instead of racing on the app's files.
+    The served ``train.json`` has ``overwrite_weights`` true: MONAI Label's ``/train`` retrains the bundle in place,
+    replacing its ``models/model.pt``.
     """
     lowered = name.lower()
     if not name or os.sep in name or name.startswith("."):
@@ -213,7 +215,10 @@ def install_bundle(
         if target.exists() and any(target.iterdir()) and not overwrite:
             raise BundleFolderError(f"{target} exists and is not empty (pass overwrite=True / --overwrite)")
         with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=app / "model") as staging:
-            bundle = copy_bundle(Path(staging) / name, task=task, overrides=overrides, weights=weights,
+            # MONAI Label's /train trains the served bundle in place, over its model.pt (which training otherwise
+            # refuses to replace unasked): the served train.json says so once, for every /train
+            served = {"overwrite_weights": True, **dict(overrides or {})}
+            bundle = copy_bundle(Path(staging) / name, task=task, overrides=served, weights=weights,
                                  include_models=include_models)
             if (bundle / "models" / "model.pt").is_file():
                 check_weights_fit(bundle, bundle / "models" / "model.pt")

@@ -352,13 +352,15 @@ def describe_network(metadata: dict[str, Any], train: Mapping[str, Any], inferen
         pred["channel_def"] = {str(i): name for i, name in enumerate(names)}
 
 
-def bundle_network(bundle: str | os.PathLike, config: str = "inference.json") -> Any:
-    """The untrained ``network_def`` of a bundle folder's ``config`` (``pretrained`` off: nothing is downloaded).
+def bundle_network(bundle: str | os.PathLike, config: str = "inference.json",
+                   overrides: Mapping[str, Any] | None = None) -> Any:
+    """The untrained ``network_def`` of a bundle folder's ``config`` with ``overrides`` (``{id: value}``;
+    ``pretrained`` off: nothing is downloaded).
 
     It is built by this ``transfuse_bundle`` (already imported, so a bundle root on ``sys.path`` would not
     change which copy ``_target_`` resolves to); the bundle's configs choose what is built."""
     bundle = Path(bundle).resolve()
-    parser = config_parser(config, source=bundle, bundle_root=str(bundle))
+    parser = config_parser(config, source=bundle, bundle_root=str(bundle), **dict(overrides or {}))
     if "pretrained" in parser:
         parser["pretrained"] = False  # never download ImageNet weights here
     try:
@@ -367,15 +369,16 @@ def bundle_network(bundle: str | os.PathLike, config: str = "inference.json") ->
         raise BundleFolderError(f"{bundle / 'configs' / config}: network_def cannot be built: {root_cause(e)}") from None
 
 
-def check_weights_fit(bundle: str | os.PathLike, weights: str | os.PathLike) -> None:
+def check_weights_fit(bundle: str | os.PathLike, weights: str | os.PathLike,
+                      overrides: Mapping[str, Any] | None = None) -> None:
     """Raises :class:`BundleFolderError` unless the state dict ``weights`` loads strictly into the network of
-    the bundle folder's ``inference.json`` (:func:`~transfuse_bundle.weights.raise_misfit`: the message names the
-    file, the config and what differs), so that weights of another task, size or class count are refused before
-    they are shipped or served."""
+    the bundle folder's ``inference.json`` (with ``overrides``; :func:`~transfuse_bundle.weights.raise_misfit`: the
+    message names the file, the config and what differs), so that weights of another task, size or class count are
+    refused before they are shipped, served or exported."""
     from ..weights import WeightsFileError, load_weights, raise_misfit
 
     try:
-        raise_misfit(bundle_network(bundle), load_weights(weights, "weights"), str(weights),
+        raise_misfit(bundle_network(bundle, overrides=overrides), load_weights(weights, "weights"), str(weights),
                      f"the network of {Path(bundle).name}/configs/inference.json")
     except WeightsFileError as e:
         raise BundleFolderError(str(e)) from None

@@ -82,8 +82,11 @@ def _train_and_evaluate(root: Path, work: Path, dataset_dir: str | os.PathLike, 
     report's metrics of :data:`REPORTED` and ``empty_predictions``."""
     work.mkdir(parents=True, exist_ok=True)
     common = {"dataset_dir": str(Path(dataset_dir).resolve()), "ckpt_dir": str(work / "models"), **overrides}
+    # overwrite: work/models is this tool's; it holds an earlier comparison's model only when --overwrite asked to
+    # replace those results (a non-empty --out is refused otherwise)
     train_s = _run_bundle(root, "training", "train.json", task, overlays,
-                          {**common, "output_dir": str(work / "train"), "max_epochs": epochs}, work / "train.log")
+                          {**common, "output_dir": str(work / "train"), "max_epochs": epochs, "overwrite": True},
+                          work / "train.log")
     _run_bundle(root, "run", "evaluate.json", task, overlays, {**common, "output_dir": str(work / "eval")},
                 work / "eval.log")
     metrics = json.loads((work / "eval" / "metrics.json").read_text())

@@ -175,6 +175,9 @@ def export_models(
     for needed in (weights, bundle / "configs" / "inference.json", bundle / "configs" / "metadata.json"):
         if not needed.is_file():
             raise PackagingError(f"cannot export: {needed} does not exist")
+    # before an export replaces anything: weights of another size, task or class count failed deep in MONAI's
+    # export, after the previous model.ts had been removed
+    check_weights_fit(bundle, weights, overrides)
     written = {}
     # MONAI's onnx_export exports to a temporary file first and leaves that file's external weights
     # (<tmp>.data, the size of model.pt) in the temporary folder: give it one that is removed afterwards

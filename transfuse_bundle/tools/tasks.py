@@ -157,10 +157,12 @@ def config_workflow(config: str, task: str | None = None, overlays: Sequence[str
     ``config`` (:data:`WORKFLOW_TYPES`). Call ``initialize()``, ``run()``, ``finalize()``."""
     from monai.bundle import ConfigWorkflow
 
-    return ConfigWorkflow(config_file=_with_overlays(config, task, overlays, source),
-                          meta_file=[str(f) for f in config_files("metadata.json", task, source)],
-                          logging_file=str(_root(source) / "configs" / "logging.conf"),
-                          workflow_type=WORKFLOW_TYPES[config], **overrides)
+    files = _with_overlays(config, task, overlays, source)
+    workflow = ConfigWorkflow(config_file=files, meta_file=[str(f) for f in config_files("metadata.json", task, source)],
+                              logging_file=str(_root(source) / "configs" / "logging.conf"),
+                              workflow_type=WORKFLOW_TYPES[config], **overrides)
+    workflow.config_files = files  # the ids they define are the known ones (transfuse_bundle.checks.check_config)
+    return workflow
 
 
 def config_file_option(config: str, task: str | None = None, source: str | os.PathLike | None = None,

@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the training and evaluation processes too
     out = args.out.resolve()
     try:
+        if not args.dataset_dir.exists():  # before --out is made and locked: a typo costs nothing
+            raise UserInputError(f"--dataset_dir {args.dataset_dir}: does not exist (a folder with images/ + masks/, or a "
+                                 f"datalist.json); nothing was done")
         if out.is_dir() and any(out.iterdir()) and not args.overwrite:  # hours of runs: never replaced unasked
             raise UserInputError(f"--out {out}: holds earlier results; give another folder, or --overwrite to replace them")
         lock_folders(out)  # one comparison per folder (its runs write into it for hours)
