@@ -10,7 +10,8 @@ What is checked, per file: it is a regular file (not a broken symbolic link, a l
 pipe) of a type the bundle reads; it opens and decodes completely (a truncated JPEG/PNG/NIfTI is caught);
 a picture has one frame (not an animated GIF/WEBP or a multi-page TIFF); it is a 2D picture for a 2D
 config and a 3D volume for a 3D one; a mask has the size of its image; mask
-values can be class ids (binary: 0/1 or 0/255 with at most a few grey edge pixels; multi-class:
+values can be class ids (binary: 0/1 or 0/255, or 0 and full scale of 16 bits, with at most a few grey pixels
+and those on edges, not grey areas; a mask painted as opacity is read from its alpha channel; multi-class:
 integers ``0..num_classes-1``, as :class:`~.transforms.MaskToClassIdsd` accepts them); a volume has no
 NaN or Inf and as many channels (4th axis) as the network's ``in_channels``; a label volume has its image's
 geometry (orientation, spacing and origin, within :data:`GEOMETRY_TOLERANCE`: the pipelines pair voxels by
