@@ -290,6 +290,28 @@ def test_ddp_training_with_torchrun_two_processes(synthetic, tmp_path):
     assert result.stdout.count("Key metric: val_mean_dice best value") == 1  # console stats from rank 0 only
 
 
+@pytest.mark.slow  # two processes that refuse at start: ~20 s
+def test_torchrun_with_fewer_validation_cases_than_processes_refuses_before_work(synthetic, tmp_path):
+    """Before: 2 ranks and 1 validation case trained the first epoch, then the rank without a validation case
+    crashed. Now every rank refuses before the process group is made, naming the list and what to change."""
+    from transfuse_bundle.data import load_datalist
+
+    lists = load_datalist(synthetic)  # absolute paths
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": lists["training"], "validation": lists["validation"][:1]}))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = run_command([*launcher, "-m", "monai.bundle", "run", "training", "--config_file",
+                          "['configs/train.json','configs/multi_gpu_train.json']", "--dataset_dir", str(datalist),
+                          "--bundle_root", str(tmp_path / "bundle"), *CLI_SMALL], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         timeout=300, check=False)
+    assert result.returncode != 0
+    refusal = ("error: the validation list has 1 case(s), fewer than the 2 processes of this run: each process "
+               "validates its own share and one would have none")
+    assert result.stderr.count(refusal) == 2, result.stderr[-3000:]  # both ranks, one line each
+    assert not (tmp_path / "bundle" / "models").exists() or not list((tmp_path / "bundle" / "models").iterdir())
+    assert "Epoch" not in result.stdout + result.stderr
+
+
 def test_multiclass_training_and_evaluation(tmp_path):
     """Three classes (ids 0/1/2 in the masks): softmax + argmax paths, per-class report."""
     data = tmp_path / "multi"

@@ -178,3 +178,32 @@ def test_cli_refuses_bad_output_and_options_before_writing_anything(folder_layou
     assert words.replace("{root}", str(folder_layout)).replace("FIRST", first) in err, err
     assert len(err.strip().splitlines()) == 1 or "usage:" in err, err
     assert _tree(folder_layout) == before
+
+
+@pytest.mark.parametrize("options", [[], ["--subset", "2", "1", "1"]])
+def test_cli_never_replaces_a_datalist_it_did_not_write(folder_layout, tmp_path, capsys, options):
+    """Before: --output replaced any file holding a 'training' list, the user's hand-edited datalist.json included.
+    Now it replaces only the datalist it wrote itself, unchanged since (the output manifest of outputs.py)."""
+    from transfuse_bundle.tools.cli.prepare_data import main
+
+    out = tmp_path / "lists" / "datalist.json"
+    command = [str(folder_layout), "--output", str(out), *options]
+    assert _status(main, command) == 0
+    assert _status(main, command) == 0  # its own datalist: a rerun replaces it
+    edited = json.loads(out.read_text())
+    edited["training"] = edited["training"][:1]  # the user's hand edit
+    out.write_text(json.dumps(edited))
+    capsys.readouterr()
+    assert _status(main, command) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {out}: exists and was not written by this tool (or was changed since), so it is not "
+                   f"overwritten; nothing was written: choose another --output, move the file(s), or pass --overwrite true")
+    assert json.loads(out.read_text()) == edited
+    mine = tmp_path / "mine.json"  # a datalist the user wrote, never one of ours
+    mine.write_text(json.dumps(edited))
+    assert _status(main, [str(folder_layout), "--output", str(mine), *options]) == 2
+    assert json.loads(mine.read_text()) == edited
+    for overwrite in (["--overwrite"], ["--overwrite", "true"]):
+        assert _status(main, [*command, *overwrite]) == 0  # asked: replaced, and recorded as ours again
+        assert json.loads(out.read_text()) != edited
+    assert _status(main, command) == 0

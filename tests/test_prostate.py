@@ -182,3 +182,80 @@ def test_msd_two_channel_volumes_prepare_train_evaluate_infer(msd_task, tmp_path
     assert image.shape[3] == 2 and mask.shape == image.shape[:3]  # one label volume for the two channels
     np.testing.assert_allclose(mask.affine, image.affine, atol=1e-4)
     assert set(np.unique(np.asarray(mask.dataobj)).tolist()) <= {0, 1, 2}
+
+
+# --- volumes whose voxel axes are stored in another order -----------------------------------------------------
+
+def _turned(src: Path, dst: Path) -> Path:
+    """``src`` stored another way: the slice axis first and one in-plane axis flipped, the affine changed to
+    match (nibabel ``as_reoriented``), so every voxel keeps its position in the scanner: the same scan."""
+    turned = nib.load(src).as_reoriented(np.array([[1, -1], [2, 1], [0, 1]]))  # old axis i -> new axis, flip
+    nib.save(turned, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def turned_case(prepared, tmp_path_factory) -> dict:
+    """The validation volume of :func:`prepared` and its label, as they are and turned (:func:`_turned`)."""
+    case = prepared["lists"]["validation"][0]
+    root = tmp_path_factory.mktemp("turned")
+    turned = {key: str(_turned(Path(case[key]), root / f"turned_{key}.nii.gz")) for key in ("image", "label")}
+    assert nib.load(turned["image"]).shape == (24, 270, 270) and nib.aff2axcodes(nib.load(turned["image"]).affine)[0] == "S"
+    return {"case": {"image": case["image"], "label": case["label"]}, "turned": turned, "root": root}
+
+
+def test_volumes_are_sliced_axially_whatever_their_axis_order(prepared, turned_case):
+    """Before: a volume whose slice axis is not the last voxel axis was cut along the wrong axis (270 'slices'
+    of 24 x 270 voxels). Now training, validation and serving turn it to one orientation first: the same scan
+    gives the same network input, however it is stored."""
+    serving = config_parser("inference.json", "prostate", **SMALL).get_parsed_content("preprocessing")
+    training = config_parser("train.json", "prostate", dataset_dir=str(prepared["datalist"]), **SMALL)
+    from monai.transforms import Compose
+
+    deterministic = Compose(training.get_parsed_content("train#load") + training.get_parsed_content("normalize")
+                            + training.get_parsed_content("train#resize"))
+    case, turned = turned_case["case"], turned_case["turned"]
+    served, served_turned = serving({"image": case["image"]})["image"], serving({"image": turned["image"]})["image"]
+    assert served.shape == served_turned.shape == (1, 64, 64, 24)
+    torch.testing.assert_close(served_turned, served, atol=1e-5, rtol=0)
+    trained, trained_turned = deterministic(dict(case)), deterministic(dict(turned))
+    for key in ("image", "label"):
+        assert trained_turned[key].shape == (1, 64, 64, 24)
+        torch.testing.assert_close(trained_turned[key], trained[key], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow  # an inference and an evaluation of two volumes with untrained weights: ~20 s
+def test_turned_volume_is_predicted_and_scored_like_the_original_and_written_as_stored(turned_case, tmp_path):
+    case, turned = turned_case["case"], turned_case["turned"]
+    parser = config_parser("inference.json", "prostate", image_size=SMALL["image_size"], device="cpu")
+    parser.get_parsed_content("imports")
+    torch.manual_seed(0)
+    bundle = tmp_path / "bundle"
+    (bundle / "models").mkdir(parents=True)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
+
+    volumes = tmp_path / "volumes"
+    volumes.mkdir()
+    os.symlink(case["image"], volumes / "p021.nii.gz")
+    os.symlink(turned["image"], volumes / "p021_turned.nii.gz")
+    _run("inference.json", dataset_dir=str(volumes), bundle_root=str(bundle), output_dir=str(tmp_path / "pred"),
+         image_size=SMALL["image_size"], num_workers=0)
+    plain, stored = nib.load(tmp_path / "pred" / "p021_seg.nii.gz"), nib.load(tmp_path / "pred" / "p021_turned_seg.nii.gz")
+    source = nib.load(turned["image"])
+    assert stored.shape == source.shape  # written in the input's own axis order and affine
+    np.testing.assert_allclose(stored.affine, source.affine, atol=1e-4)
+    back = stored.as_reoriented(nib.orientations.ornt_transform(nib.io_orientation(stored.affine),
+                                                                nib.io_orientation(plain.affine)))
+    np.testing.assert_allclose(back.affine, plain.affine, atol=1e-4)
+    # the same prediction, but for float rounding in the resize of a flipped grid (untrained: near-ties of the argmax)
+    assert np.mean(np.asarray(back.dataobj) == np.asarray(plain.dataobj)) > 0.99
+    assert np.asarray(plain.dataobj).any()
+
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"test": [case, turned]}))
+    out = tmp_path / "eval"
+    _run("evaluate.json", dataset_dir=str(datalist), bundle_root=str(bundle), output_dir=str(out), **SMALL)
+    rows = list(csv.DictReader(open(out / "per_case.csv")))
+    assert [r["filename"] for r in rows] == [case["image"], turned["image"]]
+    for zone in ZONES:
+        assert float(rows[1][f"dice_{zone}"]) == pytest.approx(float(rows[0][f"dice_{zone}"]), abs=0.01), zone

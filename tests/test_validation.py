@@ -209,8 +209,10 @@ def test_label_volume_with_another_geometry_is_refused_naming_both_files(tmp_pat
     _single(check(coarse), coarse, "spacing 2.009 x 2.009 x 12 mm, the image's 1.607 x 1.607 x 12 mm", str(image))
     # the command, and the check training and evaluation run first (check_data of configs/train.json)
     datalist = tmp_path / "datalist.json"
+    other = tmp_path / "other.nii.gz"  # validation needs another case than training (a case in both is refused)
+    shutil.copyfile(image, other)
     datalist.write_text(json.dumps({"training": [{"image": str(image), "label": str(mirrored)}],
-                                    "validation": [{"image": str(image), "label": str(label)}]}))
+                                    "validation": [{"image": str(other), "label": str(label)}]}))
     command = runpy.run_path(str(REPO / "scripts" / "validate_data.py"), run_name="validate_data")
     assert command["main"]([str(datalist), "--num-classes", "3", "--spatial-dims", "3"]) == 1
     assert capsys.readouterr().out.startswith(f"{mirrored}: label geometry differs")

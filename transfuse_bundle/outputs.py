@@ -113,7 +113,8 @@ def _planned(folder: Path, planned: Iterable[str | os.PathLike]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def claim(output_dir: str | os.PathLike, planned: Iterable[str | os.PathLike], overwrite: bool | str = False) -> str:
+def claim(output_dir: str | os.PathLike, planned: Iterable[str | os.PathLike], overwrite: bool | str = False,
+          option: str = "--output_dir") -> str:
     """Checks, before any work, that the run may write ``planned`` into ``output_dir``; returns ``output_dir``.
 
     Args:
@@ -122,6 +123,7 @@ def claim(output_dir: str | os.PathLike, planned: Iterable[str | os.PathLike], o
             patterns with ``*`` (``overlays/*.png``).
         overwrite: replace existing files this package did not write (the config's ``overwrite``; the strings
             ``"true"``/``"false"`` of the command line are read as meant, see :func:`~transfuse_bundle.checks.flag`).
+        option: the command's option that names the output, in the messages (``--output`` of prepare_data).
 
     Raises:
         NotADirectoryError: ``output_dir`` (or a folder above it) is a file.
@@ -139,13 +141,13 @@ def claim(output_dir: str | os.PathLike, planned: Iterable[str | os.PathLike], o
     folders = [name for name in existing if (folder / name).is_dir()]
     if folders:
         raise OutputConflictError(f"{folder / folders[0]}: a folder where this run writes a file; "
-                                  f"nothing was written (choose another --output_dir)")
+                                  f"nothing was written (choose another {option})")
     theirs = [name for name in existing if not _is_ours(folder, name, recorded)]
     if theirs and not overwrite:
         more = f" (and {len(theirs) - 1} more)" if len(theirs) > 1 else ""
         raise OutputConflictError(
             f"{folder / theirs[0]}{more}: exists and was not written by this tool (or was changed since), so it is "
-            f"not overwritten; nothing was written: choose another --output_dir, move the file(s), or pass "
+            f"not overwritten; nothing was written: choose another {option}, move the file(s), or pass "
             f"--overwrite true")
     if theirs:
         logger.warning("overwrite=true: replacing %d file(s) in %s that this tool did not write, e.g. %s",

@@ -6,11 +6,13 @@ from .datalist import (
     VOLUME_EXTENSIONS,
     DatasetError,
     DatasetProblem,
+    check_rank_split,
     evaluation_datalist,
     find_image_mask_pairs,
     find_images,
     inference_datalist,
     load_datalist,
+    rank_shares,
     split_training,
     write_datalist,
 )
@@ -25,5 +27,5 @@ __all__ = [
     "find_images", "inference_datalist", "load_datalist", "split_training", "make_synthetic_case",
     "synthetic_dataset", "write_datalist", "IMAGENET_MEAN_255", "IMAGENET_STD_255", "MaskToClassIdsd", "ResizeToSourced",
     "VOLUME_EXTENSIONS", "DatasetProblem", "to_rgb", "to_mask", "ScreenedImages", "check_dataset", "screen_images",
-    "validate_datalist", "picture_converter", "to_grey", "imagenet_mean_255", "imagenet_std_255",
+    "validate_datalist", "check_rank_split", "rank_shares", "picture_converter", "to_grey", "imagenet_mean_255", "imagenet_std_255",
 ]

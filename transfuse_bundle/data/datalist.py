@@ -28,7 +28,7 @@ import random
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..errors import UserInputError
 from ..files import write_text_atomically
@@ -48,6 +48,10 @@ __all__ = [
     "find_image_mask_pairs",
     "find_images",
     "split_training",
+    "shared_case_problems",
+    "rank_shares",
+    "check_rank_split",
+    "DATALIST_LISTS",
     "load_datalist",
     "evaluation_datalist",
     "inference_datalist",
@@ -300,6 +304,33 @@ def split_training(items: list[dict[str, Any]], val_fraction: float = 0.2, seed:
     return ordered[n_val:], ordered[:n_val]
 
 
+def rank_shares(count: int, world_size: int) -> list[list[int]]:
+    """The case indices each of ``world_size`` ranks validates, as the multi-GPU config's validation sampler
+    (MONAI's ``DistributedSampler``, ``even_divisible=False``, no shuffling) hands them out: rank r gets
+    cases r, r + world_size, ...; every case once, none twice, so the metrics gathered over the ranks are
+    those of a single process. Shapes: ``count`` cases -> ``world_size`` lists of indices."""
+    from monai.data import DistributedSampler
+
+    if count == 0:  # the sampler refuses fewer cases than ranks; no validation at all is no share for anyone
+        return [[] for _ in range(world_size)]
+    return [list(DistributedSampler(range(count), even_divisible=False, num_replicas=world_size, rank=rank,
+                                    shuffle=False)) for rank in range(world_size)]
+
+
+def check_rank_split(items: Sequence[Any], world_size: int | str = 1, what: str = "validation") -> list[list[int]]:
+    """Returns :func:`rank_shares` of ``items`` over ``world_size`` processes, or raises :class:`DatasetError`
+    before any work when a rank would get no case: a rank without validation data fails its first
+    validation (its metric has nothing to reduce) while the others wait for it. ``world_size`` is torchrun's
+    ``WORLD_SIZE``; an empty list (no validation at all) is left to the single-process rules."""
+    world_size = int(world_size)
+    if world_size > 1 and 0 < len(items) < world_size:
+        raise DatasetError(f"the {what} list has {len(items)} case(s), fewer than the {world_size} processes of this "
+                           f"run: each process validates its own share and one would have none; give at least "
+                           f"{world_size} {what} cases (--val_fraction, or the datalist's '{what}' list) or start "
+                           f"{len(items)} process(es) (torchrun --nproc_per_node {len(items)})")
+    return rank_shares(len(items), world_size)
+
+
 def _datalist_file(dataset_dir: str | os.PathLike) -> Path | None:
     path = Path(dataset_dir).expanduser()
     if path.is_file() and path.suffix.lower() == ".json":
@@ -309,17 +340,63 @@ def _datalist_file(dataset_dir: str | os.PathLike) -> Path | None:
     return None
 
 
+#: The lists of a datalist.json; any other key holding a list of cases, or spelled like one of these
+#: (``Validation``, ``val``, ``testing``), is refused: the bundle would never read those cases.
+DATALIST_LISTS = ("training", "validation", "test")
+_LIST_ALIASES = {"train": "training", "trainings": "training", "val": "validation", "valid": "validation",
+                 "validate": "validation", "validations": "validation", "testing": "test", "tests": "test"}
+
+
+def _unread_list_key(key: str, value: Any) -> str | None:
+    """Why a datalist's top-level ``key`` (not one of :data:`DATALIST_LISTS`) would be silently ignored, or None
+    for a key that is simply not ours (MSD's ``name``, ``labels``, ``numTraining``; ``layout``, ``source``)."""
+    meant = _LIST_ALIASES.get(key.lower(), key.lower() if key.lower() in DATALIST_LISTS else None)
+    if meant is not None:
+        return f"key {key!r} is not read (the lists are {', '.join(map(repr, DATALIST_LISTS))}, lower case): rename it {meant!r}"
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "image" in v for v in value):
+        return (f"key {key!r} holds {len(value)} case(s) that are never read (the lists are "
+                f"{', '.join(map(repr, DATALIST_LISTS))}): rename it to one of them, or remove it")
+    return None
+
+
+def shared_case_problems(lists: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[DatasetProblem]:
+    """One problem per image that two lists of ``lists`` (``training``, ``validation``, ``test``) both hold, by
+    real path (a symbolic link or a relative path to the same file is the same case): a case trained on and
+    validated or tested on gives a score that says nothing about new images."""
+    first: dict[str, str] = {}
+    problems = []
+    for split, items in lists.items():
+        if not isinstance(items, (list, tuple)):
+            continue
+        for index, entry in enumerate(items):
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("image"), (str, os.PathLike)):
+                continue  # entry_problem reports it
+            real = os.path.realpath(entry["image"])
+            where = f"{split}[{index}]"
+            if real in first and first[real].split("[")[0] != split:
+                problems.append(DatasetProblem(str(entry["image"]), f"the same case is in {first[real]} and {where}: "
+                                               f"a case used for training must not be validated or tested on; "
+                                               f"keep the lists disjoint"))
+            first.setdefault(real, where)
+    return problems
+
+
 def _read_datalist_json(path: Path, need_labels: bool = True) -> dict[str, list[dict[str, str]]]:
-    """Reads an MSD-style datalist; returns absolute paths; checks that every referenced file exists."""
+    """Reads an MSD-style datalist; returns absolute paths; checks that every referenced file exists, that no
+    list is misspelled (see :func:`_unread_list_key`) and that no case is in two lists."""
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DatasetError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(content, dict):
         raise DatasetError(f"{path} must hold a JSON object with 'training' / 'validation' / 'test' lists")
+    unread = [DatasetProblem(str(path), problem) for key, value in content.items() if key not in DATALIST_LISTS
+              for problem in [_unread_list_key(str(key), value)] if problem]
+    if unread:
+        raise DatasetError(unread)
     base = path.parent
     lists: dict[str, list[dict[str, str]]] = {}
-    for split in ("training", "validation", "test"):
+    for split in DATALIST_LISTS:
         entries = content.get(split, [])
         if not isinstance(entries, list):
             raise DatasetError(f"{path}: {split!r} must be a list, got {type(entries).__name__}")
@@ -341,10 +418,14 @@ def _read_datalist_json(path: Path, need_labels: bool = True) -> dict[str, list[
                     entry[key] = str(file)
             items.append(entry)
         lists[split] = items
+    shared = shared_case_problems(lists)
+    if shared:
+        raise DatasetError([DatasetProblem(f"{path}: {p.path}", p.message) for p in shared])
     return lists
 
 
-def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> dict[str, list]:
+def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0,
+                  need_training: bool = True) -> dict[str, list]:
     """``{"training", "validation", "test"}`` lists of ``{"image", "label"}`` dicts with absolute paths.
 
     Args:
@@ -352,13 +433,15 @@ def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, see
         val_fraction: share of the training cases used for validation when the datalist has no
             ``validation`` list (folder layouts never have one).
         seed: seed of the deterministic split.
+        need_training: refuse a datalist without training cases (training needs them; checking a
+            datalist of test cases only does not).
     """
     json_file = _datalist_file(dataset_dir)
     if json_file is not None:
         lists = _read_datalist_json(json_file)
-        if not lists["training"]:
+        if need_training and not lists["training"]:
             raise DatasetError(f"{json_file}: the 'training' list is empty")
-        if not lists["validation"]:
+        if not lists["validation"] and lists["training"]:
             lists["training"], lists["validation"] = split_training(lists["training"], val_fraction, seed)
         return lists
     training, validation = split_training(find_image_mask_pairs(dataset_dir), val_fraction, seed)
@@ -367,16 +450,19 @@ def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, see
 
 def evaluation_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> list[dict]:
     """Cases to evaluate: every pair of a folder layout; the ``test`` list of a datalist (with labels),
-    else its ``validation`` list (or the deterministic validation split)."""
+    else its ``validation`` list (or the deterministic validation split of its ``training`` list). A
+    datalist of test cases only needs no training list."""
     json_file = _datalist_file(dataset_dir)
     if json_file is None:
         return find_image_mask_pairs(dataset_dir)
-    lists = load_datalist(dataset_dir, val_fraction, seed)
+    lists = load_datalist(dataset_dir, val_fraction, seed, need_training=False)
     if lists["test"]:
         unlabelled = [d["image"] for d in lists["test"] if "label" not in d]
         if unlabelled:
             raise DatasetError(f"{json_file}: evaluation needs a 'label' for every 'test' entry; missing for {unlabelled[0]}")
         return lists["test"]
+    if not lists["validation"]:
+        raise DatasetError(f"{json_file}: no 'test', 'validation' or 'training' cases to evaluate")
     return lists["validation"]
 
 
@@ -399,9 +485,11 @@ def write_datalist(
     num_validation: int = 0,
     num_test: int = 0,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> dict[str, list]:
     """Writes an MSD-style datalist.json from a folder layout: a shuffled, disjoint subset per list.
-    ``output`` is checked first (:func:`check_datalist_output`) and written atomically.
+    ``output`` is checked first (:func:`check_datalist_output`: ``overwrite`` replaces a datalist this
+    package did not write) and written atomically.
 
     ``num_training=None`` takes every case left after validation and test. Paths are absolute, so
     the JSON can live anywhere (e.g. a temporary folder, not next to read-only data). Returns the lists.
@@ -410,7 +498,7 @@ def write_datalist(
     negative = [f"{name} {n}" for name, n in counts.items() if n is not None and n < 0]
     if negative or num_training == 0:
         raise DatasetError(f"case counts must be >= 0 (and num_training >= 1), got {', '.join(negative) or 'num_training 0'}")
-    check_datalist_output(output)
+    check_datalist_output(output, overwrite)
     pairs = sorted(find_image_mask_pairs(dataset_dir), key=lambda d: d["image"])
     random.Random(seed).shuffle(pairs)
     wanted = num_validation + num_test + (num_training or 0)
@@ -419,15 +507,18 @@ def write_datalist(
     validation, test = pairs[:num_validation], pairs[num_validation : num_validation + num_test]
     rest = pairs[num_validation + num_test :]
     lists = {"training": rest if num_training is None else rest[:num_training], "validation": validation, "test": test}
-    write_datalist_file(output, lists)
+    write_datalist_file(output, lists, overwrite)
     return lists
 
 
-def check_datalist_output(output: str | os.PathLike) -> Path:
-    """Returns ``output`` (a datalist file to write) as a path, or raises :class:`DatasetError` before any work:
-    it must be a ``.json`` name in a folder that can be written or created, and an existing file there must be a
-    datalist (re-running replaces it; an image, a config or any other file is never written over)."""
+def check_datalist_output(output: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Returns ``output`` (a datalist file to write) as a path, or raises before any work: it must be a ``.json``
+    name in a folder that can be written or created; an existing file there must be a datalist this package
+    wrote itself, unchanged since (recorded in the folder's output manifest, see :mod:`transfuse_bundle.outputs`),
+    so re-running replaces its own datalist while a hand-edited one raises ``OutputConflictError`` unless
+    ``overwrite``; any other file (an image, a config) is never written over."""
     from ..checks import require_writable_dir
+    from ..outputs import claim
 
     output = Path(os.path.abspath(Path(output).expanduser()))
     if output.is_dir():
@@ -445,12 +536,16 @@ def check_datalist_output(output: str | os.PathLike) -> Path:
         require_writable_dir(output.parent, "the folder of --output")
     except OSError as err:
         raise DatasetError(str(err)) from None
+    claim(output.parent, [output.name], overwrite, option="--output")
     return output
 
 
-def write_datalist_file(output: str | os.PathLike, content: dict[str, Any]) -> Path:
-    """Writes ``content`` to ``output`` atomically, after :func:`check_datalist_output`: an interrupted or failed
-    write leaves neither half a datalist nor a temporary file."""
-    output = check_datalist_output(output)
+def write_datalist_file(output: str | os.PathLike, content: dict[str, Any], overwrite: bool = False) -> Path:
+    """Writes ``content`` to ``output`` atomically, after :func:`check_datalist_output`, and records it as this
+    package's output: an interrupted or failed write leaves neither half a datalist nor a temporary file."""
+    from ..outputs import record
+
+    output = check_datalist_output(output, overwrite)
     write_text_atomically(output, json.dumps(content, indent=4))
+    record(output.parent, [output])
     return output

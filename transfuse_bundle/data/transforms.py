@@ -10,7 +10,7 @@ from monai.transforms import MapTransform, Resize
 from PIL import Image
 
 from ..errors import ConfigValueError
-from .readers import check_picture_channels
+from .readers import check_picture_channels, full_scale
 
 __all__ = ["MaskToClassIdsd", "ResizeToSourced", "IMAGENET_MEAN_255", "IMAGENET_STD_255", "imagenet_mean_255",
            "imagenet_std_255"]
@@ -44,9 +44,11 @@ class MaskToClassIdsd(MapTransform):
     """Masks as stored on disk -> one channel of class ids (float32), channel first.
 
     * several channels (an RGB or RGBA mask): the maximum over the colour channels is used
-      (a white-on-black mask becomes one channel); an alpha channel is ignored;
-    * ``num_classes == 2`` (binary): 0/255 masks are thresholded at 128, 0/1 masks at 0.5, so JPEG
-      noise and anti-aliased edges still give a 0/1 mask;
+      (a white-on-black mask becomes one channel); an alpha channel is ignored (a mask painted as
+      opacity was read from its alpha channel already, see :func:`~.readers.to_mask`);
+    * ``num_classes == 2`` (binary): thresholded at half their full scale (:func:`~.readers.full_scale`: 128
+      for 0/255 masks, 0.5 for 0/1, 2048 for a 12-bit 0/4095 mask), so JPEG noise and anti-aliased edges still
+      give a 0/1 mask (validation refuses masks with grey areas, which no threshold reads as meant);
     * ``num_classes > 2``: values must already be class ids in ``[0, num_classes - 1]``.
 
     Args:
@@ -71,7 +73,7 @@ class MaskToClassIdsd(MapTransform):
                 mask = mask[:3].amax(dim=0, keepdim=True)
             mask = mask.float()
             if self.num_classes == 2:
-                mask = (mask >= (128.0 if mask.max() > 1 else 0.5)).float()
+                mask = (mask >= full_scale(float(mask.max())) / 2).float()
             else:
                 low, high = mask.min().item(), mask.max().item()
                 if low < 0 or high > self.num_classes - 1 or not torch.equal(mask, mask.round()):

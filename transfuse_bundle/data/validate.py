@@ -10,7 +10,8 @@ What is checked, per file: it is a regular file (not a broken symbolic link, a l
 pipe) of a type the bundle reads; it opens and decodes completely (a truncated JPEG/PNG/NIfTI is caught);
 a picture has one frame (not an animated GIF/WEBP or a multi-page TIFF); it is a 2D picture for a 2D
 config and a 3D volume for a 3D one; a mask has the size of its image; mask
-values can be class ids (binary: 0/1 or 0/255 with at most a few grey edge pixels; multi-class:
+values can be class ids (binary: 0/1 or 0/255, or 0 and full scale of 16 bits, with at most a few grey pixels
+and those on edges, not grey areas; a mask painted as opacity is read from its alpha channel; multi-class:
 integers ``0..num_classes-1``, as :class:`~.transforms.MaskToClassIdsd` accepts them); a volume has no
 NaN or Inf and as many channels (4th axis) as the network's ``in_channels``; a label volume has its image's
 geometry (orientation, spacing and origin, within :data:`GEOMETRY_TOLERANCE`: the pipelines pair voxels by
@@ -35,8 +36,9 @@ from PIL import Image
 from ..errors import ConfigValueError
 from ..outputs import is_ours, record
 from .datalist import (DATALIST_NAME, IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, DatasetError, DatasetProblem, entry_problem,
-                       file_stem, find_images, load_datalist, pair_images_and_masks, path_problem)
-from .readers import MAX_PIXELS, check_picture_channels
+                       file_stem, find_images, load_datalist, pair_images_and_masks, path_problem,
+                       shared_case_problems)
+from .readers import MAX_PIXELS, check_picture_channels, full_scale, mask_channels
 
 __all__ = ["validate_datalist", "validate_dataset", "check_dataset", "screen_images", "ScreenedImages", "GREY_MASK_FRACTION",
            "GEOMETRY_TOLERANCE"]
@@ -80,7 +82,8 @@ class _File:
 
     shape: tuple[int, ...]
     values: np.ndarray | None = None  # mask values (unique), or None
-    grey_fraction: float = 0.0
+    grey_fraction: float = 0.0  # of all pixels: neither near 0 nor near full scale
+    grey_area: float = 0.0  # of the pixels that are not background: grey ones away from any edge
     channels: int = 1  # of a volume: the size of the 4th axis (MSD stores modalities there)
     affine: np.ndarray | None = None  # of a volume: voxel index -> world mm (4 x 4)
 
@@ -136,18 +139,24 @@ def _read_picture(path: str, is_mask: bool) -> _File:
             image.load()
             if not is_mask:
                 return _File(shape)
-            values = np.asarray(image)
+            values = np.asarray(mask_channels(image))
         except Exception as err:
             raise _Unusable(f"unreadable or truncated image ({type(err).__name__}: {err})") from err
     if values.ndim == 3:
         values = values[..., :3].max(axis=-1)
-    full = 255 if values.max(initial=0) <= 255 else 65535
-    grey = np.count_nonzero((values > full / 8) & (values < full * 7 / 8)) / max(values.size, 1)
+    full = full_scale(float(values.max(initial=0)))
+    grey = (values > full / 8) & (values < full * 7 / 8)
+    grey_area = 0.0
+    if grey.any():  # grey pixels with only grey ones within 2 pixels: an area, not an anti-aliased or JPEG edge
+        from scipy.ndimage import binary_erosion
+
+        grey_area = (np.count_nonzero(binary_erosion(grey, np.ones((5, 5), bool)))
+                     / max(np.count_nonzero(values > full / 8), 1))
     if values.dtype == np.uint8:  # the common case: a histogram is ~10x faster than np.unique
         unique = np.flatnonzero(np.bincount(values.ravel(), minlength=256)).astype(np.uint8)
     else:
         unique = np.unique(values)
-    return _File(shape, unique, grey)
+    return _File(shape, unique, np.count_nonzero(grey) / max(values.size, 1), grey_area=grey_area)
 
 
 def _read_volume(path: str, is_mask: bool) -> _File:
@@ -237,15 +246,20 @@ def _mask_value_problem(mask: _File, num_classes: int) -> str | None:
     low, high = float(values.min()), float(values.max())
     shown = ", ".join(f"{v:g}" for v in values[:8]) + (" ..." if values.size > 8 else "")
     if num_classes == 2:
+        full = full_scale(high)
         if low < 0:
             return f"mask has negative values ({shown}); a binary mask holds 0/1 or 0/255"
-        if 1 < high < 128:
-            return (f"mask values are {shown}: a binary config reads masks above 1 as 0/255 (threshold 128), "
-                    f"so this mask would become empty; store 0/1 or 0/255, or set out_channels to the "
-                    f"number of classes for a class-id mask")
+        if 1 < high < full / 2:
+            return (f"mask values are {shown}: a binary config thresholds a mask at half its full scale ({full / 2:g} "
+                    f"for values up to {full}), so this mask would become empty; store 0/1 or 0/255, or set "
+                    f"out_channels to the number of classes for a class-id mask")
         if high > 1 and mask.grey_fraction > GREY_MASK_FRACTION:
             return (f"mask is not binary: {100 * mask.grey_fraction:.0f}% of its pixels are grey (values {shown}); "
                     f"a binary mask holds 0/255 (or 0/1)")
+        if high > 1 and mask.grey_area > GREY_MASK_FRACTION:
+            return (f"mask is not binary: {100 * mask.grey_area:.0f}% of its foreground is grey areas, not just "
+                    f"anti-aliased edges (values {shown}), which a threshold at {full / 2:g} would split without a "
+                    f"word; save the mask with 0/255 (or 0/1) as you mean it")
         return None
     if low < 0 or high > num_classes - 1 or not np.array_equal(values, np.round(values)):
         return (f"mask has values {shown}, but {num_classes} classes need integer class ids 0..{num_classes - 1}"
@@ -285,7 +299,7 @@ def validate_datalist(datalist: Datalist, num_classes: int = 2, spatial_dims: in
     entries = _entries(datalist)
     if not entries:
         return [DatasetProblem("datalist", "no cases to use")]
-    problems: list[DatasetProblem] = []
+    problems = shared_case_problems(datalist) if isinstance(datalist, Mapping) else []
     seen: dict[tuple[str, str], str] = {}
     done: set[str] = set()
     stems: dict[str, str] = {}
@@ -295,7 +309,7 @@ def validate_datalist(datalist: Datalist, num_classes: int = 2, spatial_dims: in
             problems.append(DatasetProblem(where, entry_error))
             continue
         image = str(entry["image"])
-        split = where.split("[")[0]  # the same case in training and validation is allowed (e.g. MONAI Label)
+        split = where.split("[")[0]  # a case in two lists is reported above, by shared_case_problems
         if (split, image) in seen:
             problems.append(DatasetProblem(image, f"listed twice ({seen[split, image]} and {where})"))
             continue
@@ -420,7 +434,7 @@ def validate_dataset(dataset_dir: str | os.PathLike, num_classes: int = 2, spati
             return (problems + validate_datalist(items, num_classes, spatial_dims, in_channels=in_channels)
                     if items else problems), len(items)
         if root.is_file() or (root / DATALIST_NAME).is_file():
-            lists = load_datalist(root)
+            lists = load_datalist(root, need_training=False)
             return validate_datalist(lists, num_classes, spatial_dims, in_channels=in_channels), len(_entries(lists))
         items = find_images(root)
         return validate_datalist(items, num_classes, spatial_dims, True, in_channels), len(items)

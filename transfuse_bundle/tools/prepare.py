@@ -172,7 +172,8 @@ def detect_layout(root: Path) -> str:
                        "(see scripts/prepare_data.py --help)")
 
 
-def prepare(root: str | os.PathLike, output: str | os.PathLike, layout: str | None = None, **options: Any) -> Datalist:
+def prepare(root: str | os.PathLike, output: str | os.PathLike, layout: str | None = None, overwrite: bool = False,
+            **options: Any) -> Datalist:
     """Write ``output`` (a datalist.json) for the dataset at ``root``; returns the lists.
 
     Args:
@@ -180,13 +181,15 @@ def prepare(root: str | os.PathLike, output: str | os.PathLike, layout: str | No
         output: the datalist file to write (its folder is created; checked first, see
             :func:`~.datalist.check_datalist_output`); nothing is written on error.
         layout: one of :data:`LAYOUTS`, detected when None.
+        overwrite: replace an existing datalist at ``output`` that this package did not write (or that was
+            edited since); without it such a file stops the run before any work.
         options: passed to the layout function (``val_fraction``, ``test_fraction``, ``seed``, ``spacing``).
     """
     root = Path(os.path.abspath(Path(root).expanduser()))
     if not root.is_dir():
         raise DatasetError(f"dataset folder {str(root)!r} {'is a file' if root.exists() else 'does not exist'}: "
                            f"give the dataset's top folder")
-    check_datalist_output(output)
+    check_datalist_output(output, overwrite)
     layout = layout or detect_layout(root)
     if layout not in LAYOUTS:
         raise DatasetError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)}")
@@ -195,6 +198,6 @@ def prepare(root: str | os.PathLike, output: str | os.PathLike, layout: str | No
     if unused:
         raise DatasetError(f"the {layout} layout takes no {', '.join(unused)} (it takes {', '.join(taken) or 'no options'})")
     lists = LAYOUTS[layout](root, **options)
-    write_datalist_file(output, {"layout": layout, "source": str(root), **lists})
+    write_datalist_file(output, {"layout": layout, "source": str(root), **lists}, overwrite)
     logger.info("wrote %s: %s", output, ", ".join(f"{k} {len(v)}" for k, v in lists.items()))
     return lists

@@ -21,8 +21,17 @@ import logging
 import sys
 
 from . import int_at_least
-from ...data import DatasetError, write_datalist
+from ...data import write_datalist
+from ...checks import flag
+from ...errors import UserInputError
 from ..prepare import LAYOUTS, prepare
+
+
+def _yes_no(text: str) -> bool:
+    try:
+        return flag(text, "--overwrite")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spacing", type=float, nargs=2, metavar=("ROW_MM", "COL_MM"), help="pixel spacing (hip)")
     parser.add_argument("--subset", type=int, nargs=3, metavar=("N_TRAIN", "N_VAL", "N_TEST"),
                         help="folder layout only: a shuffled subset of these sizes (e.g. for a quick CPU run)")
+    parser.add_argument("--overwrite", nargs="?", const=True, default=False, type=_yes_no, metavar="true|false",
+                        help="replace an existing --output datalist that this command did not write, or that was "
+                             "edited since (without it, such a file is left as it is and nothing is written)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.subset is not None:
@@ -44,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         if ignored:
             parser.error(f"--subset splits a folder layout by counts: {', '.join(ignored)} would be ignored")
         try:
-            lists = write_datalist(args.root, args.output, *args.subset, seed=args.seed or 0)
-        except DatasetError as err:
+            lists = write_datalist(args.root, args.output, *args.subset, seed=args.seed or 0, overwrite=args.overwrite)
+        except UserInputError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         print(f"{args.output}: " + ", ".join(f"{k} {len(v)}" for k, v in lists.items()))
@@ -53,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     options = {name: getattr(args, name) for name in ("seed", "val_fraction", "test_fraction", "spacing")
                if getattr(args, name) is not None}  # a layout refuses the options it does not take
     try:
-        prepare(args.root, args.output, args.layout, **options)
-    except DatasetError as err:
+        prepare(args.root, args.output, args.layout, overwrite=args.overwrite, **options)
+    except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
