@@ -167,8 +167,9 @@ def install_bundle(
 ) -> Path:
     """Writes the bundle folder of ``task`` as ``APP/model/NAME`` (making the app if needed); returns it.
 
-    The folder is assembled and its weights checked against its network next to the target first, so a
-    refusal leaves an existing ``APP/model/NAME`` as it was.
+    The folder is assembled in a temporary folder and its weights checked against its network (the error names
+    the weights file as given) before the app is touched, so a refusal leaves the app, its ``main.py`` and an
+    existing ``APP/model/NAME`` as they were.
 
     Args:
         app_dir: the monaibundle app folder (created from the wheel if it does not exist).
@@ -207,32 +208,37 @@ def install_bundle(
             load_weights(weights, "weights to serve")
         except WeightsFileError as e:
             raise BundleFolderError(str(e)) from None
+    target = _app_folder(app_dir) / "model" / name
     with locked_folders(_app_folder(app_dir)):  # the app folder's lock, held until the install is done
-        app = ensure_app(app_dir, active_learning=active_learning)
-        target = app / "model" / name
         if target.exists() and any(target.iterdir()) and not overwrite:
             raise BundleFolderError(f"{target} exists and is not empty (pass overwrite=True / --overwrite)")
-        with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=app / "model") as staging:
+        # assembled and checked outside the app: a refusal leaves the app (its main.py, model/) as it was
+        with tempfile.TemporaryDirectory(prefix=f"transfuse-{name}-") as staging:
             bundle = copy_bundle(Path(staging) / name, task=task, overrides=overrides, weights=weights,
                                  include_models=include_models)
-            if (bundle / "models" / "model.pt").is_file():
-                check_weights_fit(bundle, bundle / "models" / "model.pt")
+            installed = bundle / "models" / "model.pt"
+            if installed.is_file():  # named as the user gave it, not as the staged copy
+                given = Path(weights) if weights is not None else source_root() / "models" / "model.pt"
+                check_weights_fit(bundle, given if given.is_file() else installed)
             elif not (bundle / "models" / "model.ts").is_file():
                 if not init_weights:
                     raise BundleFolderError(
-                        f"{bundle.parent.parent / name / 'models'} would have no model.pt: train the bundle first, "
+                        f"{target / 'models'} would have no model.pt: train the bundle first, "
                         f"pass weights, or ask for untrained weights (init_weights=True / --init-weights)"
                     )
                 write_initial_weights(bundle)
             if engine == "int8":
                 from ..cpu_engine import require_quantized_model
 
-                require_quantized_model(bundle / "models" / "model.pt")
+                require_quantized_model(installed)
             if ENGINE_OVERLAYS[engine] is not None:
                 serve_with(bundle, ENGINE_OVERLAYS[engine])
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(bundle, target)
+            app = ensure_app(app_dir, active_learning=active_learning)
+            with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=app / "model") as moved:
+                moved = shutil.move(str(bundle), Path(moved) / name)  # into the app's file system, then swapped in
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(moved, target)
         return target
 
 
