@@ -44,21 +44,25 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # the active-learning app (see ensure_app): file names in the app folder and the line that marks our main.py
 STOCK_MAIN = "monaibundle_main.py"
 ACTIVE_LEARNING_MODULE = "transfuse_active_learning.py"
+SERVER_GUARD_MODULE = "transfuse_server_guard.py"
 ACTIVE_LEARNING_MARK = "# transfuse-bundle active-learning app"
 ACTIVE_LEARNING_MAIN = f'''{ACTIVE_LEARNING_MARK} (written by transfuse_bundle.monailabel.app.ensure_app)
 """The stock monaibundle app ({STOCK_MAIN}, copied from the monailabel wheel) with TransFuse's active
 learning ({ACTIVE_LEARNING_MODULE}, a copy of transfuse_bundle/monailabel/active_learning.py): MC-dropout
 scoring (--conf epistemic_model NAME), the strategies epistemic and epistemic_bald, and batch inference
-that reports the images a model cannot process. See docs/monailabel.md."""
+that reports the images a model cannot process; and its guard ({SERVER_GUARD_MODULE}, a copy of
+transfuse_bundle/monailabel/server_guard.py): plain-name ids and tags, only configured CORS origins, 400/404
+answers with the reason. See docs/monailabel.md."""
 
 from monailabel.interfaces.app import MONAILabelApp
 
 import {STOCK_MAIN[:-3]}
 from {ACTIVE_LEARNING_MODULE[:-3]} import ActiveLearningMixin
+from {SERVER_GUARD_MODULE[:-3]} import ServerGuardMixin
 
 
 # MONAI Label takes the class of main.py whose direct bases include one named MONAILabelApp
-class TransFuseActiveLearningApp(ActiveLearningMixin, {STOCK_MAIN[:-3]}.MyApp, MONAILabelApp):
+class TransFuseActiveLearningApp(ServerGuardMixin, ActiveLearningMixin, {STOCK_MAIN[:-3]}.MyApp, MONAILabelApp):
     pass
 '''
 
@@ -133,7 +137,7 @@ def _copy_stock_app(dest: Path, python: str | None = None) -> Path:
 def _make_active_learning_app(app_dir: Path, python: str | None = None, stock: str | None = None) -> None:
     """Turns the stock app in ``app_dir`` into the active-learning app (see :func:`ensure_app`); ``stock``: the
     wheel's ``main.py`` text when the caller has just copied it."""
-    from . import active_learning
+    from . import active_learning, server_guard
 
     main = app_dir / "main.py"
     text = main.read_text()
@@ -147,10 +151,12 @@ def _make_active_learning_app(app_dir: Path, python: str | None = None, stock: s
                 f"the active-learning one: not replaced (use a new app folder, or pass --stock-app)"
             )
         (app_dir / STOCK_MAIN).write_text(stock)
-        main.write_text(ACTIVE_LEARNING_MAIN)
     if not (app_dir / STOCK_MAIN).is_file():
         raise BundleFolderError(f"{app_dir / STOCK_MAIN} is missing: the active-learning app subclasses it")
+    if text != ACTIVE_LEARNING_MAIN:  # the stock one, or ours from an older version (refreshed like the modules)
+        main.write_text(ACTIVE_LEARNING_MAIN)
     shutil.copyfile(active_learning.__file__, app_dir / ACTIVE_LEARNING_MODULE)
+    shutil.copyfile(server_guard.__file__, app_dir / SERVER_GUARD_MODULE)
 
 
 def install_bundle(
