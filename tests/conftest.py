@@ -42,12 +42,12 @@ def pytest_report_header(config):
 
 
 # The files that take longest (minutes: trainings, the MONAI Label server, packaged bundles), longest first
-# (measured per file in a full run: 322 s for test_monailabel.py down to 70 s for test_validation.py).
-# pytest-xdist's loadfile mode hands files to the workers in collection order; starting the long ones first
-# keeps one worker from being left with a long file at the end while the other is idle.
-LONGEST_FIRST = ("test_monailabel.py", "test_zoo.py", "test_bundle.py", "test_compare_models.py", "test_resume.py",
-                 "test_kvasir.py", "test_prostate.py", "test_tasks.py", "test_fast_inference.py", "test_locking.py",
-                 "test_console.py", "test_networks.py", "test_validation.py")
+# (measured per file in a full run on a 2-core AMD EPYC: 351 s for test_monailabel.py down to 45 s for
+# test_validation.py). pytest-xdist's loadfile mode hands files to the workers in collection order; starting the
+# long ones first keeps one worker from being left with a long file at the end while the other is idle.
+LONGEST_FIRST = ("test_monailabel.py", "test_zoo.py", "test_bundle.py", "test_cpu_engine.py", "test_fast_inference.py",
+                 "test_compare_models.py", "test_resume.py", "test_kvasir.py", "test_console.py", "test_prostate.py",
+                 "test_tasks.py", "test_locking.py", "test_validation.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -92,7 +92,16 @@ def write_hip_dataset(root, count: int, seed: int = 7):
 
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+SHARED = REPO.parent / "shared"  # the data, reference outputs and schemas beside the checkout, never copied into it
+DATA = SHARED / "data"
+KVASIR = DATA / "kvasir_seg"
+PH2 = DATA / "ph2"
+PROSTATE158 = DATA / "prostate158"
+PROSTATE_CASE = PROSTATE158 / "020"
+PROSTATE_T2 = PROSTATE_CASE / "t2.nii.gz"
+# The tiny-run overrides: small images, no loader processes (a worker costs ~8 s to start on 2 cores)
+SMALL = {"image_size": [64, 64], "num_workers": 0, "batch_size": 4}
+TINY = {**SMALL, "image_size": [32, 32]}
 # One intra-op thread per subprocess: on a shared 2-core machine, 2 OpenMP threads per process made a
 # training step 3-50x slower whenever another process was busy (measured), 1 thread is ~0.4 s either way.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from transfuse_bundle.tools.bundle_folder import BundleFolderError, copy_bundle, write_initial_weights
 from transfuse_bundle.monailabel.app import install_bundle, server_command
 from transfuse_bundle.tools.tasks import config_files, config_parser
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _json(path: Path) -> dict:

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from conftest import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
-COMMANDS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-CLI_MODULES = sorted(p.stem for p in (ROOT / "transfuse_bundle" / "tools" / "cli").glob("*.py") if p.stem != "__init__")
+COMMANDS: dict[str, str] = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+CLI_MODULES = sorted(p.stem for p in (REPO / "transfuse_bundle" / "tools" / "cli").glob("*.py") if p.stem != "__init__")
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -51,9 +51,9 @@ def test_every_cli_module_is_a_console_command_and_a_script():
     assert sorted(target.partition(":")[0].removeprefix("transfuse_bundle.tools.cli.") for target in COMMANDS.values()) \
         == CLI_MODULES
     assert all(target.endswith(":main") for target in COMMANDS.values())
-    assert sorted(p.stem for p in (ROOT / "scripts").glob("*.py")) == CLI_MODULES
+    assert sorted(p.stem for p in (REPO / "scripts").glob("*.py")) == CLI_MODULES
     for name in CLI_MODULES:  # a script only calls the command's main
-        code = [line for line in (ROOT / "scripts" / f"{name}.py").read_text().splitlines()
+        code = [line for line in (REPO / "scripts" / f"{name}.py").read_text().splitlines()
                 if line.strip() and not line.startswith(("#", '"""'))]
         assert code == ["import sys", f"from transfuse_bundle.tools.cli.{name} import main",
                         'if __name__ == "__main__":', "    sys.exit(main())"], name
@@ -63,8 +63,8 @@ def test_installed_console_command_runs(tmp_path):
     command = "transfuse-validate-data"
     executable = Path(sys.executable).parent / command  # the console script pip wrote next to this python
     assert executable.is_file(), (
-        f"{executable} does not exist: pip has not installed the console commands of {ROOT / 'pyproject.toml'} "
-        f"([project.scripts]); run pip install -e {ROOT}")
+        f"{executable} does not exist: pip has not installed the console commands of {REPO / 'pyproject.toml'} "
+        f"([project.scripts]); run pip install -e {REPO}")
     rng = np.random.default_rng(0)
     for folder in ("images", "masks"):
         (tmp_path / "data" / folder).mkdir(parents=True)

@@ -6,27 +6,25 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import KVASIR
 from transfuse_bundle.data import write_datalist
 
-ROOT = Path(__file__).resolve().parents[1]
-KVASIR = ROOT.parent / "shared" / "data" / "kvasir_seg"
 
 
 @pytest.mark.slow
 def test_compare_models_trains_each_network_on_real_images(tmp_path):
     datalist = tmp_path / "kvasir.json"
-    write_datalist(ROOT.parent / "shared" / "data" / "kvasir_seg", datalist, num_training=3, num_validation=1, num_test=2)
+    write_datalist(KVASIR, datalist, num_training=3, num_validation=1, num_test=2)
     models = ["MedT", "TransFuse-S concat+res (E.5)"]  # TransUNet (100M parameters) is built in test_other_networks
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_models.py"), "--dataset_dir", str(datalist),
-                    "--models", *models, "--epochs", "1", "--batch_size", "3", "--num_workers", "0",
-                    "--latency_iters", "1", "--out", str(tmp_path / "out")], check=True, cwd=tmp_path, timeout=900)
+    from transfuse_bundle.tools.cli.compare_models import main as transfuse_compare
+
+    assert transfuse_compare(["--dataset_dir", str(datalist), "--models", *models, "--epochs", "1", "--batch_size", "3",
+                              "--num_workers", "0", "--latency_iters", "1", "--out", str(tmp_path / "out")]) == 0
     rows = {r["model"]: r for r in json.loads((tmp_path / "out" / "comparison.json").read_text())}
     assert list(rows) == models
     assert 100e6 > rows["TransFuse-S concat+res (E.5)"]["params"] > 20e6 > rows["MedT"]["params"]
@@ -49,10 +47,11 @@ def test_recipe_comparison_carves_a_test_split_and_evaluates_every_run_on_it(tmp
         os.symlink(image, tmp_path / "data" / "images" / image.name)
         os.symlink(KVASIR / "masks" / f"{image.stem}.png", tmp_path / "data" / "masks" / f"{image.stem}.png")
     out = tmp_path / "out"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_models.py"), "--recipes", "default", "official",
-                    "--dataset_dir", str(tmp_path / "data"), "--image_size", "64", "64", "--epochs", "1", "--seeds", "3",
-                    "--test_fraction", "0.25", "--amp_dtype", "float32", "--out", str(out)], check=True, cwd=tmp_path,
-                   timeout=900)
+    from transfuse_bundle.tools.cli.compare_models import main as transfuse_compare
+
+    assert transfuse_compare(["--recipes", "default", "official", "--dataset_dir", str(tmp_path / "data"), "--image_size",
+                              "64", "64", "--epochs", "1", "--seeds", "3", "--test_fraction", "0.25", "--amp_dtype",
+                              "float32", "--out", str(out)]) == 0
     lists = json.loads((out / "datalist.json").read_text())
     test = {case["image"] for case in lists["test"]}
     assert len(test) == 3 and not test & {case["image"] for case in lists["training"]}

@@ -14,14 +14,13 @@ import torch
 from monai.metrics import HausdorffDistanceMetric, SurfaceDiceMetric, SurfaceDistanceMetric
 from PIL import Image
 
-from conftest import REPO, untrained_weights
+from conftest import KVASIR, untrained_weights
 from transfuse_bundle.tools.benchmarking import EVALUATION_STAGES
 from transfuse_bundle.tools.cli.benchmark import main as benchmark_main
 from transfuse_bundle.data import write_datalist
 from transfuse_bundle.metrics.distances import (_HausdorffDistanceMetric, _SurfaceDiceMetric, _SurfaceDistanceMetric,
                                                 union_window)
 
-KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
 
 
 def _kvasir_mask(index: int = 0) -> np.ndarray:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import REPO
 from transfuse_bundle.data import write_datalist
 from transfuse_bundle.networks import TransFuse
 from transfuse_bundle.networks.fast import (
@@ -21,7 +21,6 @@ from transfuse_bundle.networks.fast import (
     use_onednn_linear,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _with_random_bn_statistics(model: torch.nn.Module) -> torch.nn.Module:
@@ -128,9 +127,9 @@ def test_inference_autocast_uses_bf16_only_where_native():
 @pytest.mark.slow
 def test_benchmark_script_tiny_mode(tmp_path):
     datalist = tmp_path / "kvasir8.json"
-    write_datalist(ROOT.parent / "shared" / "data" / "kvasir_seg", datalist, num_training=8, num_validation=2)
+    write_datalist(REPO.parent / "shared" / "data" / "kvasir_seg", datalist, num_training=8, num_validation=2)
     out = tmp_path / "bench"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--tiny", "--threads", "2", "--out", str(out),
+    subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--tiny", "--threads", "2", "--out", str(out),
                     "--data-dir", str(datalist), "--data-steps", "2", "--num-workers", "0", "--engine"],
                    check=True, cwd=tmp_path, timeout=600)
     report = json.loads(out.with_suffix(".json").read_text())
@@ -175,9 +174,9 @@ def test_benchmark_training_loop_tiny(tmp_path):
     """The bundle's own training loop (single- and multi-scale) against the bare step, on real Kvasir images:
     the report's rates, ratios and profile, and their Markdown table (no timing asserts)."""
     datalist = tmp_path / "kvasir4.json"
-    write_datalist(ROOT.parent / "shared" / "data" / "kvasir_seg", datalist, num_training=2, num_validation=1)
+    write_datalist(REPO.parent / "shared" / "data" / "kvasir_seg", datalist, num_training=2, num_validation=1)
     out = tmp_path / "loop"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--models", "--sizes", "32", "--threads", "1",
+    subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--models", "--sizes", "32", "--threads", "1",
                     "--peak-size", "64", "--data-dir", str(datalist), "--training-loop", "single-scale", "multi-scale",
                     "--train-batch", "2", "--loop-iterations", "1", "--num-workers", "0", "--data-steps", "1", "--out", str(out)],
                    check=True, cwd=tmp_path, timeout=600)

@@ -12,17 +12,14 @@ against "background everywhere" (about 0.87 on Kvasir, which it does not beat).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import bundle_cli, check_binary_report
+from conftest import KVASIR, check_binary_report, run_workflow
 from transfuse_bundle.data import write_datalist
 
-REPO = Path(__file__).resolve().parents[1]
-KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
 
 
 def _constant_prediction_scores(masks: list[np.ndarray], polyp: bool) -> dict[str, float]:
@@ -43,13 +40,11 @@ def _constant_prediction_scores(masks: list[np.ndarray], polyp: bool) -> dict[st
 def test_kvasir_short_training_beats_trivial_baselines(tmp_path):
     assert (KVASIR / "images").is_dir(), f"the real-data check needs Kvasir-SEG at {KVASIR}"
     lists = write_datalist(KVASIR, tmp_path / "datalist.json", num_training=96, num_validation=16, num_test=24, seed=0)
-    common = ["--dataset_dir", str(tmp_path / "datalist.json"), "--bundle_root", str(tmp_path / "bundle"),
-              "--image_size", "[64,64]", "--num_workers", "0"]
-    bundle_cli("run", "training", "--config_file", "configs/train.json", *common,
-            "--batch_size", "8", "--train#trainer#max_epochs", "5", "--val_interval", "5",
-               "--checkpoint_interval", "5")
+    common = {"dataset_dir": str(tmp_path / "datalist.json"), "bundle_root": str(tmp_path / "bundle"),
+              "image_size": [64, 64], "num_workers": 0}
+    run_workflow("train.json", **common, batch_size=8, max_epochs=5, val_interval=5, checkpoint_interval=5)
     out = tmp_path / "eval"
-    bundle_cli("run", "--config_file", "['configs/train.json','configs/evaluate.json']", *common, "--output_dir", str(out))
+    run_workflow("evaluate.json", **common, output_dir=str(out))
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_cases"] == 24

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ONE_THREAD, REPO, bundle_cli
+from conftest import ONE_THREAD, REPO, bundle_cli, run_workflow
 
-from transfuse_bundle.errors import FolderInUseError, UserInputError
+from transfuse_bundle.errors import FolderInUseError, UserInputError, find_user_error
 from transfuse_bundle.handlers import save_atomically
 from transfuse_bundle.locking import lock_folders, release_folders
 from transfuse_bundle.monailabel.app import install_bundle
@@ -114,12 +114,15 @@ def test_evaluation_and_inference_refuse_an_output_dir_in_use(tmp_path):
     bundle, out = tmp_path / "bundle", tmp_path / "out dir"  # a space in the path, too
     _weights(bundle)
     holder = _hold(out)
-    try:
-        for config in ("['configs/train.json','configs/evaluate.json']", "['configs/train.json','configs/inference.json']"):
-            result = bundle_cli("run", "--config_file", config, "--bundle_root", bundle, "--output_dir", out, *TINY,
-                                env={**os.environ, **ONE_THREAD}, check=False)
-            assert result.returncode == 1, result.stderr[-3000:]
-            assert result.stderr.splitlines()[-1].startswith(f"error: {out}: another run (pid {holder.pid})"), result.stderr[-3000:]
+    try:  # the user's evaluation command; inference in this process (the same check, without a second interpreter)
+        result = bundle_cli("run", "--config_file", "['configs/train.json','configs/evaluate.json']", "--bundle_root",
+                            bundle, "--output_dir", out, *TINY, env={**os.environ, **ONE_THREAD}, check=False)
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert result.stderr.splitlines()[-1].startswith(f"error: {out}: another run (pid {holder.pid})"), result.stderr[-3000:]
+        with pytest.raises(Exception) as refused:
+            run_workflow("inference.json", bundle_root=str(bundle), output_dir=str(out), image_size=[32, 32],
+                         num_workers=0)
+        assert str(find_user_error(refused.value)).startswith(f"{out}: another run (pid {holder.pid})"), refused.value
     finally:
         _kill(holder)
     assert list(out.iterdir()) == []  # nothing was written

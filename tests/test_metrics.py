@@ -23,12 +23,11 @@ from monai.data import MetaTensor
 from monai.metrics import compute_hausdorff_distance
 from PIL import Image
 
+from conftest import KVASIR
 from transfuse_bundle.metrics import SegmentationReport, toolbox_case, toolbox_summary
 from transfuse_bundle.metrics.polyp import to_toolbox_image
 from transfuse_bundle.tools.tasks import config_parser
 
-REPO = Path(__file__).resolve().parents[1]
-KVASIR_MASKS = REPO.parent / "shared" / "data" / "kvasir_seg" / "masks"
 
 
 def _one_hot(ids: np.ndarray, num_classes: int = 2) -> torch.Tensor:
@@ -145,7 +144,7 @@ def test_a_model_that_predicts_nothing_no_longer_gets_a_better_hd95(tmp_path):
     """Real Kvasir outlines. Model A tries everywhere: 5 px off on the easy images, 60 px off on the
     hard ones. Model B is as good on the easy images and predicts nothing on the hard ones. MONAI's mean
     skips B's NaNs and ranks B better; the report ranks A better and says how many masks were empty."""
-    masks = [(np.asarray(Image.open(p).convert("L")) > 127).astype(np.int64) for p in sorted(KVASIR_MASKS.glob("*.png"))[:4]]
+    masks = [(np.asarray(Image.open(p).convert("L")) > 127).astype(np.int64) for p in sorted((KVASIR / "masks").glob("*.png"))[:4]]
     hard = [False, True, False, True]
     models = {
         "A": [np.roll(m, 60 if h else 5, axis=1) for m, h in zip(masks, hard)],
@@ -184,7 +183,7 @@ def test_toolbox_metrics_agree_with_pysodmetrics(tmp_path):
     and the PraNet toolbox use them), and a perfect map scores as the definitions say."""
     import py_sod_metrics as psm
 
-    masks = [np.asarray(Image.open(p).convert("L")) > 127 for p in sorted(KVASIR_MASKS.glob("*.png"))[4:7]]
+    masks = [np.asarray(Image.open(p).convert("L")) > 127 for p in sorted((KVASIR / "masks").glob("*.png"))[4:7]]
     maps = _probability_maps(masks)
     ours = toolbox_summary([toolbox_case(p, m) for p, m in zip(maps, masks)])
 

@@ -55,16 +55,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (ONE_THREAD, CreatesFile, MonaiLabelServer, require_monailabel,
+from conftest import (KVASIR, ONE_THREAD, PH2, PROSTATE_T2, SMALL, CreatesFile, MonaiLabelServer, require_monailabel,
                       write_hip_dataset)
 from transfuse_bundle.tools.packaging import bundle_name
 from transfuse_bundle.tools.tasks import task_names
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "data"
-KVASIR = DATA / "kvasir_seg"
-PROSTATE = DATA / "prostate158" / "020" / "t2.nii.gz"
-PH2_IMAGE = DATA / "ph2" / "images" / "IMD002.jpg"
+PH2_IMAGE = PH2 / "images" / "IMD002.jpg"
 
 POLYP = "transfuse_polyp"
 CPU_ENGINE = "transfuse_polyp_cpu"  # the trained polyp weights served by the CPU engine (--engine cpu)
@@ -88,7 +84,6 @@ POLYP_OVERRIDES = {
 }
 NO_AUGMENTATION = ["--train#augment", "[]", "--train#color_augment", "[]"]  # for the short training only
 PROSTATE_OVERRIDES = {"image_size": [272, 272]}  # one window per 270x270 slice: fewer network calls
-SMALL_OVERRIDES = {"image_size": [64, 64], "num_workers": 0}  # the other tasks: untrained, served at 64x64
 LOAD_REQUESTS, LOAD_CONCURRENCY = 40, 4  # the bounded load test
 LOAD_IMAGES = 10  # distinct original-size Kvasir images (not in the studies folder), cycled over the requests
 
@@ -180,7 +175,7 @@ def server(tmp_path_factory, request):
     """Builds the app, both bundle folders and the studies folder, trains the polyp bundle briefly, starts
     the server, and stops it at the end."""
     require_monailabel()
-    for needed in (KVASIR / "images", KVASIR / "masks", PROSTATE):
+    for needed in (KVASIR / "images", KVASIR / "masks", PROSTATE_T2):
         if not needed.exists():
             pytest.fail(f"test data missing: {needed} (the tests read ../shared/data next to the repository)")
     from transfuse_bundle.monailabel.app import install_bundle
@@ -194,7 +189,7 @@ def server(tmp_path_factory, request):
                    init_weights=True)
     others = [task for task in task_names() if bundle_name(task) not in (POLYP, PROSTATE_MODEL)]
     for task in others:
-        install_bundle(app, bundle_name(task), task=task, overrides=SMALL_OVERRIDES, include_models=False,
+        install_bundle(app, bundle_name(task), task=task, overrides=SMALL, include_models=False,
                        init_weights=True)
     install_bundle(app, LOOP, task="polyp", overrides=LOOP_OVERRIDES, include_models=False, init_weights=True)
     untrusted = install_bundle(app, UNTRUSTED, task="polyp", overrides=POLYP_OVERRIDES,
@@ -208,7 +203,7 @@ def server(tmp_path_factory, request):
     for name in names:
         _downscaled(KVASIR / "images" / f"{name}.jpg", KVASIR / "masks" / f"{name}.png",
                     studies / f"{name}.jpg", studies / "labels" / "final" / f"{name}.png")
-    shutil.copyfile(PROSTATE, studies / "prostate020.nii.gz")
+    shutil.copyfile(PROSTATE_T2, studies / "prostate020.nii.gz")
     _downscaled(PH2_IMAGE, None, studies / PH2_IMAGE.name, None)
     hip = write_hip_dataset(root / "hip", 1)
     shutil.copyfile(hip / "images" / "hip_00.png", studies / "hip_00.png")
@@ -432,7 +427,7 @@ def test_prostate_volume_served_slice_by_slice(server):
     TIMINGS["prostate infer (NIfTI, slice by slice)"] = time.monotonic() - t0
     out = server.root / "prostate020_label.nii.gz"
     out.write_bytes(r.content)
-    label, volume = nib.load(out), nib.load(PROSTATE)
+    label, volume = nib.load(out), nib.load(PROSTATE_T2)
     assert label.shape == volume.shape, f"label {label.shape} vs volume {volume.shape}"
     np.testing.assert_allclose(label.affine, volume.affine, atol=1e-4, err_msg="label affine differs from the volume's")
     data = np.asarray(label.dataobj)
@@ -748,7 +743,7 @@ def test_batch_infer_labels_every_unlabelled_image_at_its_size(server):
     r = server.request("GET", "/datastore/label?label=prostate020&tag=original", timeout=60)
     out = server.root / "prostate020_batch.nii.gz"
     out.write_bytes(r.content)
-    label, volume = nib.load(out), nib.load(PROSTATE)
+    label, volume = nib.load(out), nib.load(PROSTATE_T2)
     assert label.shape == volume.shape, f"batch label {label.shape} vs volume {volume.shape}"
     np.testing.assert_allclose(label.affine, volume.affine, atol=1e-4, err_msg="batch label affine differs")
     assert set(np.unique(np.asarray(label.dataobj)).tolist()) <= {0, 1, 2}

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO.parent / "shared" / "reference"
 MIRROR = Path("/work/.mirror/Rayicer+TransFuse/repo")
 

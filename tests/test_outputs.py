@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import DATA, root_cause, untrained_weights
+from conftest import KVASIR, SMALL, root_cause, untrained_weights
 from transfuse_bundle.outputs import MANIFEST_NAME, OutputConflictError, claim, ours, record
 from transfuse_bundle.tools.tasks import config_workflow
 
-KVASIR = DATA / "kvasir_seg"
 STEMS = sorted(p.stem for p in (KVASIR / "images").glob("*.jpg"))[:2]
 SIZE = (48, 40)
-SMALL = {"image_size": [64, 64], "num_workers": 0, "device": "cpu"}
+SMALL_ON_CPU = {**SMALL, "device": "cpu"}
 
 
 def _image(stem: str, dest: Path) -> Path:
@@ -41,7 +40,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def _run(config: str, **overrides) -> None:
     """Initializes and runs the workflow of ``config`` ("inference.json", "evaluate.json") of the repository."""
-    workflow = config_workflow(config, **SMALL, **overrides)
+    workflow = config_workflow(config, **SMALL_ON_CPU, **overrides)
     workflow.initialize()
     workflow.run()
 

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import torch
 
+from conftest import KVASIR, REPO
 from transfuse_bundle.tools.prepare import PRANET_TEST_SETS
 from transfuse_bundle.tools.cli.polyp_benchmark import main
 from transfuse_bundle.tools.polyp_benchmark import default_config_files
 from transfuse_bundle.tools.tasks import config_files, config_parser
 
-REPO = Path(__file__).resolve().parents[1]
-KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
 CONFIGS = [str(f) for f in config_files("evaluate.json")]  # --config_file: the repository's evaluation chain
 
 

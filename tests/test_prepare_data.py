@@ -10,12 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import KVASIR, PH2, PROSTATE158, REPO
 from transfuse_bundle.data import DatasetError, load_datalist
 from transfuse_bundle.tools.prepare import detect_layout, prepare
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-KVASIR, PH2, PROSTATE = DATA / "kvasir_seg", DATA / "ph2", DATA / "prostate158"
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -84,7 +82,7 @@ def test_isic2017_layout(tmp_path):
 
 
 def test_prostate158_real_volumes(tmp_path):
-    lists = prepare(PROSTATE, tmp_path / "p.json")
+    lists = prepare(PROSTATE158, tmp_path / "p.json")
     cases = lists["training"] + lists["validation"]
     assert len(cases) == 2 and all(c["label"].endswith("t2_anatomy_reader1.nii.gz") for c in cases)
 
@@ -92,7 +90,7 @@ def test_prostate158_real_volumes(tmp_path):
 def test_msd_prostate_layout(tmp_path):
     root = tmp_path / "Task05_Prostate"
     training = []
-    for i, case in enumerate(sorted(p for p in PROSTATE.iterdir() if p.is_dir()) * 3):
+    for i, case in enumerate(sorted(p for p in PROSTATE158.iterdir() if p.is_dir()) * 3):
         _link(case / "t2.nii.gz", root / "imagesTr" / f"prostate_{i:02d}.nii.gz")
         _link(case / "t2_anatomy_reader1.nii.gz", root / "labelsTr" / f"prostate_{i:02d}.nii.gz")
         training.append({"image": f"./imagesTr/prostate_{i:02d}.nii.gz", "label": f"./labelsTr/prostate_{i:02d}.nii.gz"})
@@ -117,7 +115,7 @@ def test_hip_needs_spacing_and_records_it(tmp_path):
 
 def test_cli_reports_unknown_layout_clearly(tmp_path):
     (tmp_path / "empty").mkdir()
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_data.py"), str(tmp_path / "empty"),
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_data.py"), str(tmp_path / "empty"),
                              "--output", str(tmp_path / "x.json")], capture_output=True, text=True)
     assert result.returncode == 2
     assert "cannot tell the layout of" in result.stderr and str(tmp_path / "empty") in result.stderr
@@ -126,7 +124,7 @@ def test_cli_reports_unknown_layout_clearly(tmp_path):
 
 def test_cli_subset_of_a_folder(tmp_path):
     out = tmp_path / "sub.json"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_data.py"), str(KVASIR), "--output", str(out),
+    subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_data.py"), str(KVASIR), "--output", str(out),
                     "--subset", "5", "2", "3"], check=True, capture_output=True)
     lists = json.loads(out.read_text())
     assert [len(lists[k]) for k in ("training", "validation", "test")] == [5, 2, 3]

@@ -1,12 +1,12 @@
 """Project hygiene that CI depends on."""
 
 from pathlib import Path
+from conftest import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _quick_start_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    text = (REPO / "README.md").read_text()
     section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     blocks = section.split("```bash\n")[1:]
     return [block.split("```", 1)[0].strip() for block in blocks]
@@ -15,7 +15,7 @@ def _quick_start_commands() -> list[str]:
 def test_ci_runs_exactly_the_readme_test_command():
     commands = _quick_start_commands()
     assert len(commands) == 2, "the README's quick start has exactly two commands: main job, tests"
-    ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    ci_lines = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert ci_lines[-1] == commands[1]
     assert "monai.bundle run training --config_file configs/train.json" in commands[0]
 
@@ -24,7 +24,7 @@ def _config_texts():
     """Every JSON config of configs/ (tasks, options, recipes, networks included) with its path."""
     import json
 
-    for path in sorted((ROOT / "configs").rglob("*.json")):
+    for path in sorted((REPO / "configs").rglob("*.json")):
         yield path, json.loads(path.read_text())
 
 
@@ -49,7 +49,7 @@ def test_no_config_addresses_a_list_element_by_index():
             found.append(f"{path}: {where[:-1]} = {node[:80]}")
 
     for path, config in _config_texts():
-        walk(config, path.relative_to(ROOT), "")
+        walk(config, path.relative_to(REPO), "")
     assert not found, "configs address list elements by index:\n" + "\n".join(found)
 
 
@@ -57,7 +57,7 @@ def test_readme_task_table_lists_the_registry():
     """README's table of tasks names exactly the folders of configs/tasks/ (the registry is the one list)."""
     from transfuse_bundle.tools.tasks import task_names
 
-    text = (ROOT / "README.md").read_text()
+    text = (REPO / "README.md").read_text()
     section = text.split("## Tasks", 1)[1].split("\n## ", 1)[0]
     rows = [line.split("|")[1].strip(" `") for line in section.splitlines() if line.startswith("| `")]
     assert rows == task_names()
@@ -71,11 +71,11 @@ def test_readme_task_commands_are_the_registry_s():
 
     from transfuse_bundle.tools.tasks import commands, task_names
 
-    section = (ROOT / "README.md").read_text().split("## Tasks", 1)[1].split("\n## ", 1)[0]
+    section = (REPO / "README.md").read_text().split("## Tasks", 1)[1].split("\n## ", 1)[0]
     shown = [line.removesuffix(" --dataset_dir DIR") for line in section.split("```bash\n", 1)[1].split("```")[0].splitlines()
              if line.startswith("python -m monai.bundle")]
     assert shown == [command for task in task_names() for command in commands(task).values()]
-    printed = subprocess.run([sys.executable, "-m", "transfuse_bundle.tools.tasks"], cwd=ROOT, capture_output=True, text=True,
+    printed = subprocess.run([sys.executable, "-m", "transfuse_bundle.tools.tasks"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout
     assert all(command in printed for command in shown)
 
@@ -85,11 +85,11 @@ def _repository_files() -> list[Path]:
     import subprocess
 
     try:
-        listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+        listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                                  capture_output=True, check=True).stdout.decode()
-        files = [ROOT / name for name in listing.split("\0") if name]
+        files = [REPO / name for name in listing.split("\0") if name]
     except (OSError, subprocess.CalledProcessError):  # an unpacked archive: no .git
-        files = [p for top in ROOT.iterdir() if not top.name.startswith(".") or top.name == ".ci"
+        files = [p for top in REPO.iterdir() if not top.name.startswith(".") or top.name == ".ci"
                  for p in ([top] if top.is_file() else top.rglob("*"))]
     return [p for p in files if p.is_file() and "__pycache__" not in p.parts]
 
@@ -98,7 +98,7 @@ def test_nothing_edits_sys_path():
     """The package is imported because it is installed (pip install -e .) or is the bundle root MONAI puts on the
     path, never because a file pushes a folder onto sys.path."""
     needle = b"sys.path." + b"insert"  # spelt in two parts so that this file does not match itself
-    offenders = [str(p.relative_to(ROOT)) for p in _repository_files() if needle in p.read_bytes()]
+    offenders = [str(p.relative_to(REPO)) for p in _repository_files() if needle in p.read_bytes()]
     assert not offenders, f"{needle.decode()} in {offenders}: import the installed package instead"
 
 
@@ -121,14 +121,14 @@ def test_no_deps_requirement_files_pin_every_runtime_dependency():
         return {canonicalize_name(r.name) for r in requirements if r.marker is None or r.marker.evaluate({"extra": ""})}
 
     installed, todo = set(), [Requirement(text).name for text in
-                              tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+                              tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
     while todo:  # everything `pip install -e .` installs
         name = canonicalize_name(todo.pop())
         if name not in installed:
             installed.add(name)
             todo.extend(runtime_requirements(name))
     gaps = {}
-    for path in sorted(ROOT.glob("requirements-*.txt")):
+    for path in sorted(REPO.glob("requirements-*.txt")):
         lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
         pins = {canonicalize_name(Requirement(line).name) for line in lines if line}
         available = installed | pins | DELIBERATELY_MISSING.get(path.name, set())

@@ -24,13 +24,11 @@ import pytest
 import torch
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
-from conftest import run_workflow
+from conftest import PROSTATE158, REPO, SMALL, run_workflow
 from transfuse_bundle.tools.prepare import prepare
 from transfuse_bundle.tools.tasks import config_parser
 
-REPO = Path(__file__).resolve().parents[1]
-PROSTATE = REPO.parent / "shared" / "data" / "prostate158"
-SMALL = {"image_size": [64, 64], "num_workers": 0, "slices_per_volume": 4, "batch_size": 2}
+SMALL_VOLUMES = {**SMALL, "slices_per_volume": 4, "batch_size": 2}
 ZONES = ["central gland", "peripheral zone"]
 
 
@@ -42,7 +40,7 @@ def _run(config: str, **overrides) -> None:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("prostate")
-    lists = prepare(PROSTATE, root / "datalist.json")
+    lists = prepare(PROSTATE158, root / "datalist.json")
     assert [len(lists[k]) for k in ("training", "validation")] == [1, 1]
     return {"root": root, "datalist": root / "datalist.json", "lists": lists}
 
@@ -51,16 +49,16 @@ def prepared(tmp_path_factory) -> dict:
 def trained(prepared) -> Path:
     bundle = prepared["root"] / "bundle"
     _run("train.json", dataset_dir=str(prepared["datalist"]), bundle_root=str(bundle), max_epochs=2, val_interval=2,
-         **SMALL)
+         **SMALL_VOLUMES)
     return bundle
 
 
 def test_training_samples_are_axial_slices_of_the_z_scored_volume(prepared):
-    parser = config_parser("train.json", "prostate", dataset_dir=str(prepared["datalist"]), **SMALL)
+    parser = config_parser("train.json", "prostate", dataset_dir=str(prepared["datalist"]), **SMALL_VOLUMES)
     transform = parser.get_parsed_content("train#preprocessing")
     case = prepared["lists"]["training"][0]
     samples = transform(dict(case))
-    assert len(samples) == SMALL["slices_per_volume"]
+    assert len(samples) == SMALL_VOLUMES["slices_per_volume"]
     volume = nib.load(case["label"])
     for sample in samples:
         assert sample["image"].shape == sample["label"].shape == (1, 64, 64)
@@ -78,7 +76,7 @@ def test_evaluation_per_zone_in_mm_matches_the_inference_mask(prepared, trained,
     assert (trained / "models" / "model.pt").is_file()
     out = tmp_path / "eval"
     _run("evaluate.json", dataset_dir=str(prepared["datalist"]), bundle_root=str(trained), output_dir=str(out),
-         **SMALL)
+         **SMALL_VOLUMES)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_cases"] == 1 and set(metrics["per_class"]) == set(ZONES)
     assert metrics["hd95_unit"] == metrics["asd_unit"] == "mm"
@@ -132,7 +130,7 @@ def msd_task(tmp_path_factory) -> Path:
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     training = []
-    for i, case in enumerate(sorted(p for p in PROSTATE.iterdir() if p.is_dir())):
+    for i, case in enumerate(sorted(p for p in PROSTATE158.iterdir() if p.is_dir())):
         t2, label = nib.load(case / "t2.nii.gz"), nib.load(case / "t2_anatomy_reader1.nii.gz")
         t2_data = np.asarray(t2.dataobj, dtype=np.float32)
         second = np.sqrt(np.maximum(t2_data, 0.0)) * 10.0
@@ -141,7 +139,7 @@ def msd_task(tmp_path_factory) -> Path:
         msd_zones = np.select([zones == 1, zones == 2], [2, 1], 0).astype(np.uint8)  # Prostate158 1 = central gland
         nib.save(nib.Nifti1Image(msd_zones, label.affine), root / "labelsTr" / f"prostate_{i:02d}.nii.gz")
         training.append({"image": f"./imagesTr/prostate_{i:02d}.nii.gz", "label": f"./labelsTr/prostate_{i:02d}.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({"name": "PROSTATE", "training": training}))
+    (root / "dataset.json").write_text(json.dumps({"name": "PROSTATE158", "training": training}))
     return root
 
 
@@ -154,7 +152,7 @@ def test_msd_two_channel_volumes_prepare_train_evaluate_infer(msd_task, tmp_path
     # the default single-channel config refuses the 2-channel volumes before any work, naming each file
     bundle = tmp_path / "bundle"
     with pytest.raises(RuntimeError) as error:
-        _run("train.json", dataset_dir=str(datalist), bundle_root=str(bundle), max_epochs=1, **SMALL)
+        _run("train.json", dataset_dir=str(datalist), bundle_root=str(bundle), max_epochs=1, **SMALL_VOLUMES)
     message = str(error.value.__cause__)
     for case in lists["training"] + lists["validation"]:
         assert f"{case['image']}: volume has 2 channel(s), but the network takes in_channels=1" in message
@@ -167,12 +165,12 @@ def test_msd_two_channel_volumes_prepare_train_evaluate_infer(msd_task, tmp_path
     accepted = subprocess.run(script + ["2"], capture_output=True, text=True, timeout=300)
     assert accepted.returncode == 0 and "2 case(s) checked" in accepted.stdout, accepted.stdout + accepted.stderr
 
-    _run("train.json", dataset_dir=str(datalist), bundle_root=str(bundle), max_epochs=1, val_interval=1, **SMALL, **MSD)
+    _run("train.json", dataset_dir=str(datalist), bundle_root=str(bundle), max_epochs=1, val_interval=1, **SMALL_VOLUMES, **MSD)
     out = tmp_path / "eval"
-    _run("evaluate.json", dataset_dir=str(datalist), bundle_root=str(bundle), output_dir=str(out), **SMALL, **MSD)
+    _run("evaluate.json", dataset_dir=str(datalist), bundle_root=str(bundle), output_dir=str(out), **SMALL_VOLUMES, **MSD)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_cases"] == 1 and list(metrics["per_class"]) == MSD_ZONES
-    assert metrics["hd95_unit"] == "mm" and set(metrics["per_dataset"]) == {"PROSTATE"}
+    assert metrics["hd95_unit"] == "mm" and set(metrics["per_dataset"]) == {"PROSTATE158"}
 
     volumes = tmp_path / "volumes"
     volumes.mkdir()

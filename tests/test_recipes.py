@@ -11,12 +11,11 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser
 
+from conftest import KVASIR
 from transfuse_bundle.data import write_datalist
 from transfuse_bundle.losses import OfficialStructureLoss, StructureLoss
 from transfuse_bundle.tools.tasks import config_parser
 
-REPO = Path(__file__).resolve().parents[1]
-KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
 OFFICIAL = "configs/recipes/official.json"  # an overlay, relative to the repository root
 
 

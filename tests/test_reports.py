@@ -26,11 +26,9 @@ from monai.handlers import MeanDice, MeanIoUHandler, from_engine
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 from PIL import Image
 
+from conftest import KVASIR, PROSTATE_CASE
 from transfuse_bundle.metrics import HausdorffDistanceMM, SegmentationReport, SurfaceDiceMM, SurfaceDistanceMM
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-PROSTATE_CASE = DATA / "prostate158" / "020"
-KVASIR_MASKS = DATA / "kvasir_seg" / "masks"
 
 
 def _one_hot(ids: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -115,7 +113,7 @@ def test_volume_report_in_mm_per_zone_with_summary_and_slice_overlays(tmp_path):
 
 
 def test_2d_report_uses_datalist_spacing_else_pixels(tmp_path):
-    masks = sorted(KVASIR_MASKS.glob("*.png"))[:3]
+    masks = sorted((KVASIR / "masks").glob("*.png"))[:3]
     spacing = [0.5, 0.25]  # (row, col) mm per pixel: anisotropic, so rows and columns must not be swapped
     cases = []
     for index, path in enumerate(masks):
@@ -149,7 +147,7 @@ def test_2d_report_uses_datalist_spacing_else_pixels(tmp_path):
 
 
 def test_bad_datalist_spacing_is_named(tmp_path):
-    path = sorted(KVASIR_MASKS.glob("*.png"))[0]
+    path = sorted((KVASIR / "masks").glob("*.png"))[0]
     ids = (np.asarray(Image.open(path).convert("L")) > 127).astype(np.int64)
     meta = {"filename_or_obj": str(path)}
     case = {"image": MetaTensor(torch.zeros(1, *ids.shape), meta=meta), "label": MetaTensor(_one_hot(ids, 2), meta=meta),

@@ -24,15 +24,13 @@ import torch
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
 
+from conftest import KVASIR, REPO, TINY
 from transfuse_bundle.data import write_datalist
 from transfuse_bundle.handlers import GradientClipping, TrainingCheckpoint, every_rank_handlers, save_atomically
 from transfuse_bundle.locking import lock_folders, release_folders
 from transfuse_bundle.networks import TransFuse
 from transfuse_bundle.tools.tasks import config_files, config_parser, config_workflow
 
-REPO = Path(__file__).resolve().parents[1]
-KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
-TINY = {"image_size": [32, 32], "batch_size": 4, "num_workers": 0}
 CLI_TINY = ["--image_size", "[32,32]", "--batch_size", "4", "--num_workers", "0"]
 
 
@@ -254,7 +252,7 @@ INJECT = {
 def test_ddp_one_failing_rank_ends_the_job_non_zero(kvasir, tmp_path, failure):
     """torchrun, 2 CPU processes (gloo). A crash: torchrun stops the other rank. A hang: the process-group timeout
     (``ddp_timeout_s``) ends rank 0's collective. Either way the job exits non-zero in bounded time."""
-    timeout_s = 20
+    timeout_s = 10  # longer than any step of this tiny run takes, even with the other worker busy
     inject = tmp_path / "inject.json"
     inject.write_text(json.dumps({
         "training": [

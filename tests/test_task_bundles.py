@@ -26,15 +26,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_command, run_workflow, write_hip_dataset
+from conftest import KVASIR, PH2, PROSTATE_T2, REPO, SMALL, run_command, run_workflow, write_hip_dataset
 from transfuse_bundle.tools.bundle_folder import merged_config
 from transfuse_bundle.outputs import MANIFEST_NAME
 from transfuse_bundle.tools.packaging import package_bundle
 from transfuse_bundle.tools.tasks import config_files, config_parser, task_names
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-SMALL = {"image_size": [64, 64], "num_workers": 0}
 SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"  # verify_metadata, offline
 N_IMAGES = 2
 pytestmark = pytest.mark.slow
@@ -43,9 +40,9 @@ pytestmark = pytest.mark.slow
 def _inputs(task: str, folder: Path) -> list[Path]:
     """Real inputs of ``task`` linked (or, for hip, written) into ``folder``; a task without test data fails."""
     sources = {
-        "polyp": sorted((DATA / "kvasir_seg" / "images").glob("*.jpg"))[:N_IMAGES],
-        "isic2017": sorted((DATA / "ph2" / "images").glob("*.jpg"))[:N_IMAGES],
-        "prostate": [DATA / "prostate158" / "020" / "t2.nii.gz"],
+        "polyp": sorted((KVASIR / "images").glob("*.jpg"))[:N_IMAGES],
+        "isic2017": sorted((PH2 / "images").glob("*.jpg"))[:N_IMAGES],
+        "prostate": [PROSTATE_T2],
     }
     folder.mkdir(parents=True)
     if task == "hip":

@@ -9,7 +9,6 @@ by tests/test_kvasir.py.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,11 +22,9 @@ from transfuse_bundle.data import write_datalist
 from transfuse_bundle.tools.prepare import prepare
 from transfuse_bundle.engines import MultiScaleIteration, scaled_size
 from transfuse_bundle.metrics.distances import case_spacing, engine_cases
-from conftest import check_binary_report, run_workflow, write_hip_dataset
+from conftest import KVASIR, PH2, check_binary_report, run_workflow, write_hip_dataset
 from transfuse_bundle.tools.tasks import config_parser
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 SLIDING_WINDOW = "configs/options/sliding_window.json"  # the option overlay, for training, evaluation and inference
 
 
@@ -66,7 +63,7 @@ def test_polyp_task_trains_at_three_sizes_on_kvasir(tmp_path):
     clipped backward and one optimizer step per size, the loss reported at the base size, and the
     training loss going down; then the task evaluates at the original resolution."""
     datalist = tmp_path / "datalist.json"
-    write_datalist(DATA / "kvasir_seg", datalist, num_training=8, num_validation=2, num_test=3, seed=3)
+    write_datalist(KVASIR, datalist, num_training=8, num_validation=2, num_test=3, seed=3)
     common = {"dataset_dir": str(datalist), "bundle_root": str(tmp_path), "image_size": [64, 64],
               "num_workers": 0, "num_overlays": 3, "output_dir": str(tmp_path / "eval")}
     parser = config_parser("train.json", "polyp", **common, multi_scale_multiple=16, batch_size=4,
@@ -111,7 +108,7 @@ def test_training_feeds_the_network_plain_tensors_and_validation_metatensors(tmp
     tensors, so no operation of the forward pass and loss goes through MetaTensor.__torch_function__;
     validation keeps MONAI's MetaTensors (Invertd and the distance metrics read their metadata)."""
     datalist = tmp_path / "datalist.json"
-    write_datalist(DATA / "kvasir_seg", datalist, num_training=2, num_validation=1, seed=3)
+    write_datalist(KVASIR, datalist, num_training=2, num_validation=1, seed=3)
     parser = config_parser("train.json", dataset_dir=str(datalist), bundle_root=str(tmp_path), image_size=[32, 32],
                            batch_size=2, num_workers=0, max_epochs=1)
     trainer = parser.get_parsed_content("train#trainer")
@@ -127,7 +124,7 @@ def test_isic2017_task_on_ph2_prepare_train_evaluate(tmp_path):
     task at 48x64, evaluation at the original resolution (about 765x570), with the ISIC 2017 challenge
     metrics (sensitivity, specificity, thresholded Jaccard) and the toolbox metrics in the report."""
     datalist = tmp_path / "ph2" / "datalist.json"
-    lists = prepare(DATA / "ph2", datalist, layout="folder", val_fraction=0.05, test_fraction=0.05)
+    lists = prepare(PH2, datalist, layout="folder", val_fraction=0.05, test_fraction=0.05)
     assert len(lists["test"]) == 5 and len(lists["training"]) + len(lists["validation"]) == 95
     common = {"dataset_dir": str(datalist), "bundle_root": str(tmp_path), "image_size": [48, 64], "num_workers": 0}
     run_workflow("train.json", "isic2017", **common, max_epochs=1, cache_rate=0.0)

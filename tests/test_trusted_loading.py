@@ -24,11 +24,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CreatesFile
+from conftest import KVASIR, REPO, CreatesFile
 from transfuse_bundle.weights import WeightsFileError, load_weights, require_weights
 
-REPO = Path(__file__).resolve().parent.parent
-KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
 UNSAFE_MESSAGE = "contains pickled Python objects"
 
 

@@ -23,7 +23,7 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from conftest import root_cause, run_workflow, untrained_weights
+from conftest import KVASIR, PROSTATE158, REPO, root_cause, run_workflow, untrained_weights
 from transfuse_bundle.data import (
     DatasetError,
     check_dataset,
@@ -37,9 +37,6 @@ from transfuse_bundle.data.readers import LARGE_IMAGE_PIXELS, reduced_size, to_r
 from transfuse_bundle.data.validate import validate_dataset
 from transfuse_bundle.tools.tasks import config_parser, config_workflow
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-KVASIR, PROSTATE = DATA / "kvasir_seg", DATA / "prostate158"
 KVASIR_IDS = sorted(p.stem for p in (KVASIR / "images").glob("*.jpg"))[:6]
 SIZE = (48, 40)  # (width, height): not square, so a transposed mask would not match
 
@@ -79,7 +76,7 @@ def _single(problems, path: Path, *words: str) -> None:
 def test_real_datasets_have_no_problems_and_take_seconds():
     pairs = find_image_mask_pairs(KVASIR)[:60]
     assert validate_datalist(pairs) == []
-    volumes = [{"image": str(d / "t2.nii.gz"), "label": str(d / "t2_anatomy_reader1.nii.gz")} for d in sorted(PROSTATE.iterdir())]
+    volumes = [{"image": str(d / "t2.nii.gz"), "label": str(d / "t2_anatomy_reader1.nii.gz")} for d in sorted(PROSTATE158.iterdir())]
     assert validate_datalist(volumes, num_classes=3, spatial_dims=3) == []
 
 
@@ -143,16 +140,16 @@ def _nifti(path: Path, data: np.ndarray) -> Path:
 
 
 def test_volumes_nan_shape_labels_and_dimensions(tmp_path):
-    t2 = nib.load(str(PROSTATE / "020" / "t2.nii.gz"))
+    t2 = nib.load(str(PROSTATE158 / "020" / "t2.nii.gz"))
     volume = np.asarray(t2.dataobj, dtype=np.float32)[::4, ::4, ::4]  # real data, small
-    label = np.asarray(nib.load(str(PROSTATE / "020" / "t2_anatomy_reader1.nii.gz")).dataobj)[::4, ::4, ::4].astype(np.uint8)
+    label = np.asarray(nib.load(str(PROSTATE158 / "020" / "t2_anatomy_reader1.nii.gz")).dataobj)[::4, ::4, ::4].astype(np.uint8)
     good_image, good_label = _nifti(tmp_path / "img.nii.gz", volume), _nifti(tmp_path / "lab.nii.gz", label)
     holes = volume.copy()
     holes[1, 2, 3], holes[2, 2, 2] = np.nan, np.inf
     nan_image = _nifti(tmp_path / "nan.nii.gz", holes)
     short_label = _nifti(tmp_path / "short.nii.gz", label[:, :, :-1])
     big_ids = _nifti(tmp_path / "ids5.nii.gz", np.where(label > 0, 5, 0).astype(np.uint8))
-    cut = _truncated_copy(PROSTATE / "021" / "t2.nii.gz", tmp_path / "cut.nii.gz")
+    cut = _truncated_copy(PROSTATE158 / "021" / "t2.nii.gz", tmp_path / "cut.nii.gz")
     slice_2d = _nifti(tmp_path / "slice.nii.gz", volume[:, :, 0])
     png = tmp_path / "picture.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(png)
@@ -176,9 +173,9 @@ def test_volumes_nan_shape_labels_and_dimensions(tmp_path):
 def _real_volumes(root: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
     """Prostate158 case 020 at every 4th voxel with its real affine (voxels 4x larger), written to ``root``:
     ``(image file, label file, label array, affine)``."""
-    t2 = nib.load(str(PROSTATE / "020" / "t2.nii.gz"))
+    t2 = nib.load(str(PROSTATE158 / "020" / "t2.nii.gz"))
     affine = t2.affine @ np.diag([4.0, 4.0, 4.0, 1.0])
-    label = np.asarray(nib.load(str(PROSTATE / "020" / "t2_anatomy_reader1.nii.gz")).dataobj)[::4, ::4, ::4]
+    label = np.asarray(nib.load(str(PROSTATE158 / "020" / "t2_anatomy_reader1.nii.gz")).dataobj)[::4, ::4, ::4]
     image = root / "t2.nii.gz"
     nib.save(nib.Nifti1Image(np.asarray(t2.dataobj, dtype=np.float32)[::4, ::4, ::4], affine), str(image))
     return image, _label_volume(root / "label.nii.gz", label, affine), label, affine

@@ -14,14 +14,13 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
+from conftest import KVASIR, TINY
 from transfuse_bundle.data import write_datalist
 from transfuse_bundle.networks import TransFuse
 from transfuse_bundle.tools.tasks import config_workflow
 from transfuse_bundle.weights import WeightsFileError
 
-REPO = Path(__file__).resolve().parents[1]
-KVASIR = REPO.parent / "shared" / "data" / "kvasir_seg"
-TINY = {"image_size": [32, 32], "batch_size": 2, "num_workers": 0, "device": "cpu"}
+TINY_ON_CPU = {**TINY, "batch_size": 2, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,7 @@ def test_checkpoint_of_another_task_and_size_is_refused_naming_the_config_values
     torch.save(three_class_network.state_dict(), weights)
     out = tmp_path / "out"
     workflow = config_workflow(f"{config}.json", bundle_root=str(tmp_path), ckpt_path=str(weights),
-                               dataset_dir=str(kvasir), output_dir=str(out), **TINY)
+                               dataset_dir=str(kvasir), output_dir=str(out), **TINY_ON_CPU)
     workflow.initialize()
     with pytest.raises(Exception) as err:
         workflow.run()
@@ -75,7 +74,7 @@ def _checkpoint(path: Path, network: torch.nn.Module) -> Path:
 
 def _resume(bundle: Path, kvasir: Path) -> ConfigWorkflow:
     return config_workflow("train.json", bundle_root=str(bundle), dataset_dir=str(kvasir), resume=True, max_epochs=2,
-                           **TINY)
+                           **TINY_ON_CPU)
 
 
 def test_truncated_checkpoint_on_resume_is_named_before_data_is_loaded(tmp_path, kvasir, three_class_network):

@@ -39,17 +39,13 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import MonaiLabelServer, require_monailabel, run_command
+from conftest import KVASIR, REPO, SHARED, SMALL, MonaiLabelServer, require_monailabel, run_command
 from transfuse_bundle.tools.bundle_folder import copy_bundle, write_initial_weights
 from transfuse_bundle.tools.packaging import REQUIRED_FILES, PackagingError, make_torchscript_only, package_bundle, sha256
 from transfuse_bundle.tools.tasks import WORKFLOW_TYPES, config_files, config_parser, config_workflow
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-KVASIR = SHARED / "data" / "kvasir_seg"
 SCHEMA = SHARED / "schemas" / "meta_schema_20240725.json"
 NAME = "transfuse_polyp"
-SMALL = {"image_size": [64, 64], "num_workers": 0, "batch_size": 4}
 N_IMAGES = 3  # real Kvasir-SEG images for inference
 TIMEOUT = 600
 TIMINGS: dict[str, float] = {}
