@@ -30,7 +30,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Dict, Iterable, Optional
+from contextlib import contextmanager
+from typing import Any, Dict, Iterable, Iterator, Optional
 from urllib.parse import parse_qsl, urlsplit
 
 import torch
@@ -264,44 +265,47 @@ class ServerGuardMixin:
                                check_ids=isinstance(self.datastore(), LocalDatastore))
 
     def infer(self, request, datastore=None):
-        model = request.get("model")
-        if model and model not in self._infers:
-            raise NotFound(f"no model {model!r}: this server serves {sorted(self._infers)}")
+        model = _known(request.get("model"), self._infers, "serves")
         image = request.get("image")
         store = datastore if datastore else self.datastore()
-        if isinstance(image, str) and isinstance(store, LocalDatastore) and not os.path.exists(image):
+        by_id = isinstance(image, str) and not os.path.exists(image)  # else an upload's temporary file (or an array)
+        if by_id and isinstance(store, LocalDatastore):
             if not image:
                 raise BadRequest("no image: pass ?image=ID of the datastore or upload a file")
             if not store.get_image_uri(image):
                 raise ImageNotFoundException(f"no image {image!r} in the datastore")
-        try:
+        with _input_refusals(f"{model}: {f'image {image!r}' if by_id else 'the uploaded file'} cannot be read"):
             return super().infer(request, datastore)
-        except MONAILabelException:
-            raise
-        except Exception as e:
-            reason = unreadable_input(e)
-            if reason is None:
-                raise
-            what = f"image {image!r}" if isinstance(image, str) and not os.path.exists(image) else "the uploaded file"
-            raise BadRequest(f"{model}: {what} cannot be read: {reason}") from e
 
     def batch_infer(self, request, datastore=None):
+        _known(request.get("model"), self._infers, "serves")
         if not torch.cuda.is_available():  # the stock task spreads the images over an empty list of GPUs
             request = {**request, "multi_gpu": False, "device": "cpu"}
-        if request.get("model") and request["model"] not in self._infers:
-            raise NotFound(f"no model {request['model']!r}: this server serves {sorted(self._infers)}")
         return super().batch_infer(request, datastore)
 
     def train(self, request):
-        model = request.get("model")
-        if model and model not in self._trainers:
-            raise NotFound(f"no model {model!r} to train: this server trains {sorted(self._trainers)}")
-        try:
+        model = _known(request.get("model"), self._trainers, "trains")
+        with _input_refusals(f"{model}: training refused"):
             return super().train(request)
-        except MONAILabelException:
+
+
+def _known(model: Optional[str], tasks: Dict[str, Any], verb: str) -> Optional[str]:
+    """Returns ``model`` unless it names none of ``tasks`` (raises :class:`NotFound` listing them)."""
+    if model and model not in tasks:
+        raise NotFound(f"no model {model!r}: this server {verb} {sorted(tasks)}")
+    return model
+
+
+@contextmanager
+def _input_refusals(what: str) -> Iterator[None]:
+    """Turns an exception that says an input file cannot be read (:func:`unreadable_input`) into
+    :class:`BadRequest` ``"{what}: {reason}"``; any other exception (a server fault) passes unchanged."""
+    try:
+        yield
+    except MONAILabelException:
+        raise
+    except Exception as e:
+        reason = unreadable_input(e)
+        if reason is None:
             raise
-        except Exception as e:
-            reason = unreadable_input(e)
-            if reason is None:
-                raise
-            raise BadRequest(f"{model}: training refused: {reason}") from e
+        raise BadRequest(f"{what}: {reason}") from e
