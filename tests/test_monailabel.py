@@ -557,7 +557,7 @@ def test_cross_origin_requests_only_from_configured_origins(server):
 
 
 def test_missing_ids_unknown_models_and_non_images_get_404_or_400(server):
-    """Before, each of these was a bare HTTP 500 ("Internal Server Error")."""
+    """Before, each of these was a bare HTTP 500 ("Internal Server Error"), an unknown strategy too."""
     import requests
 
     name = server.names[0]
@@ -567,6 +567,12 @@ def test_missing_ids_unknown_models_and_non_images_get_404_or_400(server):
              "no model 'no_such_model'", POLYP)
     _refused(requests.post(f"{server.url}/train/no_such_model?run_sync=true", json={"max_epochs": 1}, timeout=60), 404,
              "no model 'no_such_model': this server trains")
+    _refused(requests.post(f"{server.url}/train/{POLYP}?run_sync=true", json={"max_epochs": "abc"}, timeout=60), 400,
+             "max_epochs 'abc': expected a whole number")
+    _refused(requests.post(f"{server.url}/activelearning/no_such_strategy", json={}, timeout=60), 404,
+             "no strategy 'no_such_strategy'", "epistemic")
+    _refused(requests.post(f"{server.url}/batch/infer/no_such_model?run_sync=true", json={}, timeout=60), 404,
+             "no model 'no_such_model'")
     _refused(requests.put(f"{server.url}/datastore/label?image=no_such_image&tag=final", data={"params": "{}"},
                           files={"label": ("l.png", b"x")}, timeout=60), 404, "no image 'no_such_image'")
     for filename in ("notes.png", "notes.txt"):

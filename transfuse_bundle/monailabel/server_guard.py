@@ -265,7 +265,7 @@ class ServerGuardMixin:
                                check_ids=isinstance(self.datastore(), LocalDatastore))
 
     def infer(self, request, datastore=None):
-        model = _known(request.get("model"), self._infers, "serves")
+        model = _known(request.get("model"), self._infers, "model", "serves")
         image = request.get("image")
         store = datastore if datastore else self.datastore()
         by_id = isinstance(image, str) and not os.path.exists(image)  # else an upload's temporary file (or an array)
@@ -277,23 +277,30 @@ class ServerGuardMixin:
         with _input_refusals(f"{model}: {f'image {image!r}' if by_id else 'the uploaded file'} cannot be read"):
             return super().infer(request, datastore)
 
+    def next_sample(self, request):
+        _known(request.get("strategy"), self._strategies, "strategy", "offers")
+        return super().next_sample(request)
+
     def batch_infer(self, request, datastore=None):
-        _known(request.get("model"), self._infers, "serves")
+        _known(request.get("model"), self._infers, "model", "serves")
         if not torch.cuda.is_available():  # the stock task spreads the images over an empty list of GPUs
             request = {**request, "multi_gpu": False, "device": "cpu"}
         return super().batch_infer(request, datastore)
 
     def train(self, request):
-        model = _known(request.get("model"), self._trainers, "trains")
+        model = _known(request.get("model"), self._trainers, "model", "trains")
+        epochs = request.get("max_epochs", 1)
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise BadRequest(f"max_epochs {epochs!r}: expected a whole number of epochs, at least 1")
         with _input_refusals(f"{model}: training refused"):
             return super().train(request)
 
 
-def _known(model: Optional[str], tasks: Dict[str, Any], verb: str) -> Optional[str]:
-    """Returns ``model`` unless it names none of ``tasks`` (raises :class:`NotFound` listing them)."""
-    if model and model not in tasks:
-        raise NotFound(f"no model {model!r}: this server {verb} {sorted(tasks)}")
-    return model
+def _known(name: Optional[str], tasks: Dict[str, Any], kind: str, verb: str) -> Optional[str]:
+    """Returns ``name`` unless it names none of ``tasks`` (raises :class:`NotFound` listing them)."""
+    if name and name not in tasks:
+        raise NotFound(f"no {kind} {name!r}: this server {verb} {sorted(tasks)}")
+    return name
 
 
 @contextmanager
