@@ -135,7 +135,7 @@ def test_registry_lists_task_folders_and_their_merge_order(tmp_path):
 
 
 @pytest.mark.slow  # builds three TransFuse-S networks
-def test_weights_of_another_task_or_size_are_refused_before_shipping(tmp_path):
+def test_weights_of_another_task_or_size_are_refused_before_shipping(tmp_path, capsys):
     """Weights are checked against the task's network (keys, shapes) by packaging and the MONAI Label
     installer; the message names the file and the config value that differs, nothing is written."""
     from transfuse_bundle.tools.bundle_folder import check_weights_fit
@@ -151,17 +151,23 @@ def test_weights_of_another_task_or_size_are_refused_before_shipping(tmp_path):
                                              r"352x352: .*--set image_size=\[64,64\] when packaging"):
         package_bundle("polyp", out=tmp_path / "dist", weights=weights)
     assert not list((tmp_path / "dist").glob("*.zip")) and not list((tmp_path / "dist").iterdir())
-    # the MONAI Label installer refuses them too, and leaves the folder it was asked to replace as it was
+    # the MONAI Label installer refuses them too, before it changes anything in the app: an existing stock app
+    # (before, its main.py was made the active-learning one first) and the folder it was asked to replace stay as
+    # they were, and the one-line error names the user's file (before: a temporary copy of it)
     from transfuse_bundle.monailabel.app import ensure_app
+    from transfuse_bundle.tools.cli.make_monailabel_app import main
 
-    app = ensure_app(tmp_path / "apps" / "monaibundle")
+    app = ensure_app(tmp_path / "apps" / "monaibundle", active_learning=False)
     served = app / "model" / "transfuse_hip"
     served.mkdir()
     (served / "marker").write_text("the user's bundle")
-    with pytest.raises(BundleFolderError, match=r"model.pt does not fit the network of transfuse_hip/configs/inference.json"):
-        install_bundle(app, "transfuse_hip", task="hip", overrides={"image_size": [64, 64]}, weights=weights,
-                       overwrite=True)
-    assert [p.name for p in served.iterdir()] == ["marker"]
+    files = {p: p.read_bytes() for p in app.rglob("*") if p.is_file()}
+    assert main(["--app", str(app), "--task", "hip", "--set", "image_size=[64,64]", "--weights", str(weights),
+                 "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {weights} does not fit the network of transfuse_hip/configs/inference.json"), err
+    assert err.count("\n") == 1, err
+    assert {p: p.read_bytes() for p in app.rglob("*") if p.is_file()} == files  # main.py, model/ as they were
     assert [p.name for p in (app / "model").iterdir()] == ["transfuse_hip"]  # no staging folder left
 
 

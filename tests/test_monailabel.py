@@ -5,7 +5,7 @@ bundle folders made by :func:`transfuse_bundle.monailabel.app.install_bundle`:
 
 * ``transfuse_polyp`` (task polyp at 96x96 for speed), trained briefly before the server starts by the
   bundle's own CLI (``monai.bundle run training``) on 8 Kvasir-SEG images from ``../shared/data``, without
-  augmentation and validated on the same images, so that a few CPU-seconds give a model whose masks
+  augmentation and validated on the 2 others, so that a few CPU-seconds give a model whose masks
   overlap the ground truth of those images; the studies folder holds these and 2 more images, with
   their masks in ``labels/final``;
 * ``transfuse_prostate`` (task prostate, untrained seeded weights: only geometry is checked) and a
@@ -96,6 +96,8 @@ LOOP_SIDE = 128  # the loop's images are downscaled to this longest side
 LOOP_LABELS = 3  # images labelled through active learning before training
 LOOP_EPOCHS = 12  # /train epochs of the loop (13 labelled images, batches of 4, 64x64)
 MC_SAMPLES = 4  # MC-dropout samples per image when scoring
+ANNOTATOR_ORIGIN = "http://annotator.example:3000"  # the one cross-origin web client the server is configured for
+LARGE_SIZE = (4400, 4000)  # (W, H) of an upload above LARGE_IMAGE_PIXELS (read reduced by 2, served at full size)
 
 pytestmark = pytest.mark.slow
 
@@ -145,14 +147,17 @@ def _downscaled(image_src: Path, mask_src: Path | None, image_dst: Path, mask_ds
 
 
 def _short_training(bundle: Path, names: list[str], validation: list[str], studies: Path, root: Path) -> None:
-    """Trains the polyp bundle folder with its own CLI on ``names``, validated on the other labelled images
-    ``validation`` (training refuses a case in both lists): the weights go to ``bundle/models/model.pt`` as in
-    any bundle training."""
+    """Trains the polyp bundle folder with its own CLI on ``names``, validated on the other images ``validation``
+    (the data checks refuse a case in both lists): the weights go to ``bundle/models/model.pt`` as in any
+    bundle training."""
     config = bundle / "configs" / "train.json"
-    lists = {split: [{"image": str(studies / f"{n}.jpg"), "label": str(studies / "labels" / "final" / f"{n}.png")}
-                     for n in chosen] for split, chosen in (("training", names), ("validation", validation))}
+
+    def items(cases):
+        return [{"image": str(studies / f"{n}.jpg"), "label": str(studies / "labels" / "final" / f"{n}.png")}
+                for n in cases]
+
     datalist = root / "pretrain_datalist.json"
-    datalist.write_text(json.dumps(lists))
+    datalist.write_text(json.dumps({"training": items(names), "validation": items(validation)}))
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(config),
            "--meta_file", str(bundle / "configs" / "metadata.json"),
            "--logging_file", str(bundle / "configs" / "logging.conf"), "--bundle_root", str(bundle),
@@ -240,7 +245,8 @@ def server(tmp_path_factory, request):
     # after /train and after each /activelearning call, MONAI Label's default), so that the tests control it
     srv = MonaiLabelServer(app, studies, [POLYP, PROSTATE_MODEL, UNTRUSTED, LOOP, CPU_ENGINE, INT8,
                                           *map(bundle_name, others)],
-                           root / "server.log", conf={"epistemic_model": LOOP, "epistemic_simulation_size": MC_SAMPLES},
+                           root / "server.log", conf={"epistemic_model": LOOP, "epistemic_simulation_size": MC_SAMPLES,
+                                                      "cors_origins": ANNOTATOR_ORIGIN},
                            env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
     try:
         srv.wait_ready()
@@ -470,6 +476,169 @@ def test_malicious_model_pt_is_refused_unrun(server):
     assert not (server.root / "untrusted_marker").exists(), "the server ran the code pickled in model.pt"
     pred = _infer_png(server, f"/infer/{POLYP}?image={server.names[0]}&output=image", "infer after the refused model")
     _check_label_map(pred, server.studies / f"{server.names[0]}.jpg", {1})
+
+
+# ---- hostile clients: refused in one line before any work (the app's guard, server_guard.py) --------------
+
+
+def _refused(r, status: int, *words: str) -> str:
+    """Checks an answer is HTTP ``status`` with a one-line ``detail`` holding ``words``; returns the detail."""
+    assert r.status_code == status, f"{r.request.method} {r.url}: HTTP {r.status_code}, not {status}: {r.text[:500]}"
+    detail = r.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and all(w in detail for w in words), detail
+    return detail
+
+
+def _tree(server: MonaiLabelServer) -> tuple:
+    """What a refused request must leave as it was: the names in the studies folder's parent (the test's folder)
+    and every file of the studies folder with its md5 (the datastore's index and lock, which the server rewrites
+    by itself, by name only)."""
+    studies = {str(p.relative_to(server.studies)): None if p.name in ("datastore_v2.json", ".lock") else _md5(p)
+               for p in sorted(server.studies.rglob("*")) if p.is_file()}
+    return sorted(p.name for p in server.root.iterdir()), studies
+
+
+def test_ids_and_tags_that_leave_the_studies_folder_are_refused(server):
+    """Before, ``PUT /datastore/image?image=../x`` (or an absolute id, or an upload named ``..``) wrote the file
+    outside the studies folder, a label tag ``../../x`` made a folder beside it, an upload named
+    ``datastore_v2.json`` replaced the datastore's index, an upload under an existing id replaced that image
+    under its labels, and ``/infer?image=/a/path`` read any file of the server. Now each is HTTP 400 (409 for the
+    existing id) naming the value, and nothing changes on disk."""
+    import requests
+
+    png = io.BytesIO()
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(png, "PNG")
+    upload = {"file": ("a.png", png.getvalue())}
+    before = _tree(server)
+    url, name = server.url, server.names[0]
+    outside = server.root / "escaped"
+    cases = [
+        ("PUT", "/datastore/image?image=../escaped", dict(files=upload), 400, "image '../escaped' is not a plain name"),
+        ("PUT", f"/datastore/image?image={outside}", dict(files=upload), 400, f"image {str(outside)!r} is not a plain name"),
+        ("PUT", "/datastore/image", dict(files={"file": ("..", png.getvalue())}), 400, "image id '..' is not a plain name"),
+        ("PUT", "/datastore/image", dict(files={"file": ("datastore_v2.json", b"{}")}), 400, "datastore's own index file"),
+        ("PUT", f"/datastore/image?image={name}", dict(files=upload), 409, f"image {name!r} exists in the datastore"),
+        ("PUT", f"/datastore/label?image={name}&tag=../../escaped", dict(files={"label": ("l.png", png.getvalue())}),
+         400, "tag '../../escaped' is not a plain name"),
+        ("PUT", f"/datastore/label?image=..%2F{name}&tag=final", dict(files={"label": ("l.png", png.getvalue())}),
+         400, f"image '../{name}' is not a plain name"),
+        ("POST", f"/infer/{POLYP}?image={server.studies / (name + '.jpg')}&output=image", {}, 400, "is not a plain name"),
+        ("GET", "/datastore/image?image=..%2F..%2Fserver", {}, 400, "is not a plain name"),
+    ]
+    for method, path, kwargs, status, words in cases:
+        _refused(requests.request(method, url + path, data={"params": "{}"}, timeout=60, **kwargs), status, words)
+    assert _tree(server) == before, "a refused request changed the studies folder or wrote beside it"
+    assert set(_datastore(server)) >= set(server.names) and not any(i.startswith((".", "/")) for i in _datastore(server))
+
+
+def test_cross_origin_requests_only_from_configured_origins(server):
+    """Before, the server answered any ``Origin`` with ``Access-Control-Allow-Origin: <that origin>`` and
+    ``Allow-Credentials: true``, so any web page could drive it. Now only ``--conf cors_origins`` (here
+    :data:`ANNOTATOR_ORIGIN`) gets CORS headers; other origins get no CORS headers and their requests HTTP 403;
+    requests from the server's own pages and from non-browser clients (no ``Origin``) are served."""
+    import requests
+
+    evil = "http://evil.example"
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    r = requests.options(f"{server.url}/train/{POLYP}", headers={"Origin": evil, **preflight}, timeout=30)
+    assert "access-control-allow-origin" not in r.headers and r.status_code >= 400, (r.status_code, r.headers)
+    for method in ("GET", "POST"):  # a simple request (no preflight) would run: refused before the endpoint
+        r = requests.request(method, f"{server.url}/info/" if method == "GET" else f"{server.url}/train/{POLYP}",
+                             headers={"Origin": evil}, timeout=30)
+        _refused(r, 403, f"origin {evil!r} are not allowed", "--conf cors_origins")
+        assert "access-control-allow-origin" not in r.headers, r.headers
+    r = requests.options(f"{server.url}/train/{POLYP}", headers={"Origin": ANNOTATOR_ORIGIN, **preflight}, timeout=30)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ANNOTATOR_ORIGIN, (r.status_code, r.headers)
+    for origin in (ANNOTATOR_ORIGIN, server.url):  # the configured client, and the server's own page (Swagger UI)
+        r = requests.get(f"{server.url}/info/", headers={"Origin": origin}, timeout=30)
+        assert r.status_code == 200 and POLYP in r.json()["models"], (origin, r.status_code, r.text[:300])
+
+
+def test_missing_ids_unknown_models_and_non_images_get_404_or_400(server):
+    """Before, each of these was a bare HTTP 500 ("Internal Server Error"), an unknown strategy too."""
+    import requests
+
+    name = server.names[0]
+    _refused(requests.post(f"{server.url}/infer/{POLYP}?image=no_such_image&output=image", timeout=60), 404,
+             "no image 'no_such_image' in the datastore")
+    _refused(requests.post(f"{server.url}/infer/no_such_model?image={name}&output=image", timeout=60), 404,
+             "no model 'no_such_model'", POLYP)
+    _refused(requests.post(f"{server.url}/train/no_such_model?run_sync=true", json={"max_epochs": 1}, timeout=60), 404,
+             "no model 'no_such_model': this server trains")
+    _refused(requests.post(f"{server.url}/train/{POLYP}?run_sync=true", json={"max_epochs": "abc"}, timeout=60), 400,
+             "max_epochs 'abc': expected a whole number")
+    _refused(requests.post(f"{server.url}/activelearning/no_such_strategy", json={}, timeout=60), 404,
+             "no strategy 'no_such_strategy'", "epistemic")
+    _refused(requests.post(f"{server.url}/batch/infer/no_such_model?run_sync=true", json={}, timeout=60), 404,
+             "no model 'no_such_model'")
+    _refused(requests.put(f"{server.url}/datastore/label?image=no_such_image&tag=final", data={"params": "{}"},
+                          files={"label": ("l.png", b"x")}, timeout=60), 404, "no image 'no_such_image'")
+    for filename in ("notes.png", "notes.txt"):
+        r = requests.post(f"{server.url}/infer/{POLYP}?output=image", files={"file": (filename, b"not an image")},
+                          data={"params": "{}"}, timeout=60)
+        _refused(r, 400, f"{POLYP}: the uploaded file cannot be read")
+    pred = _infer_png(server, f"/infer/{POLYP}?image={name}&output=image", "infer after the refusals")
+    _check_label_map(pred, server.studies / f"{name}.jpg", {1})
+
+
+def test_train_with_a_broken_image_in_the_datastore_is_refused_naming_it(server):
+    """Before: HTTP 500. Now ``/train?run_sync=true`` answers 400 with the data check's line naming the broken file,
+    before training (``models/model.pt`` unchanged)."""
+    import requests
+    from PIL import Image
+
+    broken, mask = b"\xff\xd8\xff\xe0 a truncated JPEG", io.BytesIO()
+    Image.new("L", (32, 32)).save(mask, "PNG")
+    before = _md5(server.model)
+    server.request("PUT", "/datastore/image?image=broken_upload", timeout=60, files={"file": ("b.jpg", broken)},
+                   data={"params": "{}"})
+    try:
+        server.request("PUT", "/datastore/label?image=broken_upload&tag=final", timeout=60,
+                       files={"label": ("b.png", mask.getvalue())}, data={"params": "{}"})
+        r = requests.post(f"{server.url}/train/{POLYP}?run_sync=true", timeout=600,
+                          json={"max_epochs": 1, "val_split": 0.2, "device": "cpu"})
+        _refused(r, 400, f"{POLYP}: training refused", str(server.studies / "broken_upload.jpg"), "not a readable image")
+        _refused(requests.post(f"{server.url}/infer/{POLYP}?image=broken_upload&output=image", timeout=60), 400,
+                 "image 'broken_upload' cannot be read")
+    finally:
+        server.request("DELETE", "/datastore/image?id=broken_upload", timeout=60)
+    assert _md5(server.model) == before
+    assert "broken_upload" not in _datastore(server)
+
+
+def test_image_above_the_large_image_limit_gets_a_mask_of_its_size(server):
+    """An upload above ``LARGE_IMAGE_PIXELS`` is read reduced (by 2 here); before, MONAI Label's last step restored
+    the full-size mask to the reduced size along one axis only (4400x4000 in, 4400x2000 out)."""
+    from PIL import Image
+
+    from transfuse_bundle.data.readers import LARGE_IMAGE_PIXELS
+
+    width, height = LARGE_SIZE
+    assert width * height > LARGE_IMAGE_PIXELS
+    image = server.root / "large.jpg"
+    yy, xx = np.mgrid[0:height, 0:width]
+    Image.fromarray(np.stack([(xx * 255 // width), (yy * 255 // height), np.full_like(xx, 90)], -1).astype(np.uint8)).save(
+        image, quality=80)
+    with open(image, "rb") as f:
+        pred = _infer_png(server, f"/infer/{POLYP}?output=image", "infer a 4400x4000 upload",
+                          files={"file": ("large.jpg", f, "image/jpeg")}, data={"params": "{}"})
+    _check_label_map(pred, image, {1})
+
+
+def test_batch_infer_with_a_default_request_runs_on_the_cpu(server):
+    """Before, ``POST /batch/infer/MODEL`` with ``{}`` failed with HTTP 500 on a machine without a GPU (MONAI Label
+    spreads the images over the GPU list, empty there); now it runs on the CPU. One image, as ``images=`` a list."""
+    name = server.names[3]
+    result = server.request("POST", f"/batch/infer/{POLYP}?run_sync=true", timeout=300,
+                            json={"images": [name], "label_tag": "original"}).json()
+    assert result[name].get("label") == name, result
+    r = server.request("GET", f"/datastore/label?label={name}&tag=original", timeout=60)
+    from PIL import Image
+
+    _check_label_map(np.asarray(Image.open(io.BytesIO(r.content))), server.studies / f"{name}.jpg", {1})
+    server.request("DELETE", f"/datastore/label?id={name}&tag=original", timeout=60)
 
 
 # ---- batch inference, MC-dropout scoring, active learning and the labelling loop ----------------------

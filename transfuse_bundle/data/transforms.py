@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Hashable, Mapping
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform, Resize
 from PIL import Image
 
@@ -93,6 +95,10 @@ class ResizeToSourced(MapTransform):
     (:func:`~transfuse_bundle.data.readers.to_rgb`), so ``Invertd`` returns their prediction at the reduced
     size; this brings it to the file's own size so that written masks line up with the original image.
     Only the file's header is read; predictions already at the file's size are returned unchanged.
+    The source image's ``spatial_shape`` (the size it was read at) becomes the file's size too, in a new
+    ``MetaTensor`` sharing its data: MONAI Label restores every prediction to that size after this step
+    (``Restored``), and with the reduced size it shrank one side of the full-size mask (10000 x 3334 for a
+    10000 x 10000 image).
 
     Args:
         keys: the prediction keys, e.g. ``"pred"`` (after ``Invertd``, before dropping the channel).
@@ -112,4 +118,8 @@ class ResizeToSourced(MapTransform):
         for key in self.key_iterator(d):
             if tuple(d[key].shape[1:]) != size:
                 d[key] = Resize(spatial_size=size, mode="nearest")(d[key])
+        source = d[self.source_key]
+        if isinstance(source, MetaTensor) and tuple(source.meta.get("spatial_shape", size)) != size:
+            d[self.source_key] = MetaTensor(source.as_tensor(), meta={**source.meta, "spatial_shape": np.asarray(size)},
+                                            applied_operations=source.applied_operations)
         return d

@@ -44,21 +44,25 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # the active-learning app (see ensure_app): file names in the app folder and the line that marks our main.py
 STOCK_MAIN = "monaibundle_main.py"
 ACTIVE_LEARNING_MODULE = "transfuse_active_learning.py"
+SERVER_GUARD_MODULE = "transfuse_server_guard.py"
 ACTIVE_LEARNING_MARK = "# transfuse-bundle active-learning app"
 ACTIVE_LEARNING_MAIN = f'''{ACTIVE_LEARNING_MARK} (written by transfuse_bundle.monailabel.app.ensure_app)
 """The stock monaibundle app ({STOCK_MAIN}, copied from the monailabel wheel) with TransFuse's active
 learning ({ACTIVE_LEARNING_MODULE}, a copy of transfuse_bundle/monailabel/active_learning.py): MC-dropout
 scoring (--conf epistemic_model NAME), the strategies epistemic and epistemic_bald, and batch inference
-that reports the images a model cannot process. See docs/monailabel.md."""
+that reports the images a model cannot process; and its guard ({SERVER_GUARD_MODULE}, a copy of
+transfuse_bundle/monailabel/server_guard.py): plain-name ids and tags, only configured CORS origins, 400/404
+answers with the reason. See docs/monailabel.md."""
 
 from monailabel.interfaces.app import MONAILabelApp
 
 import {STOCK_MAIN[:-3]}
 from {ACTIVE_LEARNING_MODULE[:-3]} import ActiveLearningMixin
+from {SERVER_GUARD_MODULE[:-3]} import ServerGuardMixin
 
 
 # MONAI Label takes the class of main.py whose direct bases include one named MONAILabelApp
-class TransFuseActiveLearningApp(ActiveLearningMixin, {STOCK_MAIN[:-3]}.MyApp, MONAILabelApp):
+class TransFuseActiveLearningApp(ServerGuardMixin, ActiveLearningMixin, {STOCK_MAIN[:-3]}.MyApp, MONAILabelApp):
     pass
 '''
 
@@ -133,7 +137,7 @@ def _copy_stock_app(dest: Path, python: str | None = None) -> Path:
 def _make_active_learning_app(app_dir: Path, python: str | None = None, stock: str | None = None) -> None:
     """Turns the stock app in ``app_dir`` into the active-learning app (see :func:`ensure_app`); ``stock``: the
     wheel's ``main.py`` text when the caller has just copied it."""
-    from . import active_learning
+    from . import active_learning, server_guard
 
     main = app_dir / "main.py"
     text = main.read_text()
@@ -147,10 +151,12 @@ def _make_active_learning_app(app_dir: Path, python: str | None = None, stock: s
                 f"the active-learning one: not replaced (use a new app folder, or pass --stock-app)"
             )
         (app_dir / STOCK_MAIN).write_text(stock)
-        main.write_text(ACTIVE_LEARNING_MAIN)
     if not (app_dir / STOCK_MAIN).is_file():
         raise BundleFolderError(f"{app_dir / STOCK_MAIN} is missing: the active-learning app subclasses it")
+    if text != ACTIVE_LEARNING_MAIN:  # the stock one, or ours from an older version (refreshed like the modules)
+        main.write_text(ACTIVE_LEARNING_MAIN)
     shutil.copyfile(active_learning.__file__, app_dir / ACTIVE_LEARNING_MODULE)
+    shutil.copyfile(server_guard.__file__, app_dir / SERVER_GUARD_MODULE)
 
 
 def install_bundle(
@@ -167,8 +173,9 @@ def install_bundle(
 ) -> Path:
     """Writes the bundle folder of ``task`` as ``APP/model/NAME`` (making the app if needed); returns it.
 
-    The folder is assembled and its weights checked against its network next to the target first, so a
-    refusal leaves an existing ``APP/model/NAME`` as it was.
+    The folder is assembled in a temporary folder and its weights checked against its network (the error names
+    the weights file as given) before the app is touched, so a refusal leaves the app, its ``main.py`` and an
+    existing ``APP/model/NAME`` as they were.
 
     Args:
         app_dir: the monaibundle app folder (created from the wheel if it does not exist).
@@ -209,35 +216,40 @@ def install_bundle(
             load_weights(weights, "weights to serve")
         except WeightsFileError as e:
             raise BundleFolderError(str(e)) from None
+    target = _app_folder(app_dir) / "model" / name
     with locked_folders(_app_folder(app_dir)):  # the app folder's lock, held until the install is done
-        app = ensure_app(app_dir, active_learning=active_learning)
-        target = app / "model" / name
         if target.exists() and any(target.iterdir()) and not overwrite:
             raise BundleFolderError(f"{target} exists and is not empty (pass overwrite=True / --overwrite)")
-        with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=app / "model") as staging:
+        # assembled and checked outside the app: a refusal leaves the app (its main.py, model/) as it was
+        with tempfile.TemporaryDirectory(prefix=f"transfuse-{name}-") as staging:
             # MONAI Label's /train trains the served bundle in place, over its model.pt (which training otherwise
             # refuses to replace unasked): the served train.json says so once, for every /train
             served = {"overwrite_weights": True, **dict(overrides or {})}
             bundle = copy_bundle(Path(staging) / name, task=task, overrides=served, weights=weights,
                                  include_models=include_models)
-            if (bundle / "models" / "model.pt").is_file():
-                check_weights_fit(bundle, bundle / "models" / "model.pt")
+            installed = bundle / "models" / "model.pt"
+            if installed.is_file():  # named as the user gave it, not as the staged copy
+                given = Path(weights) if weights is not None else source_root() / "models" / "model.pt"
+                check_weights_fit(bundle, given if given.is_file() else installed)
             elif not (bundle / "models" / "model.ts").is_file():
                 if not init_weights:
                     raise BundleFolderError(
-                        f"{bundle.parent.parent / name / 'models'} would have no model.pt: train the bundle first, "
+                        f"{target / 'models'} would have no model.pt: train the bundle first, "
                         f"pass weights, or ask for untrained weights (init_weights=True / --init-weights)"
                     )
                 write_initial_weights(bundle)
             if engine == "int8":
                 from ..cpu_engine import require_quantized_model
 
-                require_quantized_model(bundle / "models" / "model.pt")
+                require_quantized_model(installed)
             if ENGINE_OVERLAYS[engine] is not None:
                 serve_with(bundle, ENGINE_OVERLAYS[engine])
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(bundle, target)
+            app = ensure_app(app_dir, active_learning=active_learning)
+            with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=app / "model") as moved:
+                moved = shutil.move(str(bundle), Path(moved) / name)  # into the app's file system, then swapped in
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(moved, target)
         return target
 
 

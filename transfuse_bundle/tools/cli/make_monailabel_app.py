@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="set a config id in the copy, e.g. --set image_size=[256,256] (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing APP/model/NAME")
     parser.add_argument("--stock-app", action="store_true",
-                        help="keep MONAI Label's stock monaibundle main.py (no epistemic strategy, MC-dropout scoring "
-                             "or tolerant batch inference); default: the active-learning app")
+                        help="keep MONAI Label's stock monaibundle main.py (no epistemic strategy, MC-dropout scoring, "
+                             "tolerant batch inference, nor the guard: plain-name ids, configured CORS origins only, "
+                             "400/404 answers); default: the active-learning app with the guard")
     parser.add_argument("--engine", choices=list(ENGINE_OVERLAYS), default="pytorch",
                         help="what runs the network at inference: PyTorch, the CPU engine (OpenVINO, the cpu extra) or "
                              "its INT8 model (made beside the weights by transfuse-quantize)")
