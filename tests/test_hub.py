@@ -12,6 +12,7 @@ with a plain HTTP server on 127.0.0.1 (download_zip in-process: it needs no hub 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import subprocess
@@ -20,10 +21,12 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
-from conftest import check_task_masks, run_command, run_workflow, serve_folder, task_inputs
+from conftest import MonaiLabelServer, check_task_masks, require_monailabel, run_command, run_workflow, serve_folder, task_inputs
 from transfuse_bundle.files import sha256
 from transfuse_bundle.tools.bundle_folder import read_json_object
 from transfuse_bundle.tools.cli.package_bundle import main as package_main
@@ -33,6 +36,7 @@ from transfuse_bundle.tools.packaging import PackagingError, package_bundle
 from transfuse_bundle.tools.tasks import task_names
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
 ORG = "transfuse-hub"
 SMALL = {"image_size": [64, 64], "num_workers": 0}
 FRONT_MATTER = {"tags": ["monai", "medical"], "library_name": "monai", "license": "apache-2.0"}
@@ -237,6 +241,31 @@ def test_hub_dir_refuses_an_existing_version_and_foreign_folders(published, tmp_
         write_hub_repo(package.zip_path, tmp_path / "new", "no-slash")
     assert not (tmp_path / "new").exists()
     assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo.path, capture_output=True, text=True).stdout.strip() == head
+
+
+def test_monailabel_serves_a_bundle_downloaded_from_the_hub(published, hub_server, tmp_path):
+    """An app built from the downloaded folder: ``transfuse-download --repo`` into ``APP/model/`` of MONAI Label's
+    monaibundle app (its own zoo download cannot name a hub repository), then the real server serves it."""
+    from transfuse_bundle.monailabel.app import ensure_app
+
+    require_monailabel()
+    app = ensure_app(tmp_path / "apps" / "monaibundle")
+    run_command([sys.executable, str(REPO / "scripts" / "download.py"), "--repo", _repo_id("polyp"), "--version", "0.1.0",
+                 "--bundle_dir", str(app / "model")], cwd=tmp_path, env=hub_server.env(), timeout=300)
+    _check_hub_bundle(app / "model" / "transfuse_polyp", "0.1.0")
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    image = task_inputs("polyp", tmp_path / "inputs", 1)[0]
+    shutil.copyfile(image, studies / image.name)
+    server = MonaiLabelServer(app, studies, ["transfuse_polyp"], tmp_path / "server.log")
+    try:
+        assert "transfuse_polyp" in server.wait_ready()["models"]
+        r = server.request("POST", f"/infer/transfuse_polyp?image={image.stem}&output=image", timeout=240)
+        mask = np.asarray(Image.open(io.BytesIO(r.content)))
+    finally:
+        server.stop()
+    width, height = Image.open(image).size
+    assert mask.shape == (height, width) and set(np.unique(mask).tolist()) <= {0, 1}
 
 
 # ---------------------------------------------------------------------------------------------------------------
