@@ -30,7 +30,7 @@ from conftest import MonaiLabelServer, check_task_masks, require_monailabel, run
 from transfuse_bundle.files import sha256
 from transfuse_bundle.tools.bundle_folder import read_json_object
 from transfuse_bundle.tools.cli.package_bundle import main as package_main
-from transfuse_bundle.tools.download import DownloadError, download_zip
+from transfuse_bundle.tools.download import DownloadError, download_zip, verify_large_files
 from transfuse_bundle.tools.hub import LATEST_TAG, write_hub_repo
 from transfuse_bundle.tools.packaging import PackagingError, package_bundle
 from transfuse_bundle.tools.tasks import task_names
@@ -215,6 +215,13 @@ def test_publish_needs_a_token_before_any_work_and_reports_the_hub_s_refusal(pub
     assert err == ["error: publishing needs a hub token with write access in the environment variable HF_TOKEN "
                    "(it is not set): export HF_TOKEN=hf_..."], err
     assert not out.exists()
+    # a token the hub cannot check (here: the suite's HF_HUB_OFFLINE) is refused before the package is made too
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    assert package_main(["--task", "polyp", "--init-weights", "--out", str(out), "--hub-repo", _repo_id("polyp"),
+                         "--publish", "public"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot publish to https://huggingface.co with the token in HF_TOKEN: "), err
+    assert not out.exists()
 
     zip_path = published["hip"][0].zip_path
     script = ("import sys\nfrom transfuse_bundle.tools.hub import publish\n"
@@ -237,6 +244,11 @@ def test_hub_dir_refuses_an_existing_version_and_foreign_folders(published, tmp_
     with pytest.raises(PackagingError, match=r"is not empty and not a git repository"):
         write_hub_repo(package.zip_path, folder, _repo_id("hip"))
     assert (folder / "notes.txt").read_text() == "mine" and sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    dirty = tmp_path / "dirty"
+    shutil.copytree(repo.path, dirty)
+    (dirty / "configs" / "inference.json").write_text("{}")
+    with pytest.raises(PackagingError, match=r"has uncommitted changes \(configs/inference\.json, \.\.\.\)"):
+        write_hub_repo(package.zip_path, dirty, _repo_id("hip"))
     with pytest.raises(PackagingError, match=r"is not of the form OWNER/NAME"):
         write_hub_repo(package.zip_path, tmp_path / "new", "no-slash")
     assert not (tmp_path / "new").exists()
@@ -307,7 +319,7 @@ def test_zip_download_checks_the_published_sha256(zip_server, tmp_path):
     (served / "transfuse_polyp_v8.zip").write_bytes(good)  # no checksum published beside it
     with pytest.raises(DownloadError, match=r"no checksum at .*transfuse_polyp_v8\.zip\.sha256 \(HTTP 404\)"):
         download_zip(f"{url}/transfuse_polyp_v8.zip", tmp_path / "bad")
-    assert list((tmp_path / "bad").iterdir()) == []
+    assert not (tmp_path / "bad").exists()  # the folder it made for the download is gone with the refusal
 
 
 def test_zip_download_refuses_truncated_and_zip_slip_archives_extracting_nothing(zip_server, tmp_path):
@@ -326,10 +338,36 @@ def test_zip_download_refuses_truncated_and_zip_slip_archives_extracting_nothing
     _serve(served, "transfuse_polyp_v6.zip", slip.read_bytes())
     with pytest.raises(DownloadError, match=r"member 'transfuse_polyp/\.\./\.\./evil\.py' would be written outside"):
         download_zip(f"{url}/transfuse_polyp_v6.zip", tmp_path / "bundles")
-    assert list((tmp_path / "bundles").iterdir()) == [] and not (tmp_path / "evil.py").exists()
+    assert not (tmp_path / "bundles").exists() and not (tmp_path / "evil.py").exists()
 
     existing = tmp_path / "mine" / "transfuse_polyp"
     existing.mkdir(parents=True)
     with pytest.raises(DownloadError, match=r"transfuse_polyp already exists"):
         download_zip(f"{url}/{package.zip_path.name}", tmp_path / "mine")
     assert list(existing.iterdir()) == []
+
+
+def test_large_files_listing_outside_the_bundle_or_a_wrong_served_file_is_refused(tmp_path):
+    """A downloaded bundle's large_files.yml is the publisher's: a path outside the bundle folder is refused before
+    anything is fetched (MONAI's download_large_files would write there), and a fetched file with another sha256 is
+    refused in one line naming the path and the URL."""
+    bundle = tmp_path / "bundle"
+    (bundle / "models").mkdir(parents=True)
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "model.pt").write_bytes(b"weights")
+    with serve_folder(served) as url:
+        listing = {"large_files": [{"path": "../escape.pt", "url": f"{url}/model.pt", "hash_val": "0" * 64, "hash_type": "sha256"}]}
+        (bundle / "large_files.yml").write_text(yaml.safe_dump(listing))
+        with pytest.raises(DownloadError, match=r"large_files\.yml lists '\.\./escape\.pt', which is not a file inside"):
+            verify_large_files(bundle, "test")
+        assert not (tmp_path / "escape.pt").exists()
+        listing["large_files"][0]["path"] = "models/model.pt"
+        (bundle / "large_files.yml").write_text(yaml.safe_dump(listing))
+        with pytest.raises(DownloadError, match=rf"test: models/model\.pt from {url}/model\.pt failed its sha256; nothing was written"):
+            verify_large_files(bundle, "test")
+        assert not (bundle / "models" / "model.pt").exists()
+        listing["large_files"][0]["hash_val"] = hashlib.sha256(b"weights").hexdigest()
+        (bundle / "large_files.yml").write_text(yaml.safe_dump(listing))
+        assert verify_large_files(bundle, "test") == ["models/model.pt"]
+    assert (bundle / "models" / "model.pt").read_bytes() == b"weights"

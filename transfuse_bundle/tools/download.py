@@ -65,23 +65,30 @@ def _target(bundle_dir: str | os.PathLike, name: str) -> Path:
     target = bundle_dir / name
     if target.exists() or target.is_symlink():
         raise DownloadError(f"{target} already exists: remove it or download into another --bundle_dir")
-    try:
-        bundle_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DownloadError(f"bundle folder {bundle_dir} cannot be created: {e.strerror}") from None
-    if not os.access(bundle_dir, os.W_OK | os.X_OK):
-        raise DownloadError(f"bundle folder {bundle_dir} is not writable")
+    existing = next(p for p in [bundle_dir, *bundle_dir.parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise DownloadError(f"bundle folder {bundle_dir} cannot be {'written' if existing == bundle_dir else 'created'}: "
+                            f"{existing} is not a writable folder")
     return target
 
 
 @contextlib.contextmanager
 def _staging(target: Path):
-    """A hidden folder next to ``target`` (same file system, so the final rename is atomic), always removed."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.download-", dir=target.parent))
+    """A hidden folder next to ``target`` (same file system, so the final rename is atomic), always removed, as is
+    the bundle folder itself when it was created here and nothing landed in it."""
+    created = not target.parent.exists()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.download-", dir=target.parent))
+    except OSError as e:
+        raise DownloadError(f"bundle folder {target.parent} cannot be written: {e.strerror}") from None
     try:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not target.exists():
+            with contextlib.suppress(OSError):
+                target.parent.rmdir()  # only if empty
 
 
 def _move_into_place(folder: Path, target: Path) -> Path:
@@ -197,9 +204,9 @@ def download_zip(url: str, bundle_dir: str | os.PathLike, sha256_hex: str | None
 
 def verify_large_files(bundle: Path, source: str) -> list[str]:
     """Checks every file of ``bundle/large_files.yml`` that is present against its sha256 and fetches the missing
-    ones (MONAI's ``download_large_files``, which checks them too). Returns the checked paths."""
+    ones checked against it (as ``monai.bundle download_large_files`` does). Returns the checked paths."""
     import yaml
-    from monai.bundle import download_large_files
+    from monai.apps.utils import download_url
 
     listing = bundle / "large_files.yml"
     if not listing.is_file():
@@ -207,19 +214,28 @@ def verify_large_files(bundle: Path, source: str) -> list[str]:
     entries = (yaml.safe_load(listing.read_text(encoding="utf-8")) or {}).get("large_files", [])
     checked = []
     for entry in entries:
-        path = bundle / entry["path"]
+        path = bundle / str(entry.get("path", ""))
+        if not entry.get("path") or not path.resolve().is_relative_to(bundle.resolve()) or path.resolve() == bundle.resolve():
+            raise DownloadError(f"{source}: large_files.yml lists {entry.get('path')!r}, which is not a file inside the "
+                                "bundle folder; nothing was written")
         if path.is_file() and entry.get("hash_val"):
             found = sha256(path)
             if found != str(entry["hash_val"]).lower():
                 raise DownloadError(f"{source}: {entry['path']} has sha256 {found}, its large_files.yml says {entry['hash_val']}: "
                                     "the file was changed after it was published; nothing was written")
             checked.append(entry["path"])
-    if any(not (bundle / e["path"]).is_file() for e in entries):
+    for entry in entries:  # what download_large_files does, quietly, one line per failure
+        path = bundle / entry["path"]
+        if path.is_file():
+            continue
         try:
-            download_large_files(bundle_path=str(bundle))
-        except Exception as e:  # HashCheckError, urllib's errors
-            raise DownloadError(f"{source}: a large file could not be fetched or failed its sha256: {e}") from None
-        checked += [e["path"] for e in entries if e["path"] not in checked]
+            with _quiet("monai.apps"), _quiet("monai.apps.utils"):
+                download_url(url=entry["url"], filepath=path, hash_val=entry.get("hash_val") or None,
+                             hash_type=entry.get("hash_type") or "sha256", progress=False)
+        except Exception as e:  # MONAI's HashCheckError, urllib's errors
+            reason = "failed its sha256" if "hash check" in str(e) else f"could not be fetched ({getattr(e, 'reason', e)})"
+            raise DownloadError(f"{source}: {entry['path']} from {entry['url']} {reason}; nothing was written") from None
+        checked.append(entry["path"])
     return checked
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from .packaging import PackagingError
 
-__all__ = ["LATEST_TAG", "TOKEN_VARIABLE", "HubRepo", "check_repo_id", "hub_token", "check_hub_dir",
+__all__ = ["LATEST_TAG", "TOKEN_VARIABLE", "HubRepo", "check_repo_id", "hub_token", "check_token", "check_hub_dir",
            "write_readme", "write_weight_listing", "write_hub_repo", "publish"]
 
 LATEST_TAG = "latest_version"  # the tag monai.bundle download fetches when no version is given
@@ -76,6 +76,18 @@ def hub_token(environ: dict[str, str] | None = None) -> str:
     return token
 
 
+def check_token(token: str) -> str:
+    """Asks the hub (``HF_ENDPOINT``) whose token ``token`` is, so that a wrong token or an unreachable hub is one
+    line before any work; returns the account name."""
+    from huggingface_hub import HfApi, constants
+
+    try:
+        return str(HfApi(token=token).whoami().get("name", "?"))
+    except Exception as e:  # the hub's HTTP errors, the HTTP client's connection errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PackagingError(f"cannot publish to {constants.ENDPOINT} with the token in {TOKEN_VARIABLE}: {first}") from None
+
+
 def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     try:
         proc = subprocess.run(["git", *_GIT_IDENTITY, *args], cwd=repo, capture_output=True, text=True, timeout=600)
@@ -106,9 +118,9 @@ def check_hub_dir(path: str | os.PathLike, version: str | None = None) -> Path:
                              "give a new folder or one written by --hub-dir before")
     if not os.access(path, os.W_OK | os.X_OK) or not os.access(path / ".git", os.W_OK | os.X_OK):
         raise PackagingError(f"hub repository folder {path} is not writable")
-    status = _git(path, "status", "--porcelain", "--untracked-files=all").stdout.strip()
+    status = _git(path, "status", "--porcelain", "--untracked-files=all").stdout.splitlines()
     if status:
-        first = status.splitlines()[0][3:]
+        first = status[0][3:]  # "XY path"
         raise PackagingError(f"hub repository {path} has uncommitted changes ({first}, ...): commit or remove them first")
     if version is not None and _git(path, "rev-parse", "-q", "--verify", f"refs/tags/{version}", check=False).returncode == 0:
         raise PackagingError(f"hub repository {path} already has version {version} (git tag {version}): "

@@ -32,7 +32,7 @@ import logging
 import sys
 
 from ..bundle_folder import BundleFolderError, merged_config, parse_override
-from ..hub import check_hub_dir, check_repo_id, hub_token, publish, write_hub_repo
+from ..hub import check_hub_dir, check_repo_id, check_token, hub_token, publish, write_hub_repo
 from ..packaging import package_bundle
 from ..tasks import config_files, task_names
 
@@ -70,11 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     if (args.hub_repo or args.latest) and not (args.hub_dir or args.publish):
         parser.error("--hub-repo and --latest go with --hub-dir DIR and/or --publish public|private")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the hub client logs every request at INFO
     try:
         token = None
         if args.hub_repo:  # the hub's refusals that need no work come first
             check_repo_id(args.hub_repo)
-            token = hub_token() if args.publish else None
+            if args.publish:  # a missing or refused token, or an unreachable hub, before the package is made
+                token = hub_token()
+                check_token(token)
             if args.hub_dir:
                 check_hub_dir(args.hub_dir, args.version or merged_config(config_files("metadata.json", args.task))["version"])
         package = package_bundle(args.task, out=args.out, weights=args.weights, version=args.version, name=args.name,
