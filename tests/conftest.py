@@ -7,6 +7,7 @@ of a binary evaluation report.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -45,7 +46,7 @@ def pytest_report_header(config):
 # (measured per file in a full run on a 2-core AMD EPYC: 351 s for test_monailabel.py down to 45 s for
 # test_validation.py). pytest-xdist's loadfile mode hands files to the workers in collection order; starting the
 # long ones first keeps one worker from being left with a long file at the end while the other is idle.
-LONGEST_FIRST = ("test_monailabel.py", "test_zoo.py", "test_bundle.py", "test_cpu_engine.py", "test_fast_inference.py",
+LONGEST_FIRST = ("test_monailabel.py", "test_zoo.py", "test_hub.py", "test_bundle.py", "test_cpu_engine.py", "test_fast_inference.py",
                  "test_compare_models.py", "test_resume.py", "test_kvasir.py", "test_console.py", "test_prostate.py",
                  "test_tasks.py", "test_locking.py", "test_validation.py")
 
@@ -105,6 +106,48 @@ TINY = {**SMALL, "image_size": [32, 32]}
 # One intra-op thread per subprocess: on a shared 2-core machine, 2 OpenMP threads per process made a
 # training step 3-50x slower whenever another process was busy (measured), 1 thread is ~0.4 s either way.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def task_inputs(task: str, folder: Path, count: int = 2) -> list[Path]:
+    """Real inputs of ``task`` linked (or, for hip, written) into ``folder``; a task without test data fails."""
+    sources = {
+        "polyp": sorted((KVASIR / "images").glob("*.jpg"))[:count],
+        "isic2017": sorted((PH2 / "images").glob("*.jpg"))[:count],
+        "prostate": [PROSTATE_T2],
+    }
+    folder.mkdir(parents=True)
+    if task == "hip":
+        return sorted((write_hip_dataset(folder.parent / "hip", count) / "images").glob("*.png"))
+    if task not in sources:
+        pytest.fail(f"task {task!r} has no test data here: add its real inputs to task_inputs() in conftest.py")
+    links = []
+    for index, src in enumerate(sources[task]):
+        if not src.is_file():
+            pytest.fail(f"test data missing: {src} (the tests read ../shared/data next to the repository)")
+        links.append(folder / (f"case{index}_{src.name}" if task == "prostate" else src.name))
+        links[-1].symlink_to(src)
+    return links
+
+
+def check_task_masks(task: str, inputs: list[Path], out: Path, out_channels: int) -> None:
+    """The masks inference wrote into ``out`` for ``inputs``: one each, at the input's own size (a NIfTI label with
+    the volume's shape and affine for the prostate task), holding only the task's label values."""
+    import nibabel as nib
+    from PIL import Image
+
+    from transfuse_bundle.outputs import MANIFEST_NAME
+
+    written = sorted(p for p in out.iterdir() if p.name != MANIFEST_NAME)  # the masks, and the record of them
+    assert len(written) == len(inputs), f"{[p.name for p in written]} for {[p.name for p in inputs]}"
+    for src, mask in zip(sorted(inputs), written):
+        if task == "prostate":
+            volume, label = nib.load(src), nib.load(mask)
+            assert label.shape == volume.shape and np.allclose(label.affine, volume.affine, atol=1e-4)
+            values = np.unique(np.asarray(label.dataobj))
+        else:
+            assert Image.open(mask).size == Image.open(src).size, f"{mask.name} vs {src.name}"
+            values = np.unique(np.asarray(Image.open(mask)))
+        assert set(values.tolist()) <= ({0, 255} if out_channels == 1 else set(range(out_channels)))
 
 
 def run_command(cmd: list, cwd: Path = REPO, env: dict | None = None, timeout: float = 600,
@@ -202,6 +245,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Ends a server started with ``start_new_session=True`` and every process it started: SIGTERM, then SIGKILL."""
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path):
+    """``with serve_folder(dist) as url:`` a plain HTTP server on 127.0.0.1 serving ``folder`` (quiet), stopped after."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
 class MonaiLabelServer:
     """A MONAI Label server subprocess (stock ``monaibundle`` app, 127.0.0.1, a free port) serving ``models``
     (bundle folders of ``APP/model/``, any number of tasks), with a bounded-timeout HTTP client."""
@@ -252,15 +328,7 @@ class MonaiLabelServer:
         return r
 
     def stop(self) -> None:
-        import signal
-
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # the server and the training processes it started
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
+        stop_process_group(self.proc)  # the server and the training processes it started
         self._log.close()
 
 
@@ -288,3 +356,67 @@ def check_binary_report(metrics: dict, out: Path, num_cases: int) -> None:
         assert np.mean([float(r[key]) for r in rows]) == pytest.approx(toolbox[key], abs=1e-5), key
     print(f"new metrics: {({k: metrics[k] for k in ('sensitivity', 'specificity', 'thresholded_jaccard', 'nsd', 'empty_cases')})} "
           f"toolbox {toolbox}")
+
+
+class HubServer:
+    """A real Hugging Face hub server on 127.0.0.1: olah (requirements-hub.txt), offline, serving the local git
+    repositories under ``mirrors/models/OWNER/NAME`` (what ``transfuse-package --hub-dir`` writes)."""
+
+    def __init__(self, root: Path):
+        self.root, self.mirrors = root, root / "mirrors"
+        self.mirrors.mkdir(parents=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = root / "olah.toml"
+        config.write_text(f'[basic]\nhost = "127.0.0.1"\nport = {self.port}\nmirrors-path = ["{self.mirrors}"]\n'
+                          f'repos-path = "{root / "cache"}"\n[accessibility]\noffline = true\n')
+        self.log_path = root / "olah.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "olah.server", "-c", str(config)], cwd=root,
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def repo_dir(self, repo_id: str) -> Path:
+        return self.mirrors / "models" / repo_id
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of a user's command against this hub: HF_ENDPOINT set, the suite's HF_HUB_OFFLINE unset,
+        a hub cache of its own."""
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN")}
+        return {**env, "HF_ENDPOINT": self.url, "HF_HOME": str(self.root / "hf_home"), "HF_HUB_DISABLE_TELEMETRY": "1",
+                **extra}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"the hub server (olah) exited with {self.proc.returncode}: is requirements-hub.txt "
+                            f"installed?\n{self.log()[-3000:]}", pytrace=False)
+            try:
+                urllib.request.urlopen(f"{self.url}/api/models/none/none/refs", timeout=5)
+                return
+            except urllib.error.HTTPError:  # it answered
+                return
+            except OSError:
+                time.sleep(0.5)
+        pytest.fail(f"the hub server did not answer within {timeout:.0f} s\n{self.log()[-3000:]}")
+
+    def stop(self) -> None:
+        stop_process_group(self.proc)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def hub_server(tmp_path_factory):
+    """One olah hub server for the test session (see :class:`HubServer`)."""
+    server = HubServer(tmp_path_factory.mktemp("hub"))
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

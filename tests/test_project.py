@@ -137,3 +137,31 @@ def test_no_deps_requirement_files_pin_every_runtime_dependency():
             if missing:
                 gaps[f"{path.name}: {pin}"] = sorted(missing)
     assert not gaps, f"runtime requirements neither installed by the project nor pinned: {gaps}"
+
+
+def test_constraints_pin_within_the_declared_ranges_and_metadata_states_them():
+    """pyproject.toml declares ranges (installable next to other MONAI tools), constraints.txt pins the tested set
+    (the README's test set-up installs with it), and configs/metadata.json states the versions a bundle is made with:
+    every pin lies in its declared range, and the metadata's versions are the pins."""
+    import json
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = (line.split("#", 1)[0].strip() for line in (REPO / "constraints.txt").read_text().splitlines())
+    pins = {canonicalize_name(r.name): str(r.specifier).removeprefix("==") for r in map(Requirement, filter(None, lines))}
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = [Requirement(t) for t in project["dependencies"] + project["optional-dependencies"]["cpu"]
+                + project["optional-dependencies"]["test"] if not t.startswith("transfuse-bundle")]
+    for requirement in declared:
+        assert str(requirement.specifier).count("==") == 0, f"{requirement}: pyproject.toml declares ranges, pins go to constraints.txt"
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not pinned in constraints.txt"
+        assert requirement.specifier.contains(pins[name]), f"constraints.txt pins {name}=={pins[name]} outside {requirement}"
+    meta = json.loads((REPO / "configs" / "metadata.json").read_text())
+    stated = {"monai": meta["monai_version"], "torch": meta["pytorch_version"], "numpy": meta["numpy_version"],
+              **meta["required_packages_version"]}
+    assert {name: pins.get(canonicalize_name(name)) for name in stated} == stated
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "-c constraints.txt" in ci and "requirements-hub.txt" in ci

@@ -13,22 +13,14 @@ test_monailabel.py.
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import sys
-import threading
 import zipfile
-from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import KVASIR, PH2, PROSTATE_T2, REPO, SMALL, run_command, run_workflow, write_hip_dataset
+from conftest import REPO, SMALL, check_task_masks, run_command, run_workflow, serve_folder, task_inputs
 from transfuse_bundle.tools.bundle_folder import merged_config
-from transfuse_bundle.outputs import MANIFEST_NAME
 from transfuse_bundle.tools.packaging import package_bundle
 from transfuse_bundle.tools.tasks import config_files, config_parser, task_names
 
@@ -37,42 +29,12 @@ N_IMAGES = 2
 pytestmark = pytest.mark.slow
 
 
-def _inputs(task: str, folder: Path) -> list[Path]:
-    """Real inputs of ``task`` linked (or, for hip, written) into ``folder``; a task without test data fails."""
-    sources = {
-        "polyp": sorted((KVASIR / "images").glob("*.jpg"))[:N_IMAGES],
-        "isic2017": sorted((PH2 / "images").glob("*.jpg"))[:N_IMAGES],
-        "prostate": [PROSTATE_T2],
-    }
-    folder.mkdir(parents=True)
-    if task == "hip":
-        return sorted((write_hip_dataset(folder.parent / "hip", N_IMAGES) / "images").glob("*.png"))
-    if task not in sources:
-        pytest.fail(f"task {task!r} has no test data here: add its real inputs to _inputs()")
-    links = []
-    for index, src in enumerate(sources[task]):
-        if not src.is_file():
-            pytest.fail(f"test data missing: {src} (the tests read ../shared/data next to the repository)")
-        links.append(folder / (f"case{index}_{src.name}" if task == "prostate" else src.name))
-        links[-1].symlink_to(src)
-    return links
-
-
 @pytest.fixture(scope="module")
 def dist_server(tmp_path_factory):
     """An HTTP server on 127.0.0.1 serving a tmp ``dist/`` folder."""
     dist = tmp_path_factory.mktemp("dist")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(dist))
-    handler.log_message = lambda *args: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield dist, f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
+    with serve_folder(dist) as url:
+        yield dist, url
 
 
 @pytest.mark.parametrize("task", task_names())
@@ -101,22 +63,12 @@ def test_task_packages_downloads_and_infers_at_the_input_size(task, dist_server,
     download(name=name, version=package.version, url=f"{url}/{zip_path.name}", bundle_dir=str(work / "bundles"))
     bundle = work / "bundles" / name
     assert not (bundle / "configs" / "tasks").exists()  # the task is merged in: the folder runs as it is
-    inputs = _inputs(task, work / "inputs")
+    inputs = task_inputs(task, work / "inputs", N_IMAGES)
     out = work / "masks"
     run_workflow("inference.json", source=bundle, bundle_root=str(bundle), dataset_dir=str(inputs[0].parent),
                  output_dir=str(out))
 
-    written = sorted(p for p in out.iterdir() if p.name != MANIFEST_NAME)  # the masks, and the record of them
-    assert len(written) == len(inputs), f"{[p.name for p in written]} for {[p.name for p in inputs]}"
-    for src, mask in zip(inputs, written):
-        if task == "prostate":
-            volume, label = nib.load(src), nib.load(mask)
-            assert label.shape == volume.shape and np.allclose(label.affine, volume.affine, atol=1e-4)
-            values = np.unique(np.asarray(label.dataobj))
-        else:
-            assert Image.open(mask).size == Image.open(src).size, f"{mask.name} vs {src.name}"
-            values = np.unique(np.asarray(Image.open(mask)))
-        assert set(values.tolist()) <= ({0, 255} if task_train["out_channels"] == 1 else set(range(task_train["out_channels"])))
+    check_task_masks(task, inputs, out, task_train["out_channels"])
 
 
 def test_polyp_package_trains_multi_scale_at_batch_16(tmp_path):

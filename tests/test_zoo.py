@@ -207,7 +207,8 @@ def test_package_script_zips_weights_and_code_under_top_folder(weights, tmp_path
           "--out", str(dist), "--set", "image_size=[64,64]"], cwd=tmp_path, step="scripts/package_bundle.py (weights inside)")
     zips = sorted(dist.glob("*.zip"))
     assert [z.name for z in zips] == [f"{NAME}_v0.1.0.zip"]
-    assert [p.name for p in dist.iterdir()] == [zips[0].name], "staging folders or other files were left in dist/"
+    assert sorted(p.name for p in dist.iterdir()) == [zips[0].name, f"{zips[0].name}.sha256"], \
+        "staging folders or other files were left in dist/ (or the zip's published sha256 is missing)"
     with zipfile.ZipFile(zips[0]) as zf:
         names = set(zf.namelist())
         assert {n.split("/", 1)[0] for n in names} == {NAME}

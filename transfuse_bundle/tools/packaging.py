@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..files import atomic_file, sha256
+from ..files import atomic_file, sha256, write_text_atomically
 from .bundle_folder import (BundleFolderError, check_weights_fit, copy_bundle, read_json_object, serve_with,
                             source_root, write_initial_weights, write_json)
 from .tasks import TaskError, config_file_option, task_dir
@@ -59,6 +59,8 @@ __all__ = [
     "export_models",
     "write_large_files",
     "zip_bundle",
+    "CHECKSUM_SUFFIX",
+    "write_checksum",
     "package_bundle",
     "make_torchscript_only",
 ]
@@ -78,6 +80,7 @@ EXPORT_FILES = {"ts": "model.ts", "onnx": "model.onnx"}
 WEIGHT_FILES = ("model.pt", "model.ts", "model.onnx")  # what goes to large_files.yml, in this order
 STORED_SUFFIXES = (".pt", ".ts", ".onnx")  # zipped without compression (weights barely compress)
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+CHECKSUM_SUFFIX = ".sha256"  # dist/X.zip.sha256, published beside the zip
 
 
 class PackagingError(BundleFolderError):
@@ -90,6 +93,7 @@ class Package:
 
     Attributes:
         zip_path: ``out/<name>_v<version>.zip``.
+        checksum_path: ``out/<name>_v<version>.zip.sha256`` (``sha256sum`` format), to publish beside the zip.
         name, version: the bundle name (the zip's top folder) and the metadata version.
         large_files: ``{path in the bundle: file written next to the zip for upload}`` (large-files mode).
         large_files_entries: the entries of ``large_files.yml`` (path, url, hash_val, hash_type).
@@ -100,6 +104,7 @@ class Package:
     version: str
     large_files: dict[str, Path] = field(default_factory=dict)
     large_files_entries: list[dict[str, str]] = field(default_factory=list)
+    checksum_path: Path | None = None
 
 
 def bundle_name(task: str) -> str:
@@ -243,6 +248,15 @@ def zip_bundle(bundle: str | os.PathLike, zip_path: str | os.PathLike) -> Path:
     return zip_path
 
 
+def write_checksum(path: str | os.PathLike) -> Path:
+    """Writes ``PATH.sha256``: one line ``<sha256>  <file name>`` (what ``sha256sum -c`` and
+    :func:`transfuse_bundle.tools.download.download_zip` read), so a download can be checked before it is opened."""
+    path = Path(path)
+    checksum = path.with_name(path.name + CHECKSUM_SUFFIX)
+    write_text_atomically(checksum, f"{sha256(path)}  {path.name}\n")
+    return checksum
+
+
 def package_bundle(
     task: str = "polyp",
     out: str | os.PathLike = "dist",
@@ -256,7 +270,7 @@ def package_bundle(
     schema: str | os.PathLike | None = None,
     init_weights: bool = False,
 ) -> Package:
-    """Writes ``out/<name>_v<version>.zip`` (top folder ``<name>/``) and returns what was written.
+    """Writes ``out/<name>_v<version>.zip`` (top folder ``<name>/``) and its ``.zip.sha256``; returns what was written.
 
     Args:
         task: a task of the registry (:func:`transfuse_bundle.tools.tasks.task_names`).
@@ -318,6 +332,7 @@ def package_bundle(
         if large_files_url:
             package.large_files, package.large_files_entries = write_large_files(bundle, out, large_files_url, stem)
         zip_bundle(bundle, package.zip_path)
+        package.checksum_path = write_checksum(package.zip_path)
     logger.info("package %s written", package.zip_path)
     return package
 
