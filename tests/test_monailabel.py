@@ -31,7 +31,10 @@ unlabelled image at its size (2D) or on its grid (3D) and reports what a model c
 scores every unlabelled image by MC dropout (the samples differ), takes the most uncertain image from
 ``/activelearning/epistemic``, infers it, saves the annotator's mask (``PUT /datastore/label``), three times,
 trains, scores again, infers the next image, and the trained model beats the untrained one on the held-back
-images. The time of each step and the
+images. Hostile clients (before the active-learning tests): ids and tags that leave the studies folder,
+origins other than ``--conf cors_origins``, missing ids and models, non-images, a broken study before ``/train``, an
+upload above ``LARGE_IMAGE_PIXELS`` and a default batch-inference request: one-line 400/403/404/409 or a correct
+answer. The time of each step and the
 load figures are printed at the end of the module (and written to ``timings.json`` and
 ``load_test.json`` in the module's tmp folder).
 
