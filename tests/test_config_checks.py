@@ -1,9 +1,9 @@
 """Every value and id a run is given is checked before any work (``transfuse_bundle.checks.check_config``, the first
-step of every config's ``initialize``): a bad value or a misspelt override stops in one line naming it; before, a bad
+step of every config's ``run``): a bad value or a misspelt override stops in one line naming it; before, a bad
 value failed in a traceback after the data check, and a misspelt id was accepted while the default ran.
 
 In-process workflows of the repository's real configs (``config_workflow``, as ``monai.bundle run`` builds them);
-``initialize`` alone: nothing is generated, read or written. The one-line console form is tested in test_console.py.
+``initialize`` and the check alone: nothing is generated, read or written. The one-line console form is tested in test_console.py.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ ABSENT_GPU = f"cuda:{torch.cuda.device_count()}"  # one more than this machine h
 def _initialize(config: str, tmp_path, task: str | None = None, overlays=(), **overrides):
     workflow = config_workflow(config, task, overlays, bundle_root=str(tmp_path / "bundle"), **overrides)
     workflow.initialize()
+    workflow.parser.get_parsed_content("check_config")  # the first step of the workflow's run
     return workflow
 
 

@@ -261,13 +261,13 @@ def test_exif_rotated_picture_or_mask_is_refused(tmp_path):
     ({"label": "MASK"}, "has no 'image'"),
     ({"image": "IMAGE", "label": "MASK", "spacing": [0.2, float("nan")]}, "spacing [0.2, nan] must be"),
     ({"image": "IMAGE", "label": "MASK", "spacing": "0.2"}, "spacing '0.2' must be"),
-    ({"image": "IMAGE", "label": "MASK", "spacing": [1e308, 1e308]}, "spacing [1e+308, 1e+308] must be one number or "
-                                                                       "one per axis, > 0 and <= 1e+06 (mm per pixel)"),
+    ({"image": "IMAGE", "label": "MASK", "spacing": [1e308, 1e308]}, "> 0 and <= 1e+06 (mm per pixel)"),
     # the number of axes is known once the config's spatial_dims is: checked with the files, not on reading
     ({"image": "IMAGE", "label": "MASK", "spacing": [0.2, 0.2, 0.2]}, "must be one number or 2 (one per axis)"),
 ])
 def test_datalist_entries_that_are_not_paths_give_one_line_naming_the_entry(tmp_path, entry, words):
     image, mask = _small_pair(tmp_path, "a", KVASIR_IDS[0])
+    trained = dict(zip(("image", "label"), map(str, _small_pair(tmp_path, "b", KVASIR_IDS[1]))))  # another case
 
     def filled(value):
         if isinstance(value, str):
@@ -278,7 +278,7 @@ def test_datalist_entries_that_are_not_paths_give_one_line_naming_the_entry(tmp_
 
     entry = filled(entry)
     datalist = tmp_path / "datalist.json"
-    datalist.write_text(json.dumps({"training": [{"image": str(image), "label": str(mask)}], "test": [entry]}))
+    datalist.write_text(json.dumps({"training": [trained], "test": [entry]}))
     if words is None:
         assert inference_datalist(datalist) == [{"image": str(image)}]
         return
@@ -288,7 +288,7 @@ def test_datalist_entries_that_are_not_paths_give_one_line_naming_the_entry(tmp_
         assert str(err.value) == f"{datalist}: test[0]: " + str(err.value).split("test[0]: ", 1)[1]
         assert words in str(err.value) and "\n" not in str(err.value)
     # the same entry handed over directly (as MONAI Label hands over train#dataset#data)
-    problems = validate_datalist({"training": [{"image": str(image), "label": str(mask)}, entry]})
+    problems = validate_datalist({"training": [trained, entry]})
     assert [p.path for p in problems] == ["training[1]"] and words in problems[0].message, _lines(problems)
 
 
@@ -331,7 +331,7 @@ def test_wrong_or_empty_dataset_dir(tmp_path):
     cases["empty_json"] = tmp_path / "list.json"
     cases["empty_json"].write_text(json.dumps({"training": []}))
     expected = {"missing": "does not exist", "empty": "no images", "no_images": "no images",
-                "empty_json": "'training' list is empty"}
+                "empty_json": "holds no cases"}
     for name, path in cases.items():
         problems, count = validate_dataset(path)
         readme = [p for p in problems if p.path.endswith("readme.txt")]  # named, not silently left out
@@ -339,6 +339,7 @@ def test_wrong_or_empty_dataset_dir(tmp_path):
         problems = [p for p in problems if p not in readme]
         assert count == 0 and len(problems) == 1 and expected[name] in str(problems[0]), (name, _lines(problems))
         assert str(path) in str(problems[0])
+    expected["empty_json"] = "'training' list is empty"  # training reads it: the message names the list
     for name in ("missing", "no_images", "empty_json"):
         with pytest.raises(DatasetError, match=expected[name]):
             load_datalist(cases[name])

@@ -62,7 +62,7 @@ def require_writable_dir(path: str | os.PathLike, what: str = "output folder") -
 #
 # ``python -m monai.bundle run --ID VALUE`` (and MONAI Label's overrides) set any id, known or not: a typo such as
 # ``--imagesize`` adds a new id nobody reads and the defaults run; a bad value fails late, after the data check,
-# in a traceback. :func:`check_config`, the first step of every config's ``initialize``, checks both at once.
+# in a traceback. :func:`check_config`, the first step of every config's ``run``, checks both at once.
 
 
 def _integer(minimum: int) -> Callable[[Any], str | None]:
@@ -424,7 +424,9 @@ def _calling_config() -> tuple[Any, Any]:
 
 
 def check_config() -> bool:
-    """The first step of every config's ``initialize``: the ids (:func:`check_ids`) and the values
+    """The first step of every config's ``run`` (MONAI puts a bundle folder's root on ``sys.path`` only when the run
+    starts, so a packaged bundle's ``initialize`` cannot import this package; multi_gpu_train.json checks in its
+    ``initialize``, before the process group): the ids (:func:`check_ids`) and the values
     (:func:`check_values`) of the running config, before any work. Returns True."""
     parser, workflow = _calling_config()
     if parser is None:

@@ -435,6 +435,8 @@ def validate_dataset(dataset_dir: str | os.PathLike, num_classes: int = 2, spati
                     if items else problems), len(items)
         if root.is_file() or (root / DATALIST_NAME).is_file():
             lists = load_datalist(root, need_training=False)
+            if not _entries(lists):  # named here: validate_datalist has no file to name
+                return [DatasetProblem(str(root), "holds no cases: its 'training', 'validation' and 'test' lists are empty")], 0
             return validate_datalist(lists, num_classes, spatial_dims, in_channels=in_channels), len(_entries(lists))
         items = find_images(root)
         return validate_datalist(items, num_classes, spatial_dims, True, in_channels), len(items)
