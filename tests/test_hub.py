@@ -224,6 +224,15 @@ def test_publish_needs_a_token_before_any_work_and_reports_the_hub_s_refusal(pub
     assert len(err) == 1 and err[0].startswith("error: cannot publish to https://huggingface.co with the token in HF_TOKEN: "), err
     assert not out.exists()
 
+    # the user's command against the real hub, which has no accounts: one console line, before any work
+    proc = run_command([sys.executable, str(REPO / "scripts" / "package_bundle.py"), "--task", "polyp", "--init-weights",
+                        "--out", str(out), "--hub-repo", _repo_id("polyp"), "--publish", "private"], cwd=tmp_path,
+                       env=hub_server.env(HF_TOKEN="hf_test_token"), timeout=300, check=False)
+    assert proc.returncode == 1 and proc.stdout == "" and proc.stderr.splitlines() == [
+        f"error: cannot publish to {hub_server.url} with the token in HF_TOKEN: Server error '504 Gateway Timeout' "
+        f"for url '{hub_server.url}/api/whoami-v2'"], proc.stderr
+    assert not out.exists()
+
     zip_path = published["hip"][0].zip_path
     script = ("import sys\nfrom transfuse_bundle.tools.hub import publish\n"
               "try:\n    publish(sys.argv[1], sys.argv[2], private=True, latest=True)\n"
