@@ -141,10 +141,11 @@ def test_every_task_downloads_from_the_hub_and_infers(published, hub_server, tmp
     """``monai.bundle.download(source="huggingface_hub")`` of every other task (one interpreter for all), then
     inference from each downloaded folder on the task's real inputs."""
     tasks = [t for t in task_names() if t != "polyp"]
+    # the first task at its version tag, the others at latest_version
     script = ("import sys\nfrom monai.bundle import download\n"
-              "for task in sys.argv[2:]:\n"
+              "for index, task in enumerate(sys.argv[2:]):\n"
               f"    download(name='transfuse_' + task, source='huggingface_hub', repo='{ORG}/transfuse_' + task, "
-              "bundle_dir=sys.argv[1], progress=False)\n")
+              "version='0.1.0' if index == 0 else None, bundle_dir=sys.argv[1], progress=False)\n")
     run_command([sys.executable, "-c", script, str(tmp_path / "bundles"), *tasks], cwd=tmp_path, env=hub_server.env(),
                 timeout=300)
     for task in tasks:
@@ -221,6 +222,15 @@ def test_publish_needs_a_token_before_any_work_and_reports_the_hub_s_refusal(pub
                          "--publish", "public"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: cannot publish to https://huggingface.co with the token in HF_TOKEN: "), err
+    assert not out.exists()
+
+    # the user's command against the real hub, which has no accounts: one console line, before any work
+    proc = run_command([sys.executable, str(REPO / "scripts" / "package_bundle.py"), "--task", "polyp", "--init-weights",
+                        "--out", str(out), "--hub-repo", _repo_id("polyp"), "--publish", "private"], cwd=tmp_path,
+                       env=hub_server.env(HF_TOKEN="hf_test_token"), timeout=300, check=False)
+    assert proc.returncode == 1 and proc.stdout == "" and proc.stderr.splitlines() == [
+        f"error: cannot publish to {hub_server.url} with the token in HF_TOKEN: Server error '504 Gateway Timeout' "
+        f"for url '{hub_server.url}/api/whoami-v2'"], proc.stderr
     assert not out.exists()
 
     zip_path = published["hip"][0].zip_path
@@ -349,8 +359,7 @@ def test_zip_download_refuses_truncated_and_zip_slip_archives_extracting_nothing
 
 def test_large_files_listing_outside_the_bundle_or_a_wrong_served_file_is_refused(tmp_path):
     """A downloaded bundle's large_files.yml is the publisher's: a path outside the bundle folder is refused before
-    anything is fetched (MONAI's download_large_files would write there), and a fetched file with another sha256 is
-    refused in one line naming the path and the URL."""
+    anything is fetched, and a fetched file with another sha256 is refused in one line naming the path and the URL."""
     bundle = tmp_path / "bundle"
     (bundle / "models").mkdir(parents=True)
     served = tmp_path / "served"

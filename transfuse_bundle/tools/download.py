@@ -100,11 +100,12 @@ def _move_into_place(folder: Path, target: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _quiet(name: str):
-    """Hides a logger's INFO lines (MONAI's download logs every argument) for the duration of the block."""
+def _quiet(name: str, below: int = logging.WARNING):
+    """Hides a logger's lines below ``below`` for the duration of the block (MONAI's download logs every argument at
+    INFO; its hash check logs an ERROR line before it raises what is reported here in one line)."""
     logger_ = logging.getLogger(name)
     level = logger_.level
-    logger_.setLevel(logging.WARNING)
+    logger_.setLevel(below)
     try:
         yield
     finally:
@@ -229,7 +230,7 @@ def verify_large_files(bundle: Path, source: str) -> list[str]:
         if path.is_file():
             continue
         try:
-            with _quiet("monai.apps"), _quiet("monai.apps.utils"):
+            with _quiet("monai.apps", below=logging.CRITICAL):
                 download_url(url=entry["url"], filepath=path, hash_val=entry.get("hash_val") or None,
                              hash_type=entry.get("hash_type") or "sha256", progress=False)
         except Exception as e:  # MONAI's HashCheckError, urllib's errors

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     if (args.hub_repo or args.latest) and not (args.hub_dir or args.publish):
         parser.error("--hub-repo and --latest go with --hub-dir DIR and/or --publish public|private")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # the hub client logs every request at INFO
+    for client in ("httpx", "httpx2"):  # the hub client (huggingface_hub 1.x: httpx, 2.x: httpx2) logs each request
+        logging.getLogger(client).setLevel(logging.WARNING)
     try:
         token = None
         if args.hub_repo:  # the hub's refusals that need no work come first
