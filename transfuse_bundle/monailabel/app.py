@@ -120,17 +120,33 @@ def _app_folder(app_dir: str | os.PathLike) -> Path:
 
 
 def _copy_stock_app(dest: Path, python: str | None = None) -> Path:
-    """Copies the wheel's monaibundle app into ``dest`` (``monailabel.main apps --download``); returns its folder."""
+    """Copies the wheel's monaibundle app into ``dest`` (``monailabel apps --download``); returns its folder.
+    MONAI Label's own command, in this process when ``python`` is this interpreter (its start costs ~10 s)."""
     require_monailabel()
-    cmd = [python or sys.executable, "-m", "monailabel.main", "apps", "--download", "--name", APP_NAME,
-           "--output", str(dest)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    args = ["apps", "--download", "--name", APP_NAME, "--output", str(dest)]
     copied = dest / APP_NAME
-    if proc.returncode != 0 or not (copied / "main.py").is_file():
-        raise BundleFolderError(
-            f"could not copy the {APP_NAME} app from the monailabel wheel ({' '.join(cmd)}): "
-            f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        )
+    if python is None or python == sys.executable:
+        import argparse
+        import contextlib
+        import io
+
+        from monailabel.main import Main
+
+        command, printed = f"monailabel {' '.join(args)}", io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed):
+                Main().action_apps(argparse.Namespace(prefix=None, download=True, name=APP_NAME, output=str(dest)))
+            status = 0
+        except (SystemExit, ValueError, OSError) as e:  # its refusals: exit(-1) after a printed line, ValueError
+            status, printed = 1, io.StringIO(f"{printed.getvalue()}{e}")
+        output = printed.getvalue()
+    else:
+        cmd = [python, "-m", "monailabel.main", *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        command, status, output = " ".join(cmd), proc.returncode, f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    if status != 0 or not (copied / "main.py").is_file():
+        raise BundleFolderError(f"could not copy the {APP_NAME} app from the monailabel wheel ({command}): "
+                                f"exit {status}\n{output[-4000:]}")
     return copied
 
 
