@@ -150,10 +150,42 @@ def check_task_masks(task: str, inputs: list[Path], out: Path, out_channels: int
         assert set(values.tolist()) <= ({0, 255} if out_channels == 1 else set(range(out_channels)))
 
 
+_warm_python = None  # this worker's WarmPython, started by the first command that can run warm
+
+
+def _warm(cmd: list[str], env: dict | None):
+    """This worker's :class:`warm_python.WarmPython` if ``cmd`` can run in it, else None."""
+    global _warm_python
+    import tempfile
+
+    from warm_python import WarmPython
+
+    if _warm_python is None:
+        _warm_python = WarmPython(Path(tempfile.mkdtemp(prefix="warm_python_")))
+    return _warm_python if _warm_python.accepts(cmd, env) else None
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    if _warm_python is not None:
+        _warm_python.stop()
+        shutil.rmtree(_warm_python.scratch, ignore_errors=True)
+
+
 def run_command(cmd: list, cwd: Path = REPO, env: dict | None = None, timeout: float = 600,
-                check: bool = True) -> subprocess.CompletedProcess:
-    """Runs ``cmd`` (bounded time) and, unless ``check`` is false, fails with its output when it did not succeed."""
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+                check: bool = True, fresh: bool = False) -> subprocess.CompletedProcess:
+    """Runs ``cmd`` (bounded time) and, unless ``check`` is false, fails with its output when it did not succeed.
+
+    A ``python`` command runs in this worker's warmed-up Python (``tests/warm_python.py``: the same command
+    without the interpreter start) where its environment allows; ``fresh``: always in a new interpreter (for tests
+    of the interpreter's start itself: the console at import, the README's exact command)."""
+    cmd = [str(c) for c in cmd]
+    warm = None if fresh else _warm(cmd, env)
+    if warm is not None:
+        proc = warm.run(cmd, cwd=cwd, env=env, timeout=timeout)
+    else:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check:
         assert proc.returncode == 0, (f"{' '.join(map(str, cmd))}: exit {proc.returncode}\n"
                                       f"STDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}")
@@ -161,9 +193,10 @@ def run_command(cmd: list, cwd: Path = REPO, env: dict | None = None, timeout: f
 
 
 def bundle_cli(*args, cwd: Path = REPO, env: dict | None = None, timeout: float = 600,
-               check: bool = True) -> subprocess.CompletedProcess:
+               check: bool = True, fresh: bool = False) -> subprocess.CompletedProcess:
     """``python -m monai.bundle ARGS``, the user's command, through :func:`run_command`."""
-    return run_command([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, timeout=timeout, check=check)
+    return run_command([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, timeout=timeout, check=check,
+                       fresh=fresh)
 
 
 def run_workflow(config: str, task: str | None = None, overlays=(), source=None, **overrides):

@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, SMALL, console_noise, run_command, run_workflow
+from conftest import REPO, SMALL, bundle_cli, console_noise, run_command, run_workflow
 from transfuse_bundle.errors import find_user_error
 from transfuse_bundle.data import make_synthetic_case, synthetic_dataset
 from transfuse_bundle.networks import TransFuse
@@ -47,12 +47,13 @@ def _repo_snapshot() -> dict[str, int]:
     return files
 
 
-def _cli(*args: str, torchrun: bool = False, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Runs ``python -m monai.bundle ARGS`` (or through torchrun) from the repository root; fails with its output."""
+def _cli(*args: str, torchrun: bool = False, timeout: int = 300, fresh: bool = False) -> subprocess.CompletedProcess:
+    """Runs ``python -m monai.bundle ARGS`` (or through torchrun) from the repository root; fails with its output.
+    ``fresh``: in a new interpreter, not the suite's warmed-up one (see :func:`conftest.run_command`)."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun else [sys.executable]
     env = {**os.environ, "OMP_NUM_THREADS": "1" if torchrun else os.environ.get("OMP_NUM_THREADS", "2")}
     before = _repo_snapshot()
-    result = run_command([*launcher, "-m", "monai.bundle", *args], env=env, timeout=timeout)
+    result = run_command([*launcher, "-m", "monai.bundle", *args], env=env, timeout=timeout, fresh=fresh)
     assert _repo_snapshot() == before, "the bundle command wrote into the repository tree"
     return result
 
@@ -178,6 +179,7 @@ def test_cli_user_command_trains_on_generated_synthetic_data(tmp_path):
     result = _cli(
         "run", "training", "--config_file", "configs/train.json",
         "--bundle_root", str(tmp_path), "--train#trainer#max_epochs", "1", "--image_size", "[64,64]", "--batch_size", "8",
+        fresh=True,
     )
     assert console_noise(result) == []
     datalist = json.loads((tmp_path / "data" / "synthetic" / "datalist.json").read_text())
@@ -219,11 +221,8 @@ def test_cli_inference_writes_one_png_per_image(trained, synthetic, tmp_path):
 
 def test_cli_errors_name_the_path_before_any_work(trained, tmp_path):
     missing = tmp_path / "no_such_dataset"
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json",
-         "--bundle_root", str(tmp_path), "--dataset_dir", str(missing), *CLI_SMALL],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
+    result = bundle_cli("run", "training", "--config_file", "configs/train.json", "--bundle_root", str(tmp_path),
+                        "--dataset_dir", str(missing), *CLI_SMALL, timeout=120, check=False)
     assert result.returncode != 0
     assert f"dataset_dir '{missing}' does not exist" in result.stderr
     assert not (tmp_path / "models").exists()

@@ -26,7 +26,7 @@ def _env() -> dict:
 
 def _refused(*args) -> list[str]:
     """Runs a bundle command that must be refused; returns the lines it printed to stderr from the first ``error:`` on."""
-    result = bundle_cli(*args, env=_env(), check=False)
+    result = bundle_cli(*args, env=_env(), check=False, fresh=True)  # the console from the interpreter's start
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "Failed to evaluate" not in result.stderr, result.stderr[-3000:]
     lines = result.stderr.splitlines()
@@ -63,7 +63,7 @@ def test_refusals_print_one_line_and_crashes_keep_their_traceback(tmp_path):
     # a real crash (here torch's refusal of Adam's betas, not one of our checks) keeps its traceback, and its
     # last line is the cause MONAI wrapped, not 'Failed to instantiate component'
     crash = bundle_cli("run", "training", *TRAIN, "--bundle_root", bundle, "--optimizer#betas", "[2,0.999]", *TINY,
-                       env=_env(), check=False)
+                       env=_env(), check=False, fresh=True)
     assert crash.returncode == 1 and "Traceback" in crash.stderr, crash.stderr[-3000:]
     assert crash.stderr.splitlines()[-1] == "error: ValueError: Invalid beta parameter at index 0: 2", crash.stderr[-3000:]
 

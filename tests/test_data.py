@@ -198,7 +198,7 @@ def test_a_case_in_training_and_validation_is_refused_naming_it(tmp_path: Path):
     link.symlink_to(cases[0]["image"])
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps({"training": cases[:2], "validation": [{**cases[0], "image": str(link)}]}))
-    with pytest.raises(DatasetError, match=rf"same\.jpg: the same case is in training\[0\] and validation\[0\]"):
+    with pytest.raises(DatasetError, match=r"same\.jpg: the same case is in training\[0\] and validation\[0\]"):
         load_datalist(datalist)
     datalist.write_text(json.dumps({"training": cases[:2], "test": [cases[2], cases[1]]}))
     with pytest.raises(DatasetError, match=r"the same case is in training\[1\] and test\[1\]"):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, run_command
 from transfuse_bundle.data import write_datalist
 from transfuse_bundle.networks import TransFuse
 from transfuse_bundle.networks.fast import (
@@ -129,9 +128,8 @@ def test_benchmark_script_tiny_mode(tmp_path):
     datalist = tmp_path / "kvasir8.json"
     write_datalist(REPO.parent / "shared" / "data" / "kvasir_seg", datalist, num_training=8, num_validation=2)
     out = tmp_path / "bench"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--tiny", "--threads", "2", "--out", str(out),
-                    "--data-dir", str(datalist), "--data-steps", "2", "--num-workers", "0", "--engine"],
-                   check=True, cwd=tmp_path, timeout=600)
+    run_command([sys.executable, REPO / "scripts" / "benchmark.py", "--tiny", "--threads", "2", "--out", out,
+                 "--data-dir", datalist, "--data-steps", "2", "--num-workers", "0", "--engine"], cwd=tmp_path)
     report = json.loads(out.with_suffix(".json").read_text())
     pipeline = report["data_pipeline"]
     assert pipeline["train_img_s_with_data"] > 0 and pipeline["train_img_s_model_only"] > 0
@@ -176,10 +174,10 @@ def test_benchmark_training_loop_tiny(tmp_path):
     datalist = tmp_path / "kvasir4.json"
     write_datalist(REPO.parent / "shared" / "data" / "kvasir_seg", datalist, num_training=2, num_validation=1)
     out = tmp_path / "loop"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--models", "--sizes", "32", "--threads", "1",
-                    "--peak-size", "64", "--data-dir", str(datalist), "--training-loop", "single-scale", "multi-scale",
-                    "--train-batch", "2", "--loop-iterations", "1", "--num-workers", "0", "--data-steps", "1", "--out", str(out)],
-                   check=True, cwd=tmp_path, timeout=600)
+    run_command([sys.executable, REPO / "scripts" / "benchmark.py", "--models", "--sizes", "32", "--threads", "1",
+                 "--peak-size", "64", "--data-dir", datalist, "--training-loop", "single-scale", "multi-scale",
+                 "--train-batch", "2", "--loop-iterations", "1", "--num-workers", "0", "--data-steps", "1", "--out", out],
+                cwd=tmp_path)
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["results"] == [] and "data_pipeline" in report
     loops = report["training_loop"]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import KVASIR, PH2, PROSTATE158, REPO
+from conftest import KVASIR, PH2, PROSTATE158, REPO, run_command
 from transfuse_bundle.data import DatasetError, load_datalist
 from transfuse_bundle.tools.prepare import detect_layout, prepare
 
@@ -115,8 +114,8 @@ def test_hip_needs_spacing_and_records_it(tmp_path):
 
 def test_cli_reports_unknown_layout_clearly(tmp_path):
     (tmp_path / "empty").mkdir()
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_data.py"), str(tmp_path / "empty"),
-                             "--output", str(tmp_path / "x.json")], capture_output=True, text=True)
+    result = run_command([sys.executable, REPO / "scripts" / "prepare_data.py", tmp_path / "empty",
+                          "--output", tmp_path / "x.json"], check=False)
     assert result.returncode == 2
     assert "cannot tell the layout of" in result.stderr and str(tmp_path / "empty") in result.stderr
     assert not (tmp_path / "x.json").exists()
@@ -124,8 +123,7 @@ def test_cli_reports_unknown_layout_clearly(tmp_path):
 
 def test_cli_subset_of_a_folder(tmp_path):
     out = tmp_path / "sub.json"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_data.py"), str(KVASIR), "--output", str(out),
-                    "--subset", "5", "2", "3"], check=True, capture_output=True)
+    run_command([sys.executable, REPO / "scripts" / "prepare_data.py", KVASIR, "--output", out, "--subset", "5", "2", "3"])
     lists = json.loads(out.read_text())
     assert [len(lists[k]) for k in ("training", "validation", "test")] == [5, 2, 3]
 

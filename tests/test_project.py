@@ -1,7 +1,7 @@
 """Project hygiene that CI depends on."""
 
 from pathlib import Path
-from conftest import REPO
+from conftest import REPO, run_command
 
 
 
@@ -66,7 +66,6 @@ def test_readme_task_table_lists_the_registry():
 def test_readme_task_commands_are_the_registry_s():
     """The commands README shows for each task are those ``python -m transfuse_bundle.tools.tasks`` prints (the merge
     order of transfuse_bundle.tools.tasks.CHAINS), so the docs cannot drift from the task folders."""
-    import subprocess
     import sys
 
     from transfuse_bundle.tools.tasks import commands, task_names
@@ -75,8 +74,7 @@ def test_readme_task_commands_are_the_registry_s():
     shown = [line.removesuffix(" --dataset_dir DIR") for line in section.split("```bash\n", 1)[1].split("```")[0].splitlines()
              if line.startswith("python -m monai.bundle")]
     assert shown == [command for task in task_names() for command in commands(task).values()]
-    printed = subprocess.run([sys.executable, "-m", "transfuse_bundle.tools.tasks"], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout
+    printed = run_command([sys.executable, "-m", "transfuse_bundle.tools.tasks"]).stdout
     assert all(command in printed for command in shown)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pytest
 import torch
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
-from conftest import PROSTATE158, REPO, SMALL, run_workflow
+from conftest import PROSTATE158, REPO, SMALL, run_command, run_workflow
 from transfuse_bundle.tools.prepare import prepare
 from transfuse_bundle.tools.tasks import config_parser
 
@@ -160,9 +159,9 @@ def test_msd_two_channel_volumes_prepare_train_evaluate_infer(msd_task, tmp_path
     # the same check as a command, with MSD's channels it passes
     script = [sys.executable, str(REPO / "scripts" / "validate_data.py"), str(datalist), "--num-classes", "3",
               "--spatial-dims", "3", "--in-channels"]
-    refused = subprocess.run(script + ["1"], capture_output=True, text=True, timeout=300)
+    refused = run_command(script + ["1"], check=False)
     assert refused.returncode == 1 and "pass --in_channels 2" in refused.stdout, refused.stdout + refused.stderr
-    accepted = subprocess.run(script + ["2"], capture_output=True, text=True, timeout=300)
+    accepted = run_command(script + ["2"], check=False)
     assert accepted.returncode == 0 and "2 case(s) checked" in accepted.stdout, accepted.stdout + accepted.stderr
 
     _run("train.json", dataset_dir=str(datalist), bundle_root=str(bundle), max_epochs=1, val_interval=1, **SMALL_VOLUMES, **MSD)

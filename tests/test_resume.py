@@ -25,7 +25,7 @@ import torch
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
 
-from conftest import KVASIR, REPO, TINY
+from conftest import KVASIR, REPO, TINY, run_command
 from transfuse_bundle.data import write_datalist
 from transfuse_bundle.handlers import GradientClipping, TrainingCheckpoint, every_rank_handlers, save_atomically
 from transfuse_bundle.locking import lock_folders, release_folders
@@ -239,7 +239,7 @@ def test_sigkill_mid_epoch_then_resume_finishes_at_max_epochs(kvasir, tmp_path):
     model_before = _sha256(model_path)
 
     log = tmp_path / "resumed.log"
-    result = subprocess.run([*command, "--resume", "true"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = run_command([*command, "--resume", "true"], env=env, check=False)
     log.write_text(result.stdout + result.stderr)
     assert result.returncode == 0, log.read_text()[-6000:]
     assert f"Restored all variables from {checkpoint_path}" in log.read_text()

@@ -17,14 +17,13 @@ import json
 import os
 import pickle
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import KVASIR, REPO, CreatesFile
+from conftest import KVASIR, CreatesFile, run_command
 from transfuse_bundle.weights import WeightsFileError, load_weights, require_weights
 
 UNSAFE_MESSAGE = "contains pickled Python objects"
@@ -116,8 +115,7 @@ def test_inference_cli_refuses_malicious_ckpt_before_any_work(tmp_path):
            "--meta_file", "configs/metadata.json", "--bundle_root", str(tmp_path), "--ckpt_path", str(bad),
            "--dataset_dir", str(tmp_path / "data"), "--output_dir", str(out), "--image_size", "[64,64]",
            "--num_workers", "0"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = run_command(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, f"the run accepted a malicious checkpoint:\n{output[-3000:]}"
     assert UNSAFE_MESSAGE in output and str(bad) in output, output[-3000:]

@@ -11,7 +11,6 @@ import json
 import runpy
 import shutil
 import struct
-import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from conftest import KVASIR, PROSTATE158, REPO, root_cause, run_workflow, untrained_weights
+from conftest import KVASIR, PROSTATE158, REPO, bundle_cli, root_cause, run_command, run_workflow, untrained_weights
 from transfuse_bundle.data import (
     DatasetError,
     check_dataset,
@@ -357,7 +356,7 @@ def test_validate_data_command(tmp_path, capsys):
     _truncated_copy(KVASIR / "images" / f"{KVASIR_IDS[3]}.jpg", bad / "images" / "b.jpg")
     Image.fromarray(np.full((5, 5), 255, np.uint8)).save(bad / "masks" / "c.png")
     script = str(REPO / "scripts" / "validate_data.py")
-    result = subprocess.run([sys.executable, script, str(bad)], capture_output=True, text=True, timeout=300)
+    result = run_command([sys.executable, script, bad], check=False)
     assert result.returncode == 1, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2, result.stdout
@@ -549,12 +548,9 @@ def test_inference_skips_a_bad_image_writes_the_others_and_exits_nonzero(tmp_pat
     cut = _truncated_copy(KVASIR / "images" / f"{KVASIR_IDS[3]}.jpg", images / "b_cut.jpg")  # between b and c
     bundle, out = tmp_path / "bundle", tmp_path / "pred"
     untrained_weights(bundle)
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "['configs/train.json','configs/inference.json']",
-         "--dataset_dir", str(images), "--output_dir", str(out), "--bundle_root", str(bundle),
-         "--image_size", "[64,64]", "--num_workers", "0"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )
+    result = bundle_cli("run", "--config_file", "['configs/train.json','configs/inference.json']", "--dataset_dir", images,
+                        "--output_dir", out, "--bundle_root", bundle, "--image_size", "[64,64]", "--num_workers", "0",
+                        check=False)
     assert result.returncode != 0, result.stdout[-3000:]
     assert str(cut) in result.stderr and "truncated" in result.stderr
     written = sorted(p.name for p in out.glob("*_seg.png"))
