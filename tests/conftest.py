@@ -150,27 +150,15 @@ def check_task_masks(task: str, inputs: list[Path], out: Path, out_channels: int
         assert set(values.tolist()) <= ({0, 255} if out_channels == 1 else set(range(out_channels)))
 
 
-_warm_python = None  # this worker's WarmPython, started by the first command that can run warm
-
-
-def _warm(cmd: list[str], env: dict | None):
-    """This worker's :class:`warm_python.WarmPython` if ``cmd`` can run in it, else None."""
-    global _warm_python
-    import tempfile
-
-    from warm_python import WarmPython
-
-    if _warm_python is None:
-        _warm_python = WarmPython(Path(tempfile.mkdtemp(prefix="warm_python_")))
-    return _warm_python if _warm_python.accepts(cmd, env) else None
+_warm_pythons = None  # this worker's warm_python.WarmPythons, made by the first python command
 
 
 def pytest_sessionfinish(session, exitstatus):
     import shutil
 
-    if _warm_python is not None:
-        _warm_python.stop()
-        shutil.rmtree(_warm_python.scratch, ignore_errors=True)
+    if _warm_pythons is not None:
+        _warm_pythons.stop()
+        shutil.rmtree(_warm_pythons.scratch, ignore_errors=True)
 
 
 def run_command(cmd: list, cwd: Path = REPO, env: dict | None = None, timeout: float = 600,
@@ -180,10 +168,17 @@ def run_command(cmd: list, cwd: Path = REPO, env: dict | None = None, timeout: f
     A ``python`` command runs in this worker's warmed-up Python (``tests/warm_python.py``: the same command
     without the interpreter start) where its environment allows; ``fresh``: always in a new interpreter (for tests
     of the interpreter's start itself: the console at import, the README's exact command)."""
+    global _warm_pythons
+    import tempfile
+
+    from warm_python import WarmPythons
+
     cmd = [str(c) for c in cmd]
-    warm = None if fresh else _warm(cmd, env)
+    if _warm_pythons is None:
+        _warm_pythons = WarmPythons(Path(tempfile.mkdtemp(prefix="warm_python_")))
+    warm = None if fresh else _warm_pythons.find(cmd, dict(os.environ) if env is None else env)
     if warm is not None:
-        proc = warm.run(cmd, cwd=cwd, env=env, timeout=timeout)
+        proc = warm.run(cmd, cwd=cwd, env=dict(os.environ) if env is None else env, timeout=timeout)
     else:
         proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check:

@@ -52,10 +52,10 @@ TIMINGS: dict[str, float] = {}
 
 
 def _run(cmd: list[str], cwd: Path, env: dict | None = None, step: str | None = None, check: bool = True,
-         timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
+         timeout: int = TIMEOUT, fresh: bool = False) -> subprocess.CompletedProcess:
     """Runs a command (bounded time), records its duration, and fails with its output unless it succeeded."""
     t0 = time.monotonic()
-    proc = run_command(cmd, cwd=cwd, env=env, timeout=timeout, check=check)
+    proc = run_command(cmd, cwd=cwd, env=env, timeout=timeout, check=check, fresh=fresh)
     TIMINGS[step or " ".join(map(str, cmd[1:5]))] = time.monotonic() - t0
     return proc
 
@@ -99,13 +99,14 @@ def plain_python(tmp_path_factory) -> str:
     env_dir = tmp_path_factory.mktemp("plain") / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], cwd=env_dir.parent, step="make plain venv")
     python = env_dir / "bin" / "python"
+    # fresh interpreters while the venv is being made (a warm one would keep the sys.path it started with)
     site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], cwd=env_dir.parent,
-                step="plain venv: site-packages path").stdout.strip()
+                step="plain venv: site-packages path", fresh=True).stdout.strip()
     deps = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
     assert deps, f"no site-packages on {sys.path}"
     Path(site, "project_deps.pth").write_text("\n".join(deps) + "\n")
     proc = _run([str(python), "-c", "import torch, monai, timm, ignite; import transfuse_bundle"],
-                cwd=env_dir.parent, env=_env(), check=False, step="plain venv: imports")
+                cwd=env_dir.parent, env=_env(), check=False, step="plain venv: imports", fresh=True)
     assert "No module named 'transfuse_bundle'" in proc.stderr, (
         f"transfuse_bundle must not be importable in the plain interpreter (and its deps must be):\n{proc.stderr[-3000:]}")
     return str(python)

@@ -2,15 +2,15 @@
 
 Starting an interpreter that imports torch and MONAI costs ~10 s of a 2-core machine, and the suite runs dozens of
 ``python -m monai.bundle ...`` and ``python scripts/X.py`` commands whose subject is what the command does (its
-files, exit status and console lines), not the start. :class:`WarmPython` keeps one process per pytest worker that
-has imported them; each command runs in a child forked from it (``os.fork``), with the command's arguments, working
-folder, environment and its own stdout/stderr files, as ``python`` would run it (``runpy``: ``-m``, ``-c`` or a script).
+files, exit status and console lines), not the start. :class:`WarmPythons` keeps, per pytest worker, processes
+that have imported them (one per interpreter and environment); each command runs in a child forked from the one of
+its interpreter and environment (``os.fork``), with the command's arguments, working folder, environment and its own
+stdout/stderr files, as ``python`` would run it (``runpy``: ``-m``, ``-c`` or a script).
 
-A command only runs warm when nothing its imports read from the environment differs from the server's: its
-environment must equal the one the server started with, except for the thread counts (set again in the child).
-Anything else (another ``PYTHONPATH``, ``HF_ENDPOINT``, ``TMPDIR``, an interpreter option) runs in a fresh interpreter,
-and so do commands whose subject is the interpreter itself (``run_command(..., fresh=True)``: the console's noise at
-import, the README's exact command).
+The server imported what it imports with the command's own environment (all of it but the thread counts, which the
+child sets again), so what imports read from it (``PYTHONPATH``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``) is the
+command's. Commands whose subject is the interpreter's start run fresh (``run_command(..., fresh=True)``: the
+console's noise at import, the README's exact command), and so does any command with an interpreter option.
 
 Run as a script, this file is the server: it imports :data:`PRELOAD`, then reads one JSON request per line on stdin,
 forks a child per request and answers ``{"pid": N}`` then ``{"exit": CODE}`` on stdout.
@@ -75,9 +75,8 @@ def _child(request: dict) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        import torch
-
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
+        if "torch" in sys.modules:  # its OpenMP read the server's thread count at import
+            sys.modules["torch"].set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
         _run_argv(request["argv"])
         code = 0
     except SystemExit as exit_:
@@ -100,7 +99,10 @@ def serve() -> None:
     import importlib
 
     for name in PRELOAD:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError:  # e.g. the zoo tests' plain interpreter, which has no transfuse_bundle of its own
+            pass
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # the server's own prints (e.g. warnings at import) go to its log, never into a reply
     for line in sys.stdin:
@@ -118,28 +120,23 @@ def serve() -> None:
         replies.flush()
 
 
-class WarmPython:
-    """The client: one server process (started at the first command), ``run`` as ``subprocess.run`` would."""
+def _environment_key(env: dict) -> frozenset:
+    """What of an environment a warm server's imports may have read: all of it but the thread counts (set again in
+    each child) and pytest's name of the running test."""
+    return frozenset((k, v) for k, v in env.items() if k not in (*THREAD_VARIABLES, "PYTEST_CURRENT_TEST"))
 
-    def __init__(self, scratch: Path):
-        self.scratch = scratch
+
+class WarmPython:
+    """One server (``python`` running this file with ``env``) and its client: ``run`` as ``subprocess.run`` would."""
+
+    def __init__(self, python: str, env: dict, scratch: Path):
+        self.python, self.key, self.scratch = python, _environment_key(env), scratch
         scratch.mkdir(parents=True, exist_ok=True)
-        self.env = dict(os.environ)
         self._log = open(scratch / "server.log", "w")
-        self.proc = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._log, env=self.env, bufsize=0, start_new_session=True)
+        self.proc = subprocess.Popen([python, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                     env=env, bufsize=0, start_new_session=True)
         self._pending = b""
         self._count = 0
-
-    def accepts(self, cmd: list[str], env: dict | None) -> bool:
-        """Whether ``cmd`` can run warm: this interpreter with ``-m``/``-c``/a script and no option, and an
-        environment equal to the server's but for the thread counts."""
-        if len(cmd) < 2 or cmd[0] != sys.executable or (cmd[1].startswith("-") and cmd[1] not in ("-m", "-c")):
-            return False
-        env = dict(os.environ) if env is None else env
-        def differs(a, b): return {k: v for k, v in a.items() if k not in THREAD_VARIABLES and k != "PYTEST_CURRENT_TEST"} != \
-            {k: v for k, v in b.items() if k not in THREAD_VARIABLES and k != "PYTEST_CURRENT_TEST"}
-        return not differs(env, self.env) and self.proc.poll() is None
 
     def _reply(self, deadline: float | None) -> dict:
         import select
@@ -155,12 +152,11 @@ class WarmPython:
         line, self._pending = self._pending.split(b"\n", 1)
         return json.loads(line)
 
-    def run(self, cmd: list[str], cwd: Path, env: dict | None, timeout: float) -> subprocess.CompletedProcess:
+    def run(self, cmd: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
         """Runs ``cmd`` in a forked child; raises ``subprocess.TimeoutExpired`` (the child killed) past ``timeout``."""
         self._count += 1
         out, err = self.scratch / f"{self._count}.out", self.scratch / f"{self._count}.err"
-        request = {"argv": [str(c) for c in cmd[1:]], "cwd": str(cwd), "env": dict(os.environ) if env is None else env,
-                   "stdout": str(out), "stderr": str(err)}
+        request = {"argv": cmd[1:], "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
         self.proc.stdin.write((json.dumps(request) + "\n").encode())
         deadline = time.monotonic() + timeout
         pid = self._reply(None)["pid"]
@@ -183,6 +179,38 @@ class WarmPython:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self._log.close()
+
+
+class WarmPythons:
+    """The warm servers of one pytest worker, one per (interpreter, environment), at most ``size`` (the least recently
+    used stops first). A server starts at the first command of its kind: that command costs what a fresh interpreter
+    costs, the next ones of the kind ~0.3 s."""
+
+    def __init__(self, scratch: Path, size: int = 4):
+        self.scratch, self.size = scratch, size
+        self.servers: list[WarmPython] = []  # least recently used first
+
+    def find(self, cmd: list[str], env: dict) -> WarmPython | None:
+        """The server for ``cmd`` (a ``python`` with no option but ``-m``/``-c``) and ``env``, started if needed;
+        None for any other command."""
+        if len(cmd) < 2 or not Path(cmd[0]).name.startswith("python") or (cmd[1].startswith("-") and cmd[1] not in ("-m", "-c")):
+            return None
+        key = _environment_key(env)
+        for server in self.servers:
+            if server.python == cmd[0] and server.key == key and server.proc.poll() is None:
+                self.servers.remove(server)
+                break
+        else:
+            if len(self.servers) >= self.size:
+                self.servers.pop(0).stop()
+            server = WarmPython(cmd[0], env, self.scratch / f"server{len(os.listdir(self.scratch))}")
+        self.servers.append(server)
+        return server
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+        self.servers.clear()
 
 
 if __name__ == "__main__":
