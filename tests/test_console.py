@@ -2,7 +2,9 @@
 with its traceback. That the user's commands print no warning that does not concern them is checked
 on the commands of test_bundle.py (``conftest.console_noise``).
 
-Each test runs the user's command in a subprocess (the excepthook and the warnings act on a whole process).
+Each test runs the user's command in a process of its own (the excepthook and the warnings act on a whole process):
+the refusals in the suite's warmed-up Python (``tests/warm_python.py``: a child forked per command), the crash in a
+fresh interpreter, start to end.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def _env() -> dict:
 
 def _refused(*args) -> list[str]:
     """Runs a bundle command that must be refused; returns the lines it printed to stderr from the first ``error:`` on."""
-    result = bundle_cli(*args, env=_env(), check=False, fresh=True)  # the console from the interpreter's start
+    result = bundle_cli(*args, env=_env(), check=False)
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "Failed to evaluate" not in result.stderr, result.stderr[-3000:]
     lines = result.stderr.splitlines()

@@ -3,7 +3,7 @@
 One MONAI Label server (subprocess, 127.0.0.1, a free port) is started for the whole module with two
 bundle folders made by :func:`transfuse_bundle.monailabel.app.install_bundle`:
 
-* ``transfuse_polyp`` (task polyp at 96x96 for speed), trained briefly before the server starts by the
+* ``transfuse_polyp`` (task polyp at 64x64 for speed), trained briefly before the server starts by the
   bundle's own CLI (``monai.bundle run training``) on 8 Kvasir-SEG images from ``../shared/data``, without
   augmentation and validated on the 2 others, so that a few CPU-seconds give a model whose masks
   overlap the ground truth of those images; the studies folder holds these and 2 more images, with
@@ -78,7 +78,7 @@ PRETRAIN_EPOCHS = 20  # x 2 iterations of 4 images (about 30 s on 2 cores)
 MIN_DICE = 0.5  # served mask vs ground truth, for images of the short training
 
 POLYP_OVERRIDES = {
-    "image_size": [96, 96],
+    "image_size": [64, 64],
     "num_workers": 0,  # no DataLoader workers (2-core CI machine; MONAI Label trains in its own process)
     "batch_size": 4,
     "learning_rate": 0.001,
