@@ -306,9 +306,50 @@ def serve_folder(folder: Path):
         thread.join(timeout=10)
 
 
-class MonaiLabelServer:
+class ServerProcess:
+    """A server subprocess of a test (its own session, its output in a log file) that the test waits for and stops.
+    Subclasses start it with :meth:`_start` and say how to ask whether it answers (:meth:`_probe`)."""
+
+    what = "the server"  # its name in failure messages
+    exit_hint = ""  # added to the message when it exits at start
+
+    def _start(self, cmd: list[str], log: Path, env: dict | None, cwd: Path) -> None:
+        self.log_path = log
+        self._log = open(log, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(cwd),
+                                     start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def _probe(self):
+        """What the server answered, or None while it does not answer yet."""
+        raise NotImplementedError
+
+    def wait_ready(self, timeout: float):
+        """Polls :meth:`_probe` until it answers (its answer is returned); fails with the log if the server exits or
+        does not answer within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"{self.what} exited with {self.proc.returncode} at start{self.exit_hint}; log:\n"
+                            f"{self.log()[-6000:]}", pytrace=False)
+            answer = self._probe()
+            if answer is not None:
+                return answer
+            time.sleep(0.5)
+        pytest.fail(f"{self.what} did not answer within {timeout:.0f} s; log:\n{self.log()[-6000:]}")
+
+    def stop(self) -> None:
+        stop_process_group(self.proc)  # the server and the processes it started
+        self._log.close()
+
+
+class MonaiLabelServer(ServerProcess):
     """A MONAI Label server subprocess (stock ``monaibundle`` app, 127.0.0.1, a free port) serving ``models``
     (bundle folders of ``APP/model/``, any number of tasks), with a bounded-timeout HTTP client."""
+
+    what = "the MONAI Label server"
 
     def __init__(self, app: Path, studies: Path, models: list[str], log: Path, conf: dict | None = None,
                  env: dict | None = None):
@@ -317,36 +358,25 @@ class MonaiLabelServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.app, self.studies, self.log_path = app, studies, log
+        self.app, self.studies = app, studies
         scratch = log.parent / f"{log.stem}_tmp"  # MONAI Label leaves a logging config per start in TMPDIR
         scratch.mkdir(exist_ok=True)
         env = server_env(dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TMPDIR=str(scratch), **ONE_THREAD,
                               **(env or {})))
-        self._log = open(log, "w")
-        self.proc = subprocess.Popen(
-            server_command(app, studies, models, port=self.port, extra_conf=conf), stdout=self._log, stderr=subprocess.STDOUT,
-            env=env, cwd=str(app.parent), start_new_session=True,
-        )
+        self._start(server_command(app, studies, models, port=self.port, extra_conf=conf), log, env, app.parent)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 240.0) -> dict:
-        import pytest
+    def _probe(self) -> dict | None:
+        """``/info``'s JSON once the server answers."""
         import requests
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"MONAI Label server exited with {self.proc.returncode} at start; log:\n{self.log()[-6000:]}")
-            try:
-                r = requests.get(f"{self.url}/info/", timeout=5)
-                if r.status_code == 200:
-                    return r.json()
-            except requests.RequestException:
-                pass
-            time.sleep(1.0)
-        pytest.fail(f"MONAI Label server did not answer /info within {timeout:.0f} s; log:\n{self.log()[-6000:]}")
+        try:
+            r = requests.get(f"{self.url}/info/", timeout=5)
+            return r.json() if r.status_code == 200 else None
+        except requests.RequestException:
+            return None
+
+    def wait_ready(self, timeout: float = 240.0) -> dict:
+        return super().wait_ready(timeout)
 
     def request(self, method: str, path: str, timeout: float, **kwargs):
         import requests
@@ -354,10 +384,6 @@ class MonaiLabelServer:
         r = requests.request(method, f"{self.url}{path}", timeout=timeout, **kwargs)
         assert r.status_code == 200, f"{method} {path} -> HTTP {r.status_code}: {r.text[:2000]}\nlog:\n{self.log()[-4000:]}"
         return r
-
-    def stop(self) -> None:
-        stop_process_group(self.proc)  # the server and the training processes it started
-        self._log.close()
 
 
 def check_binary_report(metrics: dict, out: Path, num_cases: int) -> None:
@@ -386,9 +412,12 @@ def check_binary_report(metrics: dict, out: Path, num_cases: int) -> None:
           f"toolbox {toolbox}")
 
 
-class HubServer:
+class HubServer(ServerProcess):
     """A real Hugging Face hub server on 127.0.0.1: olah (requirements-hub.txt), offline, serving the local git
     repositories under ``mirrors/models/OWNER/NAME`` (what ``transfuse-package --hub-dir`` writes)."""
+
+    what = "the hub server (olah)"
+    exit_hint = ": is requirements-hub.txt installed?"
 
     def __init__(self, root: Path):
         self.root, self.mirrors = root, root / "mirrors"
@@ -398,10 +427,7 @@ class HubServer:
         config = root / "olah.toml"
         config.write_text(f'[basic]\nhost = "127.0.0.1"\nport = {self.port}\nmirrors-path = ["{self.mirrors}"]\n'
                           f'repos-path = "{root / "cache"}"\n[accessibility]\noffline = true\n')
-        self.log_path = root / "olah.log"
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "olah.server", "-c", str(config)], cwd=root,
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._start([sys.executable, "-m", "olah.server", "-c", str(config)], root / "olah.log", None, root)
 
     def repo_dir(self, repo_id: str) -> Path:
         return self.mirrors / "models" / repo_id
@@ -413,30 +439,21 @@ class HubServer:
         return {**env, "HF_ENDPOINT": self.url, "HF_HOME": str(self.root / "hf_home"), "HF_HUB_DISABLE_TELEMETRY": "1",
                 **extra}
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def _probe(self) -> bool | None:
+        """True once the server answers (any HTTP status)."""
         import urllib.error
         import urllib.request
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"the hub server (olah) exited with {self.proc.returncode}: is requirements-hub.txt "
-                            f"installed?\n{self.log()[-3000:]}", pytrace=False)
-            try:
-                urllib.request.urlopen(f"{self.url}/api/models/none/none/refs", timeout=5)
-                return
-            except urllib.error.HTTPError:  # it answered
-                return
-            except OSError:
-                time.sleep(0.5)
-        pytest.fail(f"the hub server did not answer within {timeout:.0f} s\n{self.log()[-3000:]}")
+        try:
+            urllib.request.urlopen(f"{self.url}/api/models/none/none/refs", timeout=5)
+        except urllib.error.HTTPError:  # it answered
+            pass
+        except OSError:
+            return None
+        return True
 
-    def stop(self) -> None:
-        stop_process_group(self.proc)
-        self._log.close()
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        super().wait_ready(timeout)
 
 
 @pytest.fixture(scope="session")
