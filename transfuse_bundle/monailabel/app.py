@@ -132,13 +132,13 @@ def _copy_stock_app(dest: Path, python: str | None = None) -> Path:
 
         from monailabel.main import Main
 
-        command, printed = f"monailabel {' '.join(args)}", io.StringIO()
+        command, printed, status = f"monailabel {' '.join(args)}", io.StringIO(), 0
         try:
             with contextlib.redirect_stdout(printed):
                 Main().action_apps(argparse.Namespace(prefix=None, download=True, name=APP_NAME, output=str(dest)))
-            status = 0
         except (SystemExit, ValueError, OSError) as e:  # its refusals: exit(-1) after a printed line, ValueError
-            status, printed = 1, io.StringIO(f"{printed.getvalue()}{e}")
+            status = 1
+            printed.write(str(e))
         output = printed.getvalue()
     else:
         cmd = [python, "-m", "monailabel.main", *args]
