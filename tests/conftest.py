@@ -166,19 +166,20 @@ def run_command(cmd: list, cwd: Path = REPO, env: dict | None = None, timeout: f
     """Runs ``cmd`` (bounded time) and, unless ``check`` is false, fails with its output when it did not succeed.
 
     A ``python`` command runs in this worker's warmed-up Python (``tests/warm_python.py``: the same command
-    without the interpreter start) where its environment allows; ``fresh``: always in a new interpreter (for tests
-    of the interpreter's start itself: the console at import, the README's exact command)."""
+    without the interpreter start); ``fresh``: always in a new interpreter (for tests of the interpreter's start
+    itself: the console's lines at import, which a warm server printed to its own log, the README's exact command)."""
     global _warm_pythons
     import tempfile
 
     from warm_python import WarmPythons
 
     cmd = [str(c) for c in cmd]
+    env = dict(os.environ) if env is None else env
     if _warm_pythons is None:
         _warm_pythons = WarmPythons(Path(tempfile.mkdtemp(prefix="warm_python_")))
-    warm = None if fresh else _warm_pythons.find(cmd, dict(os.environ) if env is None else env)
+    warm = None if fresh else _warm_pythons.find(cmd, env)
     if warm is not None:
-        proc = warm.run(cmd, cwd=cwd, env=dict(os.environ) if env is None else env, timeout=timeout)
+        proc = warm.run(cmd, cwd=cwd, env=env, timeout=timeout)
     else:
         proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check:
@@ -312,6 +313,7 @@ class ServerProcess:
 
     what = "the server"  # its name in failure messages
     exit_hint = ""  # added to the message when it exits at start
+    ready_timeout = 60.0  # seconds :meth:`wait_ready` waits by default
 
     def _start(self, cmd: list[str], log: Path, env: dict | None, cwd: Path) -> None:
         self.log_path = log
@@ -326,9 +328,10 @@ class ServerProcess:
         """What the server answered, or None while it does not answer yet."""
         raise NotImplementedError
 
-    def wait_ready(self, timeout: float):
+    def wait_ready(self, timeout: float | None = None):
         """Polls :meth:`_probe` until it answers (its answer is returned); fails with the log if the server exits or
-        does not answer within ``timeout`` seconds."""
+        does not answer within ``timeout`` seconds (default :attr:`ready_timeout`)."""
+        timeout = self.ready_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -350,6 +353,7 @@ class MonaiLabelServer(ServerProcess):
     (bundle folders of ``APP/model/``, any number of tasks), with a bounded-timeout HTTP client."""
 
     what = "the MONAI Label server"
+    ready_timeout = 240.0  # it loads every bundle's network before it answers
 
     def __init__(self, app: Path, studies: Path, models: list[str], log: Path, conf: dict | None = None,
                  env: dict | None = None):
@@ -374,9 +378,6 @@ class MonaiLabelServer(ServerProcess):
             return r.json() if r.status_code == 200 else None
         except requests.RequestException:
             return None
-
-    def wait_ready(self, timeout: float = 240.0) -> dict:
-        return super().wait_ready(timeout)
 
     def request(self, method: str, path: str, timeout: float, **kwargs):
         import requests
@@ -451,9 +452,6 @@ class HubServer(ServerProcess):
         except OSError:
             return None
         return True
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        super().wait_ready(timeout)
 
 
 @pytest.fixture(scope="session")

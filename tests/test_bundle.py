@@ -200,6 +200,7 @@ def test_cli_evaluate_folder_dataset_evaluates_every_image(trained, tmp_path):
     result = _cli(
         "run", "--config_file", "['configs/train.json','configs/evaluate.json']",
         "--dataset_dir", str(folder), "--output_dir", str(out), "--bundle_root", str(trained["root"]), *CLI_SMALL,
+        fresh=True,  # the console from the interpreter's start: warnings at import included
     )
     assert console_noise(result) == []
     metrics = json.loads((out / "metrics.json").read_text())
@@ -214,6 +215,7 @@ def test_cli_inference_writes_one_png_per_image(trained, synthetic, tmp_path):
     result = _cli(
         "run", "--config_file", INFERENCE_CLI, "--dataset_dir", str(synthetic / "images"),
         "--output_dir", str(out), "--bundle_root", str(trained["root"]), *CLI_SMALL,
+        fresh=True,  # the console from the interpreter's start: warnings at import included
     )
     assert console_noise(result) == []
     assert len(list(out.glob("*_seg.png"))) == 10  # a folder of images: every one of them
