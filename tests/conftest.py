@@ -100,8 +100,10 @@ PH2 = DATA / "ph2"
 PROSTATE158 = DATA / "prostate158"
 PROSTATE_CASE = PROSTATE158 / "020"
 PROSTATE_T2 = PROSTATE_CASE / "t2.nii.gz"
-# The tiny-run overrides: small images, no loader processes (a worker costs ~8 s to start on 2 cores)
-SMALL = {"image_size": [64, 64], "num_workers": 0, "batch_size": 4}
+# The tiny-run overrides for tests of what happens around the network: the tiny variant (a training step takes 2/3
+# of TransFuse-S's, its weights 31 MB instead of 105 MB), small images, no loader processes (a worker costs ~8 s to
+# start on 2 cores). Tests of the network or its accuracy keep TransFuse-S. CLI: ``cli_arguments(SMALL)``.
+SMALL = {"variant": "tiny", "image_size": [64, 64], "num_workers": 0, "batch_size": 4}
 TINY = {**SMALL, "image_size": [32, 32]}
 # One intra-op thread per subprocess: on a shared 2-core machine, 2 OpenMP threads per process made a
 # training step 3-50x slower whenever another process was busy (measured), 1 thread is ~0.4 s either way.
@@ -209,14 +211,16 @@ def run_workflow(config: str, task: str | None = None, overlays=(), source=None,
     return workflow
 
 
-def untrained_weights(bundle: Path, image_size=(64, 64), in_channels: int = 3) -> Path:
-    """Writes ``bundle/models/model.pt``: seeded untrained weights of the inference network at ``image_size`` with
-    ``in_channels``, as a plain state dict (for tests of what happens around the network, not of its quality)."""
+def untrained_weights(bundle: Path, image_size=(64, 64), in_channels: int = 3, variant: str = "S") -> Path:
+    """Writes ``bundle/models/model.pt``: seeded untrained weights of the inference network (``variant``) at
+    ``image_size`` with ``in_channels``, as a plain state dict (for tests of what happens around the network, not of
+    its quality)."""
     import torch
 
     from transfuse_bundle.tools.tasks import config_parser
 
-    parser = config_parser("inference.json", image_size=list(image_size), in_channels=in_channels, device="cpu")
+    parser = config_parser("inference.json", image_size=list(image_size), in_channels=in_channels, variant=variant,
+                           device="cpu")
     parser.get_parsed_content("imports")
     torch.manual_seed(0)
     path = Path(bundle) / "models" / "model.pt"

@@ -27,14 +27,15 @@ from conftest import REPO, SMALL, bundle_cli, console_noise, run_command, run_wo
 from transfuse_bundle.errors import find_user_error
 from transfuse_bundle.data import make_synthetic_case, synthetic_dataset
 from transfuse_bundle.networks import TransFuse
+from transfuse_bundle.tools.packaging import cli_arguments
 from transfuse_bundle.tools.tasks import config_parser, config_workflow
 
 CONFIGS = REPO / "configs"
 #: the user's inference command: the served config is an overlay on the training chain
 INFERENCE_CLI = "['configs/train.json','configs/inference.json']"
-IMAGE_SIZE = SMALL["image_size"]
+IMAGE_SIZE, VARIANT = SMALL["image_size"], SMALL["variant"]
 SYNTHETIC_HW = (48, 80)  # not square: a transposed prediction would not match its mask
-CLI_SMALL = ["--image_size", "[64,64]", "--num_workers", "0", "--batch_size", "4"]
+CLI_SMALL = cli_arguments(SMALL)
 WATCHED = ("models", "eval", "data", "runs", "configs", "mlruns")  # where a stray bundle write would land
 
 
@@ -103,7 +104,7 @@ def test_train_workflow_saves_plain_state_dict_and_logs(trained):
 
     state_dict = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state_dict.values()), "model.pt must be a plain state dict"
-    network = TransFuse("S", in_channels=3, out_channels=1, img_size=IMAGE_SIZE)
+    network = TransFuse(VARIANT, in_channels=3, out_channels=1, img_size=IMAGE_SIZE)
     network.load_state_dict(state_dict, strict=True)
     assert list((root / "eval" / "tensorboard").glob("events.out.tfevents.*"))
 
@@ -179,7 +180,7 @@ def test_cli_user_command_trains_on_generated_synthetic_data(tmp_path):
     result = _cli(
         "run", "training", "--config_file", "configs/train.json",
         "--bundle_root", str(tmp_path), "--train#trainer#max_epochs", "1", "--image_size", "[64,64]", "--batch_size", "8",
-        fresh=True,
+        "--variant", VARIANT, fresh=True,
     )
     assert console_noise(result) == []
     datalist = json.loads((tmp_path / "data" / "synthetic" / "datalist.json").read_text())
@@ -250,10 +251,10 @@ def test_cli_verify_net_in_out_and_torchscript_export(trained, tmp_path):
     model_ts = tmp_path / "model.ts"
     _cli(
         "ckpt_export", "network_def", "--filepath", str(model_ts), "--ckpt_file", str(trained["root"] / "models" / "model.pt"),
-        "--meta_file", "configs/metadata.json", "--config_file", INFERENCE_CLI, "--image_size", "[64,64]",
+        "--meta_file", "configs/metadata.json", "--config_file", INFERENCE_CLI, *CLI_SMALL,
     )
     scripted = torch.jit.load(str(model_ts))
-    network = TransFuse("S", img_size=IMAGE_SIZE)
+    network = TransFuse(VARIANT, img_size=IMAGE_SIZE)
     network.load_state_dict(torch.load(trained["root"] / "models" / "model.pt", weights_only=True))
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
@@ -287,7 +288,7 @@ def test_ddp_training_with_torchrun_two_processes(synthetic, tmp_path):
     )
     state_dict = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state_dict), "DDP weights must be saved unwrapped"
-    TransFuse("S", img_size=IMAGE_SIZE).load_state_dict(state_dict, strict=True)
+    TransFuse(VARIANT, img_size=IMAGE_SIZE).load_state_dict(state_dict, strict=True)
     assert result.stdout.count("Key metric: val_mean_dice best value") == 1  # console stats from rank 0 only
 
 

@@ -13,10 +13,12 @@ import os
 
 import numpy as np
 import pytest
-from conftest import ONE_THREAD, bundle_cli
+from conftest import ONE_THREAD, TINY, bundle_cli
 from PIL import Image
 
-TINY = ["--image_size", "[32,32]", "--batch_size", "8"]
+from transfuse_bundle.tools.packaging import cli_arguments
+
+CLI_TINY = cli_arguments(TINY)
 TRAIN = ["--config_file", "configs/train.json"]
 EVALUATE = ["--config_file", "['configs/train.json','configs/evaluate.json']"]
 INFERENCE = ["--config_file", "['configs/train.json','configs/inference.json']"]
@@ -41,14 +43,14 @@ def _refused(*args) -> list[str]:
 def test_refusals_print_one_line_and_crashes_keep_their_traceback(tmp_path):
     bundle = tmp_path / "bundle"
     # a file the run needs: MONAI wraps our FileNotFoundError in "Failed to evaluate ConfigExpression"
-    assert _refused("run", *EVALUATE, "--bundle_root", bundle, *TINY) == [
+    assert _refused("run", *EVALUATE, "--bundle_root", bundle, *CLI_TINY) == [
         f"error: trained weights (run training first or pass --ckpt_path): '{bundle}/models/model.pt' does not exist"]
     # a dataset with several problems: the first line says how many, one line each follows, nothing else
     data = tmp_path / "data"
     for folder, stem in (("images", "a"), ("masks", "b")):
         (data / folder).mkdir(parents=True)
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(data / folder / f"{stem}.png")
-    lines = _refused("run", "training", *TRAIN, "--bundle_root", bundle, "--dataset_dir", data, *TINY)
+    lines = _refused("run", "training", *TRAIN, "--bundle_root", bundle, "--dataset_dir", data, *CLI_TINY)
     assert lines[0] == "error: 2 problems:" and len(lines) == 3
     assert lines[1].startswith(f"{data / 'images'}: 1 image(s) have no mask") and lines[2].startswith(f"{data / 'masks'}: 1 mask(s)")
     assert not (bundle / "models").exists()
@@ -64,7 +66,7 @@ def test_refusals_print_one_line_and_crashes_keep_their_traceback(tmp_path):
     assert not bundle.exists()
     # a real crash (here torch's refusal of Adam's betas, not one of our checks) keeps its traceback, and its
     # last line is the cause MONAI wrapped, not 'Failed to instantiate component'
-    crash = bundle_cli("run", "training", *TRAIN, "--bundle_root", bundle, "--optimizer#betas", "[2,0.999]", *TINY,
+    crash = bundle_cli("run", "training", *TRAIN, "--bundle_root", bundle, "--optimizer#betas", "[2,0.999]", *CLI_TINY,
                        env=_env(), check=False, fresh=True)
     assert crash.returncode == 1 and "Traceback" in crash.stderr, crash.stderr[-3000:]
     assert crash.stderr.splitlines()[-1] == "error: ValueError: Invalid beta parameter at index 0: 2", crash.stderr[-3000:]

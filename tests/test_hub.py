@@ -26,7 +26,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import MonaiLabelServer, check_task_masks, require_monailabel, run_command, run_workflow, serve_folder, task_inputs
+from conftest import SMALL, MonaiLabelServer, check_task_masks, require_monailabel, run_command, run_workflow, serve_folder, task_inputs
 from transfuse_bundle.files import sha256
 from transfuse_bundle.tools.bundle_folder import read_json_object
 from transfuse_bundle.tools.cli.package_bundle import main as package_main
@@ -38,7 +38,6 @@ from transfuse_bundle.tools.tasks import task_names
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 ORG = "transfuse-hub"
-SMALL = {"image_size": [64, 64], "num_workers": 0}
 FRONT_MATTER = {"tags": ["monai", "medical"], "library_name": "monai", "license": "apache-2.0"}
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false"]
 

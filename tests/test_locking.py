@@ -16,15 +16,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ONE_THREAD, REPO, bundle_cli, run_workflow
+from conftest import ONE_THREAD, REPO, TINY, bundle_cli, run_workflow
 
 from transfuse_bundle.errors import FolderInUseError, UserInputError, find_user_error
 from transfuse_bundle.handlers import save_atomically
 from transfuse_bundle.locking import lock_folders, release_folders
 from transfuse_bundle.monailabel.app import install_bundle
 from transfuse_bundle.networks import TransFuse
+from transfuse_bundle.tools.packaging import cli_arguments
 
-TINY = ["--image_size", "[32,32]", "--batch_size", "8", "--num_workers", "0"]
+CLI_TINY = cli_arguments(TINY)
 
 
 def _hold(*folders: Path) -> subprocess.Popen:
@@ -80,7 +81,7 @@ def test_install_into_an_app_another_install_writes_is_refused(tmp_path):
 
 
 def _weights(bundle: Path) -> None:
-    save_atomically(TransFuse("S", img_size=[32, 32]).state_dict(), bundle / "models" / "model.pt")
+    save_atomically(TransFuse(TINY["variant"], img_size=TINY["image_size"]).state_dict(), bundle / "models" / "model.pt")
 
 
 @pytest.mark.slow
@@ -88,7 +89,7 @@ def test_a_second_training_on_one_bundle_root_is_refused(tmp_path):
     """Training A runs; training B on the same bundle_root stops before any work, naming the folder and A's pid, and
     A is unaffected. Without the lock both trained into one models/ (and raced on the saves' temporary file)."""
     bundle = tmp_path / "bundle"
-    command = ["run", "training", "--config_file", "configs/train.json", "--bundle_root", bundle, *TINY]
+    command = ["run", "training", "--config_file", "configs/train.json", "--bundle_root", bundle, *CLI_TINY]
     env = {**os.environ, **ONE_THREAD}
     log = tmp_path / "a.log"
     with open(log, "w") as out:
@@ -117,12 +118,11 @@ def test_evaluation_and_inference_refuse_an_output_dir_in_use(tmp_path):
     holder = _hold(out)
     try:  # the user's evaluation command; inference in this process (the same check, without a second interpreter)
         result = bundle_cli("run", "--config_file", "['configs/train.json','configs/evaluate.json']", "--bundle_root",
-                            bundle, "--output_dir", out, *TINY, env={**os.environ, **ONE_THREAD}, check=False)
+                            bundle, "--output_dir", out, *CLI_TINY, env={**os.environ, **ONE_THREAD}, check=False)
         assert result.returncode == 1, result.stderr[-3000:]
         assert result.stderr.splitlines()[-1].startswith(f"error: {out}: another run (pid {holder.pid})"), result.stderr[-3000:]
         with pytest.raises(Exception) as refused:
-            run_workflow("inference.json", bundle_root=str(bundle), output_dir=str(out), image_size=[32, 32],
-                         num_workers=0)
+            run_workflow("inference.json", bundle_root=str(bundle), output_dir=str(out), **TINY)
         assert str(find_user_error(refused.value)).startswith(f"{out}: another run (pid {holder.pid})"), refused.value
     finally:
         _kill(holder)

@@ -42,11 +42,12 @@ def test_s_parameter_count_matches_official_without_cls_token():
     assert _param_count(TransFuse("S", in_channels=3, out_channels=1)) == 26_248_341
 
 
-@pytest.mark.parametrize("variant, expected", [("L", 129_472_797), ("L*", 143_534_389)])
-def test_large_variants_parameter_counts(variant, expected):
+@pytest.mark.parametrize("variant, expected, embed_dim, depth", [
+    ("L", 129_472_797, 768, 10), ("L*", 143_534_389, 768, 12), ("tiny", 7_835_109, 192, 4)])
+def test_other_variants_parameter_counts(variant, expected, embed_dim, depth):
     model = TransFuse(variant, img_size=(192, 256)).eval()
     assert _param_count(model) == expected
-    assert model.vit.embed_dim == 768
+    assert model.vit.embed_dim == embed_dim and len(model.vit.blocks) == depth
     with torch.no_grad():
         assert model(torch.rand(1, 3, 32, 48)).shape == (1, 1, 32, 48)
 

@@ -57,7 +57,7 @@ def _refused(config: str, **overrides) -> str:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bundle")
-    untrained_weights(root)
+    untrained_weights(root, variant=SMALL["variant"])
     return root
 
 
@@ -184,7 +184,7 @@ def test_training_into_a_bundle_root_with_a_trained_model_is_refused_before_any_
     for stem in STEMS:
         _image(stem, data / "images" / f"{stem}.jpg"), _mask(stem, data / "masks" / f"{stem}.png")
     bundle = tmp_path / "bundle"
-    model = untrained_weights(bundle)
+    model = untrained_weights(bundle, variant=SMALL["variant"])
     (bundle / "models" / "checkpoint.pt").write_bytes(b"the user's checkpoint")
     before = _files(bundle)
     with pytest.raises(Exception) as err:

@@ -92,7 +92,7 @@ def test_evaluation_per_zone_in_mm_matches_the_inference_mask(prepared, trained,
     os.symlink(case["image"], volumes / "p021.nii.gz")
     predictions = tmp_path / "pred"
     _run("inference.json", dataset_dir=str(volumes), bundle_root=str(trained), output_dir=str(predictions),
-         image_size=SMALL["image_size"], num_workers=0)
+         **SMALL)
     mask_file = predictions / "p021_seg.nii.gz"
     mask, image, label = nib.load(mask_file), nib.load(case["image"]), nib.load(case["label"])
     assert mask.shape == image.shape
@@ -176,7 +176,7 @@ def test_msd_two_channel_volumes_prepare_train_evaluate_infer(msd_task, tmp_path
     image_file = lists["validation"][0]["image"]
     os.symlink(image_file, volumes / "case.nii.gz")
     _run("inference.json", dataset_dir=str(volumes), bundle_root=str(bundle), output_dir=str(tmp_path / "pred"),
-         image_size=SMALL["image_size"], num_workers=0, **MSD)
+         **SMALL, **MSD)
     mask, image = nib.load(tmp_path / "pred" / "case_seg.nii.gz"), nib.load(image_file)
     assert image.shape[3] == 2 and mask.shape == image.shape[:3]  # one label volume for the two channels
     np.testing.assert_allclose(mask.affine, image.affine, atol=1e-4)
@@ -226,7 +226,7 @@ def test_volumes_are_sliced_axially_whatever_their_axis_order(prepared, turned_c
 @pytest.mark.slow  # an inference and an evaluation of two volumes with untrained weights: ~20 s
 def test_turned_volume_is_predicted_and_scored_like_the_original_and_written_as_stored(turned_case, tmp_path):
     case, turned = turned_case["case"], turned_case["turned"]
-    parser = config_parser("inference.json", "prostate", image_size=SMALL["image_size"], device="cpu")
+    parser = config_parser("inference.json", "prostate", **SMALL, device="cpu")
     parser.get_parsed_content("imports")
     torch.manual_seed(0)
     bundle = tmp_path / "bundle"
@@ -238,7 +238,7 @@ def test_turned_volume_is_predicted_and_scored_like_the_original_and_written_as_
     os.symlink(case["image"], volumes / "p021.nii.gz")
     os.symlink(turned["image"], volumes / "p021_turned.nii.gz")
     _run("inference.json", dataset_dir=str(volumes), bundle_root=str(bundle), output_dir=str(tmp_path / "pred"),
-         image_size=SMALL["image_size"], num_workers=0)
+         **SMALL)
     plain, stored = nib.load(tmp_path / "pred" / "p021_seg.nii.gz"), nib.load(tmp_path / "pred" / "p021_turned_seg.nii.gz")
     source = nib.load(turned["image"])
     assert stored.shape == source.shape  # written in the input's own axis order and affine

@@ -30,9 +30,10 @@ from transfuse_bundle.data import write_datalist
 from transfuse_bundle.handlers import GradientClipping, TrainingCheckpoint, every_rank_handlers, save_atomically
 from transfuse_bundle.locking import lock_folders, release_folders
 from transfuse_bundle.networks import TransFuse
+from transfuse_bundle.tools.packaging import cli_arguments
 from transfuse_bundle.tools.tasks import config_files, config_parser, config_workflow
 
-CLI_TINY = ["--image_size", "[32,32]", "--batch_size", "4", "--num_workers", "0"]
+CLI_TINY = cli_arguments(TINY)
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +254,7 @@ def test_sigkill_mid_epoch_then_resume_finishes_at_max_epochs(kvasir, tmp_path):
     assert final["best_metric"] == {"best_metric": 1.0, "best_metric_epoch": 1}
     assert _sha256(model_path) == model_before, "the resumed run replaced model.pt without a better metric"
     state_dict = torch.load(model_path, map_location="cpu", weights_only=True)
-    TransFuse("S", img_size=[32, 32]).load_state_dict(state_dict, strict=True)  # a plain network state dict
+    TransFuse(TINY["variant"], img_size=TINY["image_size"]).load_state_dict(state_dict, strict=True)  # a plain network state dict
 
 
 @pytest.mark.slow

@@ -27,8 +27,8 @@ from transfuse_bundle.tools.tasks import config_files, config_parser, task_names
 SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"  # verify_metadata, offline
 N_IMAGES = 2
 pytestmark = pytest.mark.slow
-# the tiny size only: the packaged values of the task (batch size, learning rate, ...) are compared with its own
-SMALL_SIZE = {key: SMALL[key] for key in ("image_size", "num_workers")}
+# the tiny network and size only: the packaged values of the task (batch size, learning rate, ...) are compared with its own
+SMALL_SIZE = {key: SMALL[key] for key in ("variant", "image_size", "num_workers")}
 
 
 @pytest.fixture(scope="module")

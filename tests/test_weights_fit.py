@@ -33,9 +33,9 @@ def kvasir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def three_class_network() -> TransFuse:
-    """TransFuse-S for 3 classes at 64x64: weights of another task and size than a 1-class 32x32 config."""
+    """The tiny variant for 3 classes at 64x64: weights of another task and size than a 1-class 32x32 config."""
     torch.manual_seed(0)
-    return TransFuse("S", in_channels=3, out_channels=3, img_size=(64, 64))
+    return TransFuse(TINY["variant"], in_channels=3, out_channels=3, img_size=(64, 64))
 
 
 def _cause(error: BaseException, kind: type) -> BaseException:

@@ -205,7 +205,7 @@ def test_package_script_zips_weights_and_code_under_top_folder(weights, tmp_path
     """The user's command (weights inside): one top folder, required files, the code, the exact weights."""
     dist = tmp_path / "dist"
     _run([sys.executable, str(REPO / "scripts" / "package_bundle.py"), "--task", "polyp", "--weights", str(weights),
-          "--out", str(dist), "--set", "image_size=[64,64]"], cwd=tmp_path, step="scripts/package_bundle.py (weights inside)")
+          "--out", str(dist), "--set", "image_size=[64,64]", "--set", f"variant={json.dumps(SMALL['variant'])}"], cwd=tmp_path, step="scripts/package_bundle.py (weights inside)")
     zips = sorted(dist.glob("*.zip"))
     assert [z.name for z in zips] == [f"{NAME}_v0.1.0.zip"]
     assert sorted(p.name for p in dist.iterdir()) == [zips[0].name, f"{zips[0].name}.sha256"], \

@@ -33,4 +33,7 @@ VARIANTS: dict[str, TransFuseVariant] = {
     "L": TransFuseVariant(cnn="res2net50_26w_4s.in1k", vit="deit_base_patch16_224.fb_in1k", vit_depth=10),
     # Paper: ResNetV2-50 (BiT) + ViT-B/16, 12 layers, both ImageNet-21k as in TransUNet.
     "L*": TransFuseVariant(cnn="resnetv2_50x1_bit.goog_in21k", vit="vit_base_patch16_224.augreg_in21k", vit_depth=12),
+    # Not in the paper: ResNet-18 + the first 4 blocks of ViT-Ti, about a third of S's parameters and 2/3 of its
+    # training step on a CPU (64x64), for smoke tests, quick trials and small machines.
+    "tiny": TransFuseVariant(cnn="resnet18.tv_in1k", vit="vit_tiny_patch16_224.augreg_in21k_ft_in1k", vit_depth=4),
 }
