@@ -51,7 +51,7 @@ BAD_VALUES = [  # (config, overrides, the start of the message)
     ("train.json", {"checkpoint_interval": 0}, "checkpoint_interval must be an integer >= 1, got 0"),
     ("train.json", {"device": ABSENT_GPU}, f"device must be a device this machine has: it has {torch.cuda.device_count()}"),
     ("train.json", {"device": "gpu"}, "device must be a torch device such as 'cpu', 'cuda' or 'cuda:0', got 'gpu'"),
-    ("train.json", {"variant": "XL"}, "variant must be one of 'S', 'L', 'L*', got 'XL'"),
+    ("train.json", {"variant": "XL"}, "variant must be one of 'S', 'L', 'L*', 'tiny', got 'XL'"),
     ("train.json", {"seed": -1}, "seed must be an integer >= 0, got -1"),
     ("train.json", {"cache_rate": 2}, "cache_rate must be a number >= 0 and <= 1, got 2"),
     ("train.json", {"val_fraction": 1.0}, "val_fraction must be a number >= 0 and < 1, got 1.0"),
