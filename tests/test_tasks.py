@@ -2,8 +2,8 @@
 
 Kvasir-SEG and PH2 are read in place from ``../shared/data`` (datalists go to tmp_path). No hip X-rays
 are available, so the hip task runs on a small synthetic grey three-bone dataset written to tmp_path.
-Sizes are tiny (48-80 px) so that everything runs on a 2-core CPU; the learning itself is checked
-by tests/test_kvasir.py.
+Sizes are tiny (48-80 px) and the network is the tiny variant (``conftest.SMALL``) so that everything runs on a
+2-core CPU; the learning of TransFuse-S itself is checked by tests/test_kvasir.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from transfuse_bundle.data import write_datalist
 from transfuse_bundle.tools.prepare import prepare
 from transfuse_bundle.engines import MultiScaleIteration, scaled_size
 from transfuse_bundle.metrics.distances import case_spacing, engine_cases
-from conftest import KVASIR, PH2, check_binary_report, run_workflow, write_hip_dataset
+from conftest import KVASIR, PH2, SMALL, check_binary_report, run_workflow, write_hip_dataset
 from transfuse_bundle.tools.tasks import config_parser
 
 SLIDING_WINDOW = "configs/options/sliding_window.json"  # the option overlay, for training, evaluation and inference
@@ -59,12 +59,12 @@ def test_tasks_compose_with_evaluate_and_inference(task, size, classes, lr, drop
 
 @pytest.mark.slow
 def test_polyp_task_trains_at_three_sizes_on_kvasir(tmp_path):
-    """The polyp task's multi-scale iteration on the real network: three sizes per batch, one
+    """The polyp task's multi-scale iteration on a real TransFuse (the tiny variant): three sizes per batch, one
     clipped backward and one optimizer step per size, the loss reported at the base size, and the
     training loss going down; then the task evaluates at the original resolution."""
     datalist = tmp_path / "datalist.json"
     write_datalist(KVASIR, datalist, num_training=8, num_validation=2, num_test=3, seed=3)
-    common = {"dataset_dir": str(datalist), "bundle_root": str(tmp_path), "image_size": [64, 64],
+    common = {"dataset_dir": str(datalist), "bundle_root": str(tmp_path), "image_size": [64, 64], "variant": SMALL["variant"],
               "num_workers": 0, "num_overlays": 3, "output_dir": str(tmp_path / "eval")}
     parser = config_parser("train.json", "polyp", **common, multi_scale_multiple=16, batch_size=4,
                            max_epochs=4, val_interval=4, checkpoint_interval=4)
@@ -126,7 +126,8 @@ def test_isic2017_task_on_ph2_prepare_train_evaluate(tmp_path):
     datalist = tmp_path / "ph2" / "datalist.json"
     lists = prepare(PH2, datalist, layout="folder", val_fraction=0.05, test_fraction=0.05)
     assert len(lists["test"]) == 5 and len(lists["training"]) + len(lists["validation"]) == 95
-    common = {"dataset_dir": str(datalist), "bundle_root": str(tmp_path), "image_size": [48, 64], "num_workers": 0}
+    common = {"dataset_dir": str(datalist), "bundle_root": str(tmp_path), "image_size": [48, 64], "num_workers": 0,
+              "variant": SMALL["variant"]}
     run_workflow("train.json", "isic2017", **common, max_epochs=1, cache_rate=0.0)
     assert (tmp_path / "models" / "model.pt").is_file()
     out = tmp_path / "eval"
@@ -151,7 +152,7 @@ def test_hip_task_with_sliding_window_on_synthetic_grey_xrays(tmp_path):
     datalist = tmp_path / "datalist.json"
     lists = prepare(root, datalist, layout="hip", spacing=[0.4, 0.5])
     common = {"dataset_dir": str(datalist), "bundle_root": str(tmp_path), "image_size": [48, 64], "num_workers": 0,
-              "output_dir": str(tmp_path / "eval")}
+              "variant": SMALL["variant"], "output_dir": str(tmp_path / "eval")}
     run_workflow("train.json", "hip", [SLIDING_WINDOW], **common, max_epochs=2, batch_size=4)
 
     parser = config_parser("evaluate.json", "hip", [SLIDING_WINDOW], **common)
@@ -178,7 +179,7 @@ def test_hip_task_with_sliding_window_on_synthetic_grey_xrays(tmp_path):
     # the same option, the same windows for inference: one label PNG per test image, at its size, with class ids
     out = tmp_path / "predictions"
     served = run_workflow("inference.json", "hip", [SLIDING_WINDOW], dataset_dir=str(datalist), bundle_root=str(tmp_path),
-                          image_size=[48, 64], num_workers=0, output_dir=str(out))
+                          image_size=[48, 64], num_workers=0, variant=SMALL["variant"], output_dir=str(out))
     assert served.parser.get_parsed_content("resize") == []  # original resolution, cut into windows
     assert type(served.parser.get_parsed_content("inferer").inferer).__name__ == "SlidingWindowInferer"
     masks = [np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))]
