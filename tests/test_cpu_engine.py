@@ -1,6 +1,7 @@
 """The CPU inference engine (configs/inference_cpu.json, OpenVINO), INT8 (transfuse-quantize, inference_int8.json)
 and the TensorRT overlay's refusal without CUDA, on tiny inputs (64x64 network, real Kvasir-SEG and Prostate158
-files) through the bundle's real commands and workflows."""
+files) through the bundle's real commands and workflows. The bundle root of the commands and of transfuse-quantize
+holds TransFuse-S (the repository's configs as they are); the engine's own tests convert the tiny variant."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import KVASIR, ONE_THREAD, PROSTATE_T2, REPO, bundle_cli, run_command, run_workflow, untrained_weights
+from conftest import KVASIR, ONE_THREAD, PROSTATE_T2, REPO, SMALL, bundle_cli, run_command, run_workflow, untrained_weights
 from transfuse_bundle.errors import find_user_error
 
 CHAIN = ["configs/train.json", "configs/inference.json"]
@@ -93,14 +94,14 @@ def test_engine_follows_new_weights_and_replaces_its_cache(bundle, tmp_path):
 
     weights = tmp_path / "model.pt"
     torch.manual_seed(1)
-    network = TransFuse("S", img_size=(64, 64)).eval()
+    network = TransFuse(SMALL["variant"], img_size=(64, 64)).eval()
     torch.save(network.state_dict(), weights)
     inferer = CPUEngineInferer(weights, dtype=torch.float32)
     x = torch.rand(3, 3, 64, 64)  # batch 3: the batch dimension is dynamic
     for seed in (1, 2):
         if seed == 2:
             torch.manual_seed(seed)
-            network.load_state_dict(TransFuse("S", img_size=(64, 64)).state_dict())
+            network.load_state_dict(TransFuse(SMALL["variant"], img_size=(64, 64)).state_dict())
         with torch.no_grad():
             expected = network(x)
             got = inferer(x, network)
@@ -121,7 +122,7 @@ def test_engine_converts_inside_the_bf16_autocast_of_serving(tmp_path):
     from transfuse_bundle.networks import TransFuse
 
     torch.manual_seed(0)
-    network = TransFuse("S", img_size=(64, 64)).eval()
+    network = TransFuse(SMALL["variant"], img_size=(64, 64)).eval()
     torch.save(network.state_dict(), tmp_path / "model.pt")
     x = torch.rand(2, 3, 64, 64)
     got = torch.sigmoid(CPUEngineInferer(tmp_path / "model.pt", dtype=torch.bfloat16)(x, network))
@@ -152,7 +153,7 @@ def test_prostate_volume_runs_slice_by_slice_through_the_engine(tmp_path):
     weights = tmp_path / "models" / "model.pt"
     weights.parent.mkdir()
     parsers = {name: config_parser("inference.json", "prostate", overlays, image_size=[64, 64], amp_dtype="float32",
-                                   bundle_root=str(tmp_path))
+                                   variant=SMALL["variant"], bundle_root=str(tmp_path))
                for name, overlays in (("pytorch", []), ("engine", ["configs/inference_cpu.json"]))}
     parsers["pytorch"].get_parsed_content("imports")
     torch.manual_seed(0)
