@@ -15,7 +15,6 @@ from conftest import KVASIR
 from transfuse_bundle.data import write_datalist
 
 
-
 @pytest.mark.slow
 def test_compare_models_trains_each_network_on_real_images(tmp_path):
     datalist = tmp_path / "kvasir.json"
@@ -69,6 +68,25 @@ def test_recipe_comparison_carves_a_test_split_and_evaluates_every_run_on_it(tmp
     table = (out / "recipes.md").read_text()
     assert "| **default**, mean (spread) | 1 seeds |" in table and "| official | 3 |" in table
     assert table.splitlines()[0].endswith("CPU threads, training in float32")
+
+
+def test_a_failing_step_stops_the_comparison_naming_its_command_and_log(tmp_path, capsys):
+    """A model's training and evaluation run one after the other in one new interpreter, each writing its own log; a
+    step that fails (the training's refusal of a size the network cannot take) stops the comparison: the error names
+    the step's command and log, which holds the refusal; the evaluation and the next model never run."""
+    from transfuse_bundle.tools.cli.compare_models import main as transfuse_compare
+
+    datalist = tmp_path / "kvasir.json"
+    write_datalist(KVASIR, datalist, num_training=2, num_validation=1, num_test=1)
+    out = tmp_path / "out"
+    assert transfuse_compare(["--dataset_dir", str(datalist), "--models", "TransFuse-S", "MedT", "--image_size", "100",
+                              "100", "--epochs", "1", "--out", str(out)]) == 1
+    [error] = capsys.readouterr().err.splitlines()
+    log = out / "transfuse-s" / "train.log"
+    assert error.startswith("error: ") and " -m monai.bundle run training --config_file " in error, error
+    assert error.endswith(f"failed (exit 1); see {log}"), error
+    assert "error: image_size must be [H, W] with sides that are multiples of 16" in log.read_text()
+    assert sorted(p.name for p in (out / "transfuse-s").iterdir()) == ["train.log"] and not (out / "medt").exists()
 
 
 def test_comparison_never_replaces_earlier_results(tmp_path, capsys):

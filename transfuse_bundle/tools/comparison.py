@@ -2,7 +2,8 @@
 
 Every model of :data:`COMPARED_MODELS` goes through the bundle's own configs (``train.json``, ``evaluate.json``)
 with a ``configs/networks/*.json`` overlay or ``network_def`` overrides, run by MONAI's CLI
-(``python -m monai.bundle run``), so losses, augmentation, data and metrics are identical. Reported per
+(``python -m monai.bundle run``; a model's training and evaluation in one new interpreter, each with its log), so
+losses, augmentation, data and metrics are identical. Reported per
 model: parameters, batch-1 latency, Dice, IoU, HD95 and ASD (evaluated at the original resolution) and
 the training time. The command is ``transfuse-compare`` (:mod:`transfuse_bundle.tools.cli.compare_models`).
 
@@ -51,18 +52,68 @@ COMPARED_MODELS: dict[str, tuple[list[str], dict[str, Any]]] = {
 }
 
 
-def _run_bundle(root: Path, run_id: str, config: str, task: str | None, overlays: Sequence[str],
-                overrides: Mapping[str, Any], log: Path) -> float:
-    """Runs ``python -m monai.bundle run RUN_ID`` on ``root``'s ``config`` chain of ``task`` with ``overlays``
-    and returns its wall time; the output goes to ``log``, which a failure names."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file",
-           config_file_option(config, task, root, overlays), "--bundle_root", str(root), *cli_arguments(overrides)]
-    start = time.time()
-    with log.open("w") as stream:
-        result = subprocess.run(cmd, cwd=root, stdout=stream, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed (exit {result.returncode}); see {log}")
-    return time.time() - start
+STEP_DONE = "transfuse-compare step seconds: "  # what the interpreter of _run_steps prints after each step
+
+
+def _bundle_arguments(root: Path, run_id: str, config: str, task: str | None, overlays: Sequence[str],
+                      overrides: Mapping[str, Any]) -> list[str]:
+    """The arguments of ``python -m monai.bundle run RUN_ID`` on ``root``'s ``config`` chain of ``task`` with
+    ``overlays`` and ``overrides``."""
+    return ["run", run_id, "--config_file", config_file_option(config, task, root, overlays), "--bundle_root", str(root),
+            *cli_arguments(overrides)]
+
+
+def _run_steps(root: Path, steps: Sequence[tuple[list[str], Path]]) -> list[float]:
+    """Runs ``python -m monai.bundle ARGS`` for each ``(ARGS, log)`` of ``steps``, one after the other in one new
+    interpreter (:func:`run_steps_here`: a Python start with MONAI's imports takes ~10 s of a small CPU, once per model
+    instead of once per step), each step's output in its own log. Returns each step's wall time; a failing step
+    raises ``RuntimeError`` naming its command and log."""
+    spec = json.dumps([[args, str(log)] for args, log in steps])
+    result = subprocess.run([sys.executable, "-m", __name__, spec], cwd=root, stdout=subprocess.PIPE, text=True)
+    seconds = [float(line.removeprefix(STEP_DONE)) for line in result.stdout.splitlines() if line.startswith(STEP_DONE)]
+    if result.returncode != 0 or len(seconds) != len(steps):
+        args, log = steps[min(len(seconds), len(steps) - 1)]
+        raise RuntimeError(f"{sys.executable} -m monai.bundle {' '.join(args)} failed (exit {result.returncode}); see {log}")
+    return seconds
+
+
+def run_steps_here(steps: Sequence[tuple[list[str], str]]) -> int:
+    """The interpreter of :func:`_run_steps`: each step as ``python -m monai.bundle ARGS`` would run it (MONAI's
+    ``__main__``, its arguments read by python-fire), with this process's stdout and stderr (file descriptors 1 and 2,
+    so that logging, progress bars and loader workers write there too) going to the step's log; an uncaught error
+    goes through ``sys.excepthook`` into that log, as at the end of a command. Prints ``STEP_DONE`` and the wall time
+    after each step; returns 1 at the first failing step, else 0."""
+    import gc
+    import runpy
+    import traceback
+
+    console = os.fdopen(os.dup(1), "w")
+    for args, log in steps:
+        sys.stdout.flush(), sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        failed, start = False, time.perf_counter()
+        with open(log, "wb") as stream:
+            os.dup2(stream.fileno(), 1), os.dup2(stream.fileno(), 2)
+            sys.argv = ["monai.bundle", *args]
+            try:
+                runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
+            except SystemExit as stop:
+                failed = stop.code not in (None, 0)
+            except BaseException:
+                failed = True
+                try:
+                    sys.excepthook(*sys.exc_info())
+                except Exception:  # a broken hook must not hide the error
+                    traceback.print_exc()
+            finally:
+                sys.stdout.flush(), sys.stderr.flush()
+                os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+                os.close(saved[0]), os.close(saved[1])
+        if failed:
+            return 1
+        print(f"{STEP_DONE}{time.perf_counter() - start:.3f}", file=console, flush=True)
+        gc.collect()  # the step's network and data before the next step builds its own
+    return 0
 
 
 def _runtime_overrides(num_workers: int | None, amp_dtype: str | None) -> dict[str, Any]:
@@ -84,11 +135,12 @@ def _train_and_evaluate(root: Path, work: Path, dataset_dir: str | os.PathLike, 
     common = {"dataset_dir": str(Path(dataset_dir).resolve()), "ckpt_dir": str(work / "models"), **overrides}
     # overwrite: work/models is this tool's; it holds an earlier comparison's model only when --overwrite asked to
     # replace those results (a non-empty --out is refused otherwise)
-    train_s = _run_bundle(root, "training", "train.json", task, overlays,
-                          {**common, "output_dir": str(work / "train"), "max_epochs": epochs, "overwrite": True},
-                          work / "train.log")
-    _run_bundle(root, "run", "evaluate.json", task, overlays, {**common, "output_dir": str(work / "eval")},
-                work / "eval.log")
+    train_s, _ = _run_steps(root, [
+        (_bundle_arguments(root, "training", "train.json", task, overlays,
+                           {**common, "output_dir": str(work / "train"), "max_epochs": epochs, "overwrite": True}),
+         work / "train.log"),
+        (_bundle_arguments(root, "run", "evaluate.json", task, overlays, {**common, "output_dir": str(work / "eval")}),
+         work / "eval.log")])
     metrics = json.loads((work / "eval" / "metrics.json").read_text())
     return {"train_s": round(train_s, 1), **{k: metrics.get(k) for k in REPORTED},
             "empty_predictions": metrics["empty_cases"]["prediction_empty"]}
@@ -224,3 +276,7 @@ def write_table(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, head
         lines.append(f"| {r['model']} | {r['params']:,} | {r['latency_ms']} | "
                      + " | ".join(format_number(r[k], "-") for k in (*REPORTED, *COUNTED)) + " |")
     Path(path).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":  # the interpreter of _run_steps: one argument, the JSON list of [ARGS, log] steps
+    sys.exit(run_steps_here(json.loads(sys.argv[1])))
