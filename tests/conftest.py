@@ -43,12 +43,12 @@ def pytest_report_header(config):
 
 
 # The files that take longest (minutes: trainings, the MONAI Label server, packaged bundles), longest first
-# (measured per file in a full run on a 2-core AMD EPYC: ~340 s for test_monailabel.py down to ~37 s for
-# test_validation.py). pytest-xdist's loadfile mode hands files to the workers in collection order; starting the
+# (measured per file in a full run on a 2-core AMD EPYC: ~190 s for test_monailabel.py down to ~37 s for
+# test_evaluation_speed.py). pytest-xdist's loadfile mode hands files to the workers in collection order; starting the
 # long ones first keeps one worker from being left with a long file at the end while the other is idle.
-LONGEST_FIRST = ("test_monailabel.py", "test_hub.py", "test_cpu_engine.py", "test_resume.py", "test_compare_models.py",
-                 "test_zoo.py", "test_bundle.py", "test_fast_inference.py", "test_kvasir.py", "test_console.py",
-                 "test_tasks.py", "test_prostate.py", "test_networks.py", "test_evaluation_speed.py", "test_validation.py")
+LONGEST_FIRST = ("test_monailabel.py", "test_cpu_engine.py", "test_compare_models.py", "test_zoo.py", "test_bundle.py",
+                 "test_resume.py", "test_hub.py", "test_kvasir.py", "test_fast_inference.py", "test_prostate.py",
+                 "test_networks.py", "test_tasks.py", "test_validation.py", "test_evaluation_speed.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -89,11 +89,13 @@ def run_steps_here(steps: Sequence[tuple[list[str], str]]) -> int:
 
     console = os.fdopen(os.dup(1), "w")
     for args, log in steps:
-        sys.stdout.flush(), sys.stderr.flush()
-        saved = os.dup(1), os.dup(2)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved_out, saved_err = os.dup(1), os.dup(2)
         failed, start = False, time.perf_counter()
         with open(log, "wb") as stream:
-            os.dup2(stream.fileno(), 1), os.dup2(stream.fileno(), 2)
+            os.dup2(stream.fileno(), 1)
+            os.dup2(stream.fileno(), 2)
             sys.argv = ["monai.bundle", *args]
             try:
                 runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
@@ -106,9 +108,12 @@ def run_steps_here(steps: Sequence[tuple[list[str], str]]) -> int:
                 except Exception:  # a broken hook must not hide the error
                     traceback.print_exc()
             finally:
-                sys.stdout.flush(), sys.stderr.flush()
-                os.dup2(saved[0], 1), os.dup2(saved[1], 2)
-                os.close(saved[0]), os.close(saved[1])
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved_out, 1)
+                os.dup2(saved_err, 2)
+                os.close(saved_out)
+                os.close(saved_err)
         if failed:
             return 1
         print(f"{STEP_DONE}{time.perf_counter() - start:.3f}", file=console, flush=True)
