@@ -102,9 +102,12 @@ PROSTATE_CASE = PROSTATE158 / "020"
 PROSTATE_T2 = PROSTATE_CASE / "t2.nii.gz"
 # The tiny-run overrides for tests of what happens around the network: the tiny variant (a training step takes 2/3
 # of TransFuse-S's, its weights 31 MB instead of 105 MB), small images, no loader processes (a worker costs ~8 s to
-# start on 2 cores). Tests of the network or its accuracy keep TransFuse-S. CLI: ``cli_arguments(SMALL)``.
+# start on 2 cores). Tests of the network or its accuracy keep TransFuse-S. CLI_*: the same as command-line options.
 SMALL = {"variant": "tiny", "image_size": [64, 64], "num_workers": 0, "batch_size": 4}
 TINY = {**SMALL, "image_size": [32, 32]}
+from transfuse_bundle.tools.packaging import cli_arguments  # noqa: E402 (after the thread settings above)
+
+CLI_SMALL, CLI_TINY = cli_arguments(SMALL), cli_arguments(TINY)
 # One intra-op thread per subprocess: on a shared 2-core machine, 2 OpenMP threads per process made a
 # training step 3-50x slower whenever another process was busy (measured), 1 thread is ~0.4 s either way.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -23,11 +23,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, SMALL, bundle_cli, console_noise, run_command, run_workflow
+from conftest import CLI_SMALL, REPO, SMALL, bundle_cli, console_noise, run_command, run_workflow
 from transfuse_bundle.errors import find_user_error
 from transfuse_bundle.data import make_synthetic_case, synthetic_dataset
 from transfuse_bundle.networks import TransFuse
-from transfuse_bundle.tools.packaging import cli_arguments
 from transfuse_bundle.tools.tasks import config_parser, config_workflow
 
 CONFIGS = REPO / "configs"
@@ -35,7 +34,6 @@ CONFIGS = REPO / "configs"
 INFERENCE_CLI = "['configs/train.json','configs/inference.json']"
 IMAGE_SIZE, VARIANT = SMALL["image_size"], SMALL["variant"]
 SYNTHETIC_HW = (48, 80)  # not square: a transposed prediction would not match its mask
-CLI_SMALL = cli_arguments(SMALL)
 WATCHED = ("models", "eval", "data", "runs", "configs", "mlruns")  # where a stray bundle write would land
 
 

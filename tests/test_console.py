@@ -13,12 +13,10 @@ import os
 
 import numpy as np
 import pytest
-from conftest import ONE_THREAD, TINY, bundle_cli
+from conftest import CLI_TINY, ONE_THREAD, bundle_cli
 from PIL import Image
 
-from transfuse_bundle.tools.packaging import cli_arguments
 
-CLI_TINY = cli_arguments(TINY)
 TRAIN = ["--config_file", "configs/train.json"]
 EVALUATE = ["--config_file", "['configs/train.json','configs/evaluate.json']"]
 INFERENCE = ["--config_file", "['configs/train.json','configs/inference.json']"]

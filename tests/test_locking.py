@@ -16,16 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ONE_THREAD, REPO, TINY, bundle_cli, run_workflow
+from conftest import CLI_TINY, ONE_THREAD, REPO, TINY, bundle_cli, run_workflow
 
 from transfuse_bundle.errors import FolderInUseError, UserInputError, find_user_error
 from transfuse_bundle.handlers import save_atomically
 from transfuse_bundle.locking import lock_folders, release_folders
 from transfuse_bundle.monailabel.app import install_bundle
 from transfuse_bundle.networks import TransFuse
-from transfuse_bundle.tools.packaging import cli_arguments
 
-CLI_TINY = cli_arguments(TINY)
 
 
 def _hold(*folders: Path) -> subprocess.Popen:

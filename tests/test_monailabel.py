@@ -95,7 +95,7 @@ LOAD_IMAGES = 10  # distinct original-size Kvasir images (not in the studies fol
 
 # the labelling loop: an untrained polyp bundle that the loop labels for, trains and scores
 LOOP = "transfuse_loop"
-LOOP_OVERRIDES = {**POLYP_OVERRIDES, "image_size": [64, 64]}
+LOOP_OVERRIDES = POLYP_OVERRIDES
 LOOP_POOL = 5  # unlabelled Kvasir images in the studies folder (their masks stand for the annotator)
 LOOP_HELD_BACK = 4  # labelled Kvasir images kept out of the datastore, to compare the untrained and trained model
 LOOP_SIDE = 128  # the loop's images are downscaled to this longest side

@@ -25,15 +25,13 @@ import torch
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
 
-from conftest import KVASIR, REPO, TINY, run_command
+from conftest import CLI_TINY, KVASIR, REPO, TINY, run_command
 from transfuse_bundle.data import write_datalist
 from transfuse_bundle.handlers import GradientClipping, TrainingCheckpoint, every_rank_handlers, save_atomically
 from transfuse_bundle.locking import lock_folders, release_folders
 from transfuse_bundle.networks import TransFuse
-from transfuse_bundle.tools.packaging import cli_arguments
 from transfuse_bundle.tools.tasks import config_files, config_parser, config_workflow
 
-CLI_TINY = cli_arguments(TINY)
 
 
 @pytest.fixture(scope="module")
